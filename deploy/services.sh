@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Makes sure every service the tests talk to is up on loopback:
+# PostgreSQL 15 (127.0.0.1:5432), Mosquitto (127.0.0.1:1883) and TimescaleDB (deploy/timescaledb.sh).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 name=$2
+  for _ in $(seq 1 100); do port_open "$port" && return 0; sleep 0.1; done
+  echo "services: $name did not come up on 127.0.0.1:$port" >&2
+  return 1
+}
+
+if ! port_open 5432; then
+  echo "services: starting PostgreSQL" >&2
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start
+  wait_port 5432 PostgreSQL
+fi
+if ! port_open 1883; then
+  echo "services: starting Mosquitto" >&2
+  command -v mosquitto >/dev/null || { apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients; }
+  mosquitto -d -c /etc/mosquitto/mosquitto.conf
+  wait_port 1883 Mosquitto
+fi
+command -v mosquitto_pub >/dev/null || { apt-get update -qq && apt-get install -y -qq mosquitto-clients; }
+bash "$here/timescaledb.sh" start >/dev/null
