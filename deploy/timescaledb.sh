@@ -126,7 +126,10 @@ ensure_host_tools() {
 # read with apt from a private, throw-away package list. Empty on failure.
 detect_pg_major() {
     local mirror="$1" tmp n
-    [[ -n "$mirror" ]] || mirror="http://deb.debian.org/debian" # debootstrap's own default
+    if [[ -z "$mirror" ]]; then # debootstrap's own default, read from debootstrap itself
+        mirror="$(sed -n 's/^DEF_MIRROR="\(.*\)"$/\1/p' "$(command -v debootstrap)" | head -n1)"
+        [[ -n "$mirror" ]] || return 0
+    fi
     tmp="$(mktemp -d)"
     mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial"
     : >"$tmp/status"
@@ -193,11 +196,19 @@ build_chroot() {
     local args=(--variant=minbase "--include=$pkgs" sid "$staging")
     [[ -n "$mirror" ]] && args+=("$mirror")
     local dblog="$CHROOT.debootstrap.log"
-    if ! timeout "$DEBOOTSTRAP_TIMEOUT" debootstrap "${args[@]}" >"$dblog" 2>&1; then
+    # timeout(1) puts debootstrap in its own process group, so a Ctrl-C or
+    # TERM aimed at us would not reach it: forward those signals explicitly.
+    local dbs_rc=0
+    timeout "$DEBOOTSTRAP_TIMEOUT" debootstrap "${args[@]}" >"$dblog" 2>&1 </dev/null &
+    DBS_PID=$!
+    trap 'kill -TERM "$DBS_PID" 2>/dev/null || true; wait "$DBS_PID" 2>/dev/null || true; die "interrupted during debootstrap; the next run starts the chroot over"' INT TERM HUP
+    wait "$DBS_PID" || dbs_rc=$?
+    trap - INT TERM HUP
+    if (( dbs_rc != 0 )); then
         tail -n 30 "$dblog" >&2 || true
         [[ -f "$staging/debootstrap/debootstrap.log" ]] && tail -n 30 "$staging/debootstrap/debootstrap.log" >&2
         remove_tree "$staging"
-        die "debootstrap failed (log: $dblog); if postgresql-$major-timescaledb no longer exists in sid, set HAZMON_TSDB_PG_MAJOR"
+        die "debootstrap failed (exit $dbs_rc; 124 = timed out; log: $dblog); if postgresql-$major-timescaledb no longer exists in sid, set HAZMON_TSDB_PG_MAJOR"
     fi
     unmount_below "$staging"
     [[ -x "$staging/usr/lib/postgresql/$major/bin/postgres" ]] \
@@ -366,6 +377,7 @@ psql_in() { # run SQL in the chroot's psql over TCP; extra args are psql args
 verify_extension() {
     local out
     if ! out="$(psql_in -d postgres -At \
+            -c 'SET client_min_messages = warning' \
             -c 'CREATE EXTENSION IF NOT EXISTS timescaledb' \
             -c "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'" \
             -c 'SHOW timescaledb.license' 2>&1)"; then
@@ -424,10 +436,14 @@ cmd_stop() {
 cmd_status() {
     if chroot_complete; then
         local pid; pid="$(our_postmaster_pid)"
+        if [[ "$(id -u)" != 0 && -z "$pid" ]]; then
+            pid="?" # the data directory is not readable: trust the port check
+        fi
         if [[ -n "$pid" ]] && answering; then
             log "running (pid $pid, PostgreSQL $(pg_major), timescaledb $(marker_get timescaledb_version)) at $URL"
             return 0
         fi
+        [[ "$pid" == "?" ]] && pid=""
         if [[ -n "$pid" ]]; then
             log "process $pid exists but does not answer on 127.0.0.1:$PORT"
         else

@@ -46,11 +46,15 @@ def format_loc(loc: Iterable[str | int]) -> str:
     return out
 
 
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 _MESSAGES = {
-    "greater_than": lambda ctx: f"must be > {ctx.get('gt')}",
-    "greater_than_equal": lambda ctx: f"must be >= {ctx.get('ge')}",
-    "less_than": lambda ctx: f"must be < {ctx.get('lt')}",
-    "less_than_equal": lambda ctx: f"must be <= {ctx.get('le')}",
+    "greater_than": lambda ctx: f"must be > {_num(ctx.get('gt'))}",
+    "greater_than_equal": lambda ctx: f"must be >= {_num(ctx.get('ge'))}",
+    "less_than": lambda ctx: f"must be < {_num(ctx.get('lt'))}",
+    "less_than_equal": lambda ctx: f"must be <= {_num(ctx.get('le'))}",
     "missing": lambda ctx: "is required",
     "extra_forbidden": lambda ctx: "unknown field",
 }

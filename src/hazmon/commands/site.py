@@ -1,0 +1,56 @@
+"""`hazmon site check FILE` and `hazmon site load FILE`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from hazmon.errors import InvalidFile
+from hazmon.site import load_site
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    site = sub.add_parser("site", help="check or load a site description").add_subparsers(
+        dest="site_command", metavar="ACTION", required=True
+    )
+    check = site.add_parser("check", help="validate site files; every error is listed with its path")
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check.set_defaults(handler=_check)
+    load = site.add_parser("load", help="validate and upsert a site file into the database, in one transaction")
+    load.add_argument("file", type=Path, metavar="FILE")
+    load.set_defaults(handler=_load)
+
+
+def _check(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            site = load_site(path)
+        except InvalidFile as e:
+            failed = True
+            print(e, file=sys.stderr)
+            continue
+        print(
+            f"{path}: ok — site {site.id}, {len(site.installations)} installations, "
+            f"{len(site.equipment)} equipment, {len(site.tags)} tags"
+        )
+    return 1 if failed else 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from hazmon.config import load_settings
+    from hazmon.db import open_database
+    from hazmon.registry import upsert_site
+
+    site = load_site(args.file)
+    settings = load_settings()
+
+    async def run() -> None:
+        async with open_database(settings) as db, db.pool.acquire() as conn:
+            summary = await upsert_site(conn, site)
+            print(f"{args.file}: loaded site {site.id}: {summary}")
+
+    asyncio.run(run())
+    return 0

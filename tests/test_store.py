@@ -1,0 +1,154 @@
+"""Storage on both databases: migrations, binary COPY writes, idempotent retries, queries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+
+from hazmon.db import Database, connect
+from hazmon.migrate import discover, migrate
+from hazmon.reading import US_PER_S, Quality, ReadingBatch
+from hazmon.registry import RegistryError, list_sites, list_tags, tag_index, upsert_site
+from hazmon.site import load_site
+from hazmon.store import Aggregate, ReadingStore
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+T0_US = int(T0.timestamp()) * US_PER_S
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = await connect(db_url, pool_size=4)
+    yield database
+    await database.close()
+
+
+async def test_readings_table_matches_the_database(db: Database) -> None:
+    async with db.pool.acquire() as conn:
+        hyper = None
+        if db.caps.timescaledb:
+            hyper = await conn.fetchval(
+                "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'readings'"
+            )
+            assert hyper == 1
+            assert db.caps.license in ("apache", "timescale")
+        else:
+            brin = await conn.fetchval(
+                "SELECT count(*) FROM pg_indexes WHERE tablename = 'readings' AND indexdef LIKE '%USING brin%'"
+            )
+            assert brin == 1
+        # a second run is a no-op
+        assert await migrate(conn) == []
+        versions = await conn.fetchval("SELECT count(*) FROM schema_version")
+        assert versions == len(discover())
+
+
+def _batch(n_tags: int, seconds: int, start_us: int = T0_US) -> ReadingBatch:
+    tags = np.tile(np.arange(n_tags, dtype=np.int32), seconds)
+    ts = np.repeat(start_us + np.arange(seconds, dtype=np.int64) * US_PER_S, n_tags)
+    value = np.sin(np.arange(len(tags)) / 10.0) * 10 + tags
+    return ReadingBatch.from_columns(tags, ts, value, np.zeros(len(tags), dtype=np.uint8))
+
+
+async def test_write_round_trips_exactly(db: Database) -> None:
+    store = ReadingStore(db.pool, db.caps)
+    batch = _batch(5, 120)
+    batch.quality[7] = Quality.BAD
+    batch.value[9] = np.nan
+    assert await store.write(batch) == len(batch)
+    series = await store.raw_series(2, T0, T0 + timedelta(hours=1))
+    mask = batch.tag == 2
+    assert len(series.times) == int(mask.sum())
+    assert series.times[0] == T0
+    assert np.allclose(np.array(series.values, dtype=float), batch.value[mask], equal_nan=True)
+    assert series.qualities is not None and series.qualities[1] == int(Quality.BAD)  # row 7 = tag 2, t=1 s
+
+
+async def test_same_batch_twice_is_stored_once(db: Database) -> None:
+    store = ReadingStore(db.pool, db.caps)
+    batch = _batch(3, 10)
+    assert await store.write(batch) == 30
+    assert await store.write(batch) == 0
+    assert await store.count() == 30
+    other = ReadingBatch(batch.tag, batch.ts + 10 * US_PER_S, batch.value, batch.quality, uuid.uuid4())
+    assert await store.write(other) == 30
+    assert await store.count() == 60
+
+
+async def test_downsampled_series_in_minute_buckets(db: Database) -> None:
+    store = ReadingStore(db.pool, db.caps)
+    batch = _batch(1, 180)  # three minutes of 1 Hz data for tag 0
+    batch.value[:] = np.arange(180, dtype=float)
+    await store.write(batch)
+    end = T0 + timedelta(minutes=3)
+    avg = await store.downsampled_series(0, T0, end, timedelta(minutes=1), Aggregate.AVG)
+    assert avg.times == [T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)]
+    assert avg.values == [29.5, 89.5, 149.5]
+    first = await store.downsampled_series(0, T0, end, timedelta(minutes=1), Aggregate.FIRST)
+    last = await store.downsampled_series(0, T0, end, timedelta(minutes=1), Aggregate.LAST)
+    count = await store.downsampled_series(0, T0, end, timedelta(minutes=1), Aggregate.COUNT)
+    mx = await store.downsampled_series(0, T0, end, timedelta(minutes=1), Aggregate.MAX)
+    assert first.values == [0, 60, 120] and last.values == [59, 119, 179]
+    assert count.values == [60, 60, 60] and mx.values == [59, 119, 179]
+
+
+async def test_latest_value_per_tag(db: Database) -> None:
+    store = ReadingStore(db.pool, db.caps)
+    await store.write(_batch(4, 30))
+    latest = await store.latest([0, 1, 2, 3, 99])
+    assert [lv.tag for lv in latest] == [0, 1, 2, 3]
+    assert all(lv.time == T0 + timedelta(seconds=29) for lv in latest)
+
+
+async def test_site_load_is_whole_and_keeps_tag_keys(db: Database) -> None:
+    site = load_site(ROOT / "sites" / "demo-tank-farm.yaml")
+    async with db.pool.acquire() as conn:
+        summary = await upsert_site(conn, site)
+        assert summary.tags_added == len(site.tags)
+        keys_before = dict((await tag_index(conn)).items())
+        again = await upsert_site(conn, site)
+        assert again.tags_added == 0 and again.tags_updated == len(site.tags)
+        assert dict((await tag_index(conn)).items()) == keys_before
+        sites = await list_sites(conn)
+        assert sites[0]["id"] == "demo-tank-farm"
+        grades = {i["id"]: i["gb18218_grade"] for i in sites[0]["installations"]}
+        assert grades == {"HI-01": 1, "HI-02": 1, "HI-03": 3}
+        gas = await list_tags(conn, site="demo-tank-farm", kind="gas")
+        assert gas and all(t["kind"] == "gas" for t in gas)
+
+
+async def test_site_load_failure_leaves_nothing(db: Database) -> None:
+    site = load_site(ROOT / "sites" / "demo-tank-farm.yaml")
+    async with db.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO enterprises VALUES ('other', 'Other', '91110000MA00000001'); "
+            "INSERT INTO sites (id, enterprise_id, name, doc) VALUES ('other', 'other', 'Other', '{}'); "
+            "INSERT INTO tags (id, site_id, equipment_id, name, kind, period_s, doc) "
+            "VALUES ('V101.LT', 'other', 'X', 'clash', 'level', 1, '{}')"
+        )
+        with pytest.raises(RegistryError, match="V101.LT"):
+            await upsert_site(conn, site)
+        assert await conn.fetchval("SELECT count(*) FROM sites WHERE id = 'demo-tank-farm'") == 0
+        assert await conn.fetchval("SELECT count(*) FROM tags") == 1
+
+
+async def test_broken_migration_changes_nothing(pg_url: str, tmp_path: Path) -> None:
+    (tmp_path / "001_good.sql").write_text("CREATE TABLE t_good (x int);")
+    (tmp_path / "002_bad.sql").write_text("CREATE TABLE t_bad (x int); SELECT no_such_function();")
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("DROP TABLE schema_version")
+        with pytest.raises(Exception, match="002_bad.sql failed"):
+            await migrate(conn, tmp_path)
+        assert await conn.fetchval("SELECT to_regclass('t_good') IS NOT NULL")
+        assert not await conn.fetchval("SELECT to_regclass('t_bad') IS NOT NULL")
+        assert await conn.fetchval("SELECT max(version) FROM schema_version") == 1
+    finally:
+        await conn.close()
