@@ -37,7 +37,10 @@ def _tsdb_admin_url() -> str | None:
         return url
     try:
         out = subprocess.run(
-            ["bash", str(ROOT / "deploy" / "timescaledb.sh"), "status"], capture_output=True, text=True, timeout=20
+            ["bash", str(ROOT / "deploy" / "timescaledb.sh"), "status"],
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

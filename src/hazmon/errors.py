@@ -6,7 +6,7 @@ Site files, rule sets, gateway maps and scenarios all report problems as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,7 +50,7 @@ def _num(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-_MESSAGES = {
+_MESSAGES: dict[str, Callable[[dict[str, Any]], str]] = {
     "greater_than": lambda ctx: f"must be > {_num(ctx.get('gt'))}",
     "greater_than_equal": lambda ctx: f"must be >= {_num(ctx.get('ge'))}",
     "less_than": lambda ctx: f"must be < {_num(ctx.get('lt'))}",

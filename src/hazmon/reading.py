@@ -68,16 +68,18 @@ class ReadingBatch:
         batch_id: uuid.UUID | None = None,
     ) -> ReadingBatch:
         tag_a = np.ascontiguousarray(tag, dtype=np.int32)
-        ts_a = np.ascontiguousarray(ts, dtype=np.int64)
+        ts_a = np.asarray(ts, dtype=np.int64)  # not ascontiguousarray: it turns a scalar into shape (1,)
         if ts_a.ndim == 0:
             ts_a = np.full(len(tag_a), ts_a, dtype=np.int64)
+        ts_a = np.ascontiguousarray(ts_a)
         value_a = np.ascontiguousarray(value, dtype=np.float64)
         if quality is None:
             quality_a = np.zeros(len(tag_a), dtype=np.uint8)
         else:
-            quality_a = np.ascontiguousarray(quality, dtype=np.uint8)
+            quality_a = np.asarray(quality, dtype=np.uint8)
             if quality_a.ndim == 0:
                 quality_a = np.full(len(tag_a), quality_a, dtype=np.uint8)
+            quality_a = np.ascontiguousarray(quality_a)
         return cls(tag_a, ts_a, value_a, quality_a, batch_id or uuid.uuid4())
 
     @classmethod
@@ -97,6 +99,6 @@ class ReadingBatch:
             np.concatenate([b.quality for b in batches]),
         )
 
-    def take(self, index: npt.ArrayLike) -> ReadingBatch:
+    def take(self, index: npt.NDArray[np.bool_] | npt.NDArray[np.intp] | slice) -> ReadingBatch:
         """A new batch holding the selected rows (boolean mask or integer index)."""
         return ReadingBatch(self.tag[index], self.ts[index], self.value[index], self.quality[index])

@@ -178,7 +178,11 @@ async def list_sites(conn: asyncpg.Connection) -> list[dict[str, Any]]:
 
 
 async def list_tags(
-    conn: asyncpg.Connection, *, site: str | None = None, equipment: str | None = None, kind: str | None = None
+    conn: asyncpg.Connection,
+    *,
+    site: str | None = None,
+    equipment: str | None = None,
+    kind: str | None = None,
 ) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT key, id, site_id, equipment_id, name, kind, unit, range_lo, range_hi, period_s, doc "

@@ -188,7 +188,7 @@ class ReadingStore:
             raise ValueError("bucket must be positive")
         sql = (
             f"SELECT {self._bucket_expr()} AS bucket, {self._agg_expr(agg)} AS value FROM readings "
-            f"WHERE tag = $1 AND time >= $2 AND time < $3 AND quality < {int(Quality.BAD)} "
+            f"WHERE tag = $1 AND time >= $2 AND time < $3 AND quality < {int(Quality.BAD)} AND value <> 'NaN' "
             "GROUP BY bucket ORDER BY bucket"
         )
         rows = await self._fetch("downsampled series", sql, tag, start, end, bucket)

@@ -1,0 +1,51 @@
+"""Application factory: settings, database pool and background tasks are built in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from hazmon import __version__
+from hazmon.api.routes import health, sites, tags
+from hazmon.config import Settings, load_settings
+from hazmon.runtime import Runtime, run_runtime
+from hazmon.store import StoreError, StoreUnavailable
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app. Given a ``runtime``, the app serves it and leaves its lifecycle to the caller."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        async with run_runtime(settings or load_settings()) as rt:
+            app.state.runtime = rt
+            yield
+
+    app = FastAPI(
+        title="hazmon",
+        version=__version__,
+        description="Real-time monitoring of major hazard installations of hazardous chemicals.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": "database unavailable"}, status_code=503)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=500)
+
+    if runtime is not None:
+        app.state.runtime = runtime
+    app.include_router(health.router)
+    app.include_router(sites.router, prefix="/api/v1")
+    app.include_router(tags.router, prefix="/api/v1")
+    return app

@@ -1,0 +1,22 @@
+"""`GET /api/v1/sites`: the registered sites with their installations and GB 18218 grades."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from hazmon.api.deps import RuntimeDep
+from hazmon.registry import list_sites
+from hazmon.store import guarded
+
+router = APIRouter(tags=["sites"])
+
+
+@router.get("/sites")
+async def get_sites(runtime: RuntimeDep) -> list[dict[str, Any]]:
+    async def op() -> list[dict[str, Any]]:
+        async with runtime.db.pool.acquire() as conn:
+            return await list_sites(conn)
+
+    return await guarded(op, "list sites")

@@ -1,0 +1,145 @@
+"""Tags, their latest values and their series."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+
+from hazmon.api.deps import RuntimeDep
+from hazmon.registry import get_tag, list_tags
+from hazmon.site import TagKind
+from hazmon.store import Aggregate, guarded
+
+router = APIRouter(tags=["tags"])
+
+MAX_RAW_POINTS = 100_000
+MAX_BUCKETS = 100_000
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30s', '1m', '5min', '1h', '1d' or plain seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"bucket {text!r}: use a duration such as 30s, 1m, 15min, 1h or 1d")
+    return timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+
+
+def _json_value(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+@router.get("/tags")
+async def get_tags(
+    runtime: RuntimeDep,
+    site: str | None = None,
+    equipment: str | None = None,
+    kind: TagKind | None = None,
+) -> list[dict[str, Any]]:
+    async def op() -> list[dict[str, Any]]:
+        async with runtime.db.pool.acquire() as conn:
+            return await list_tags(conn, site=site, equipment=equipment, kind=kind.value if kind else None)
+
+    return await guarded(op, "list tags")
+
+
+@router.get("/tags/latest")
+async def get_latest(
+    runtime: RuntimeDep,
+    site: str | None = None,
+    tag: Annotated[list[str] | None, Query(description="tag ids; repeat the parameter")] = None,
+) -> list[dict[str, Any]]:
+    """The newest stored reading of each tag (of a site, or of the tags named)."""
+
+    async def op() -> list[dict[str, Any]]:
+        async with runtime.db.pool.acquire() as conn:
+            rows = await list_tags(conn, site=site)
+        wanted = {t["key"]: t for t in rows if tag is None or t["id"] in tag}
+        if tag is not None:
+            missing = sorted(set(tag) - {t["id"] for t in wanted.values()})
+            if missing:
+                raise HTTPException(404, f"unknown tag(s): {', '.join(missing)}")
+        latest = await runtime.store.latest(sorted(wanted))
+        return [
+            {
+                "tag": wanted[lv.tag]["id"],
+                "time": lv.time,
+                "value": _json_value(lv.value),
+                "quality": lv.quality,
+                "unit": wanted[lv.tag]["unit"],
+            }
+            for lv in latest
+        ]
+
+    return await guarded(op, "latest values")
+
+
+@router.get("/tags/{tag_id}/series")
+async def get_series(
+    runtime: RuntimeDep,
+    tag_id: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    bucket: Annotated[str | None, Query(description="bucket width, e.g. 1m; omitted: raw readings")] = None,
+    agg: Aggregate = Aggregate.AVG,
+) -> dict[str, Any]:
+    end = _aware(end) if end else datetime.now(UTC)
+    start = _aware(start) if start else end - timedelta(hours=1)
+    if start >= end:
+        raise HTTPException(422, "start must be before end")
+    width = None
+    if bucket is not None:
+        try:
+            width = parse_duration(bucket)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        if width < timedelta(seconds=1):
+            raise HTTPException(422, "bucket must be at least 1 second")
+        if (end - start) / width > MAX_BUCKETS:
+            raise HTTPException(422, f"too many buckets: at most {MAX_BUCKETS}; widen the bucket or narrow the range")
+
+    async def lookup() -> dict[str, Any] | None:
+        async with runtime.db.pool.acquire() as conn:
+            return await get_tag(conn, tag_id)
+
+    tag = await guarded(lookup, "tag lookup")
+    if tag is None:
+        raise HTTPException(404, f"unknown tag {tag_id!r}")
+    if width is None:
+        series = await runtime.store.raw_series(tag["key"], start, end, limit=MAX_RAW_POINTS + 1)
+        truncated = len(series.times) > MAX_RAW_POINTS
+        points = [
+            [t, _json_value(v), q] for t, v, q in zip(series.times, series.values, series.qualities or [], strict=False)
+        ]
+        return {
+            "tag": tag_id,
+            "unit": tag["unit"],
+            "start": start,
+            "end": end,
+            "bucket": None,
+            "agg": None,
+            "columns": ["time", "value", "quality"],
+            "points": points[:MAX_RAW_POINTS],
+            "truncated": truncated,
+        }
+    series = await runtime.store.downsampled_series(tag["key"], start, end, width, agg)
+    return {
+        "tag": tag_id,
+        "unit": tag["unit"],
+        "start": start,
+        "end": end,
+        "bucket": width.total_seconds(),
+        "agg": agg.value,
+        "columns": ["time", "value"],
+        "points": [[t, _json_value(v)] for t, v in zip(series.times, series.values, strict=True)],
+        "truncated": False,
+    }
