@@ -1,0 +1,140 @@
+"""Storage benchmark: 1,000,000 readings in batches of 10,000, binary COPY against executemany, on
+TimescaleDB and plain PostgreSQL in the same run; then one day of 1 Hz data of one tag in 1-minute
+buckets. Prints one JSON object on its last line.
+
+    python bench/storage.py [--rows 1000000] [--batch 10000] [--pg URL] [--tsdb URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from hazmon.db import connect
+from hazmon.migrate import migrate
+from hazmon.reading import US_PER_S, ReadingBatch
+from hazmon.store import Aggregate, ReadingStore
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+T0_US = int(T0.timestamp()) * US_PER_S
+
+
+def make_batches(rows: int, batch: int, n_tags: int = 1000) -> list[ReadingBatch]:
+    rng = np.random.default_rng(1)
+    out = []
+    for start in range(0, rows, batch):
+        n = min(batch, rows - start)
+        i = np.arange(start, start + n)
+        out.append(
+            ReadingBatch.from_columns(
+                (i % n_tags).astype(np.int32),
+                T0_US + (i // n_tags) * US_PER_S,
+                rng.normal(50, 5, n),
+                np.zeros(n, dtype=np.uint8),
+            )
+        )
+    return out
+
+
+async def fresh_db(admin_url: str) -> str:
+    name = f"hazmon_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = admin_url.rpartition("/")[0] + "/" + name
+    conn = await asyncpg.connect(url)
+    await migrate(conn)
+    await conn.close()
+    return url
+
+
+async def drop_db(admin_url: str, url: str) -> None:
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+    await admin.close()
+
+
+async def bench_one(admin_url: str, rows: int, batch: int) -> dict[str, Any]:
+    url = await fresh_db(admin_url)
+    db = await connect(url, pool_size=2, run_migrations=False)
+    try:
+        store = ReadingStore(db.pool, db.caps)
+        batches = make_batches(rows, batch)
+        t = time.perf_counter()
+        for b in batches:
+            await store.write(b)
+        copy_s = time.perf_counter() - t
+        # executemany baseline on the same data, shifted one day so rows do not collide
+        em_rows = min(rows, 200_000)
+        async with db.pool.acquire() as conn:
+            t = time.perf_counter()
+            for b in make_batches(em_rows, batch):
+                records = [
+                    (datetime.fromtimestamp((ts + 86_400 * US_PER_S) / US_PER_S, UTC), int(tag), float(v), int(q))
+                    for ts, tag, v, q in zip(b.ts, b.tag, b.value, b.quality, strict=True)
+                ]
+                await conn.executemany(
+                    "INSERT INTO readings (time, tag, value, quality) VALUES ($1, $2, $3, $4)", records
+                )
+            em_s = time.perf_counter() - t
+        # one day of 1 Hz data for one tag, queried in 1-minute buckets
+        day = 86_400
+        tag = 5000
+        one_day = ReadingBatch.from_columns(
+            np.full(day, tag), T0_US + np.arange(day) * US_PER_S, np.sin(np.arange(day) / 600.0)
+        )
+        for part in np.array_split(np.arange(day), 9):
+            await store.write(one_day.take(part))
+        async with db.pool.acquire() as conn:
+            await conn.execute("ANALYZE readings")
+        times = []
+        for _ in range(15):
+            t = time.perf_counter()
+            series = await store.downsampled_series(tag, T0, T0 + timedelta(days=1), timedelta(minutes=1), Aggregate.AVG)
+            times.append((time.perf_counter() - t) * 1000)
+        assert len(series.times) == 1440
+        copy_rate = rows / copy_s
+        em_rate = em_rows / em_s
+        return {
+            "edition": db.caps.edition,
+            "server_version": db.caps.server_version,
+            "rows": rows,
+            "batch": batch,
+            "copy_rows_per_s": round(copy_rate),
+            "executemany_rows_per_s": round(em_rate),
+            "executemany_rows": em_rows,
+            "copy_vs_executemany": round(copy_rate / em_rate, 2),
+            "day_query_1m_buckets_ms_median": round(statistics.median(times), 2),
+            "day_query_1m_buckets_ms_max": round(max(times), 2),
+        }
+    finally:
+        await db.close()
+        await drop_db(admin_url, url)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--batch", type=int, default=10_000)
+    p.add_argument("--pg", default=os.environ.get("HAZMON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    p.add_argument("--tsdb", default=os.environ.get("HAZMON_TEST_TSDB_URL", "postgresql://postgres@127.0.0.1:5433/postgres"))
+    args = p.parse_args()
+    results = {}
+    for name, url in (("timescaledb", args.tsdb), ("postgresql", args.pg)):
+        results[name] = await bench_one(url, args.rows, args.batch)
+        print(name, results[name], flush=True)
+    print(json.dumps({"benchmark": "storage", "date": datetime.now(UTC).date().isoformat(), **results}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
