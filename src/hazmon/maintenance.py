@@ -22,7 +22,7 @@ from hazmon.store import StoreError, guarded
 log = logging.getLogger(__name__)
 
 ROLLUPS = {"readings_1m": timedelta(minutes=1), "readings_1h": timedelta(hours=1)}
-LATE_DATA = timedelta(minutes=10)  # rollup buckets this far behind the watermark are recomputed
+LATE_DATA = timedelta(minutes=2)  # raw data arriving up to this late is folded into the rollups
 BATCH_LEDGER_KEEP = timedelta(days=7)
 
 
@@ -30,26 +30,40 @@ class RetentionError(ValueError):
     pass
 
 
-def _bucket_sql(caps: Capabilities, width: timedelta) -> str:
+def _bucket_sql(caps: Capabilities, width: timedelta, column: str = "time") -> str:
     seconds = int(width.total_seconds())
     if caps.timescaledb:
-        return f"time_bucket(interval '{seconds} seconds', time)"
-    return f"date_bin(interval '{seconds} seconds', time, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+        return f"time_bucket(interval '{seconds} seconds', {column})"
+    return f"date_bin(interval '{seconds} seconds', {column}, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
 
 
 async def refresh_rollup(
     conn: asyncpg.Connection, caps: Capabilities, table: str, start: datetime, end: datetime
 ) -> int:
-    """Recompute the rollup buckets of ``table`` that fall in [start, end); returns buckets written."""
+    """Recompute the rollup buckets of ``table`` that fall in [start, end); returns buckets written.
+
+    The 1-minute rollup is computed from raw readings (good and uncertain quality, NaN left out);
+    the 1-hour rollup from the 1-minute rollup, so an hourly refresh never rescans raw data.
+    """
     width = ROLLUPS[table]
-    first = "first(value, time)" if caps.timescaledb else "(array_agg(value ORDER BY time))[1]"
-    last = "last(value, time)" if caps.timescaledb else "(array_agg(value ORDER BY time DESC))[1]"
+    if table == "readings_1m":
+        first = "first(value, time)" if caps.timescaledb else "(array_agg(value ORDER BY time))[1]"
+        last = "last(value, time)" if caps.timescaledb else "(array_agg(value ORDER BY time DESC))[1]"
+        select = f"""
+            SELECT {_bucket_sql(caps, width)} AS b, tag, count(*), sum(value), min(value), max(value), {first}, {last}
+            FROM readings
+            WHERE time >= $1 AND time < $2 AND quality < {int(Quality.BAD)} AND value <> 'NaN'
+            GROUP BY b, tag"""
+    else:
+        select = f"""
+            SELECT {_bucket_sql(caps, width, "bucket")} AS b, tag, sum(n), sum(sum), min(min), max(max),
+                   (array_agg(first ORDER BY bucket))[1], (array_agg(last ORDER BY bucket DESC))[1]
+            FROM readings_1m
+            WHERE bucket >= $1 AND bucket < $2
+            GROUP BY b, tag"""
     sql = f"""
         INSERT INTO {table} (bucket, tag, n, sum, min, max, first, last)
-        SELECT {_bucket_sql(caps, width)} AS b, tag, count(*), sum(value), min(value), max(value), {first}, {last}
-        FROM readings
-        WHERE time >= $1 AND time < $2 AND quality < {int(Quality.BAD)} AND value <> 'NaN'
-        GROUP BY b, tag
+        {select}
         ON CONFLICT (tag, bucket) DO UPDATE SET n = EXCLUDED.n, sum = EXCLUDED.sum, min = EXCLUDED.min,
             max = EXCLUDED.max, first = EXCLUDED.first, last = EXCLUDED.last
     """
@@ -69,12 +83,14 @@ async def refresh_rollups(conn: asyncpg.Connection, caps: Capabilities, now: dat
         mark = await conn.fetchval("SELECT value FROM maintenance_state WHERE name = $1", table)
         end = _floor(now, width)
         if mark is None:
-            oldest = await conn.fetchval("SELECT min(time) FROM readings")
+            source = "readings" if table == "readings_1m" else "readings_1m"
+            column = "time" if table == "readings_1m" else "bucket"
+            oldest = await conn.fetchval(f"SELECT min({column}) FROM {source}")
             if oldest is None:
                 continue
             start = _floor(oldest, width)
         else:
-            start = _floor(mark - LATE_DATA, width)
+            start = _floor(mark - max(LATE_DATA, width), width)
         if start >= end:
             continue
         await refresh_rollup(conn, caps, table, start, end)
