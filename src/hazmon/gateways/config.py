@@ -51,6 +51,9 @@ class OpcUaSecurity(_Model):
     server_certificate: Path | None = None
     username: str | None = None
     password_env: str | None = Field(default=None, description="environment variable holding the password")
+    application_uri: str = Field(
+        default="urn:hazmon:gateway", description="client application URI; must match the certificate's"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> OpcUaSecurity:
@@ -250,9 +253,7 @@ def tag_ids(config: OpcUaGateway | ModbusGateway | MqttGateway) -> list[str]:
     return list(config.points.values())
 
 
-def reference_problems(
-    config: OpcUaGateway | ModbusGateway | MqttGateway, site: Site | None = None
-) -> list[Problem]:
+def reference_problems(config: OpcUaGateway | ModbusGateway | MqttGateway, site: Site | None = None) -> list[Problem]:
     """Duplicate mappings, overlapping registers, and (given the site) unknown tags."""
     problems: list[Problem] = []
     known = {t.id for t in site.tags} if site is not None else None
@@ -270,19 +271,19 @@ def reference_problems(
         mapped: set[str] = set()
         for d_i, d in enumerate(config.devices):
             used: dict[tuple[str, int], str] = {}
-            for t_i, t in enumerate(d.tags):
+            for t_i, mt in enumerate(d.tags):
                 path = f"devices[{d_i}].tags[{t_i}]"
-                if t.tag in mapped:
-                    problems.append(Problem(f"{path}.tag", f"tag {t.tag!r} mapped twice"))
-                mapped.add(t.tag)
-                if known is not None and t.tag not in known:
-                    problems.append(Problem(f"{path}.tag", f"unknown tag {t.tag!r}"))
-                for reg in range(t.address, t.address + t.width):
-                    other = used.get((t.table, reg))
+                if mt.tag in mapped:
+                    problems.append(Problem(f"{path}.tag", f"tag {mt.tag!r} mapped twice"))
+                mapped.add(mt.tag)
+                if known is not None and mt.tag not in known:
+                    problems.append(Problem(f"{path}.tag", f"unknown tag {mt.tag!r}"))
+                for reg in range(mt.address, mt.address + mt.width):
+                    other = used.get((mt.table, reg))
                     if other is not None:
-                        problems.append(Problem(f"{path}.address", f"{t.table} {reg} already used by {other}"))
+                        problems.append(Problem(f"{path}.address", f"{mt.table} {reg} already used by {other}"))
                         break
-                    used[(t.table, reg)] = t.tag
+                    used[(mt.table, reg)] = mt.tag
     else:
         tags_seen: dict[str, str] = {}
         for key, tag in config.points.items():
@@ -306,7 +307,5 @@ def parse_gateway_config(
     return config
 
 
-def load_gateway_config(
-    path: Path | str, site: Site | None = None
-) -> OpcUaGateway | ModbusGateway | MqttGateway:
+def load_gateway_config(path: Path | str, site: Site | None = None) -> OpcUaGateway | ModbusGateway | MqttGateway:
     return parse_gateway_config(read_yaml(path), str(path), site)
