@@ -100,7 +100,9 @@ async def bench_one(admin_url: str, rows: int, batch: int) -> dict[str, Any]:
         times = []
         for _ in range(15):
             t = time.perf_counter()
-            series = await store.downsampled_series(tag, T0, T0 + timedelta(days=1), timedelta(minutes=1), Aggregate.AVG)
+            series = await store.downsampled_series(
+                tag, T0, T0 + timedelta(days=1), timedelta(minutes=1), Aggregate.AVG
+            )
             times.append((time.perf_counter() - t) * 1000)
         assert len(series.times) == 1440
         copy_rate = rows / copy_s
@@ -126,8 +128,12 @@ async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--batch", type=int, default=10_000)
-    p.add_argument("--pg", default=os.environ.get("HAZMON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    p.add_argument("--tsdb", default=os.environ.get("HAZMON_TEST_TSDB_URL", "postgresql://postgres@127.0.0.1:5433/postgres"))
+    p.add_argument(
+        "--pg", default=os.environ.get("HAZMON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    p.add_argument(
+        "--tsdb", default=os.environ.get("HAZMON_TEST_TSDB_URL", "postgresql://postgres@127.0.0.1:5433/postgres")
+    )
     args = p.parse_args()
     results = {}
     for name, url in (("timescaledb", args.tsdb), ("postgresql", args.pg)):

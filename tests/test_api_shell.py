@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from hazmon.api import create_app
+from hazmon.auth import Role, create_token
 from hazmon.config import load_settings
 from hazmon.reading import US_PER_S, ReadingBatch
 from hazmon.runtime import Runtime, run_runtime
@@ -29,7 +30,12 @@ async def runtime(pg_url: str, tmp_path: Path) -> AsyncIterator[Runtime]:
 @pytest.fixture
 async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(runtime=runtime)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hazmon") as c:
+    async with runtime.db.pool.acquire() as conn:
+        token = (await create_token(conn, Role.REGULATOR, enterprises=["ecs"], name="shell-test")).secret
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://hazmon", headers=headers
+    ) as c:
         yield c
 
 

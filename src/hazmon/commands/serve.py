@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import uvicorn
 
 from hazmon.config import Settings, load_settings
 
+if TYPE_CHECKING:
+    from hazmon.runtime import GatewayConfig
+
 ROOT = Path(__file__).resolve().parents[3]
+DEMO_SITE = ROOT / "sites" / "demo-tank-farm.yaml"
+DEMO_RULES = [ROOT / "alarm_rules" / n for n in ("gas-detectors.yaml", "process-defaults.yaml", "demo-tank-farm.yaml")]
+DEMO_GATEWAYS = [ROOT / "gateways" / f"demo-{p}.yaml" for p in ("opcua", "modbus", "mqtt")]
+DEMO_SCENARIO = ROOT / "simulators" / "demo.yaml"
+
+log = logging.getLogger("hazmon.demo")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,9 +33,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mig.set_defaults(handler=_migrate)
     serve = sub.add_parser("serve", help="run the configured site, gateways, rule engine, store and API")
     serve.set_defaults(handler=_serve)
-    demo = sub.add_parser("demo", help="run the demo plant end to end on an embedded database")
+    demo = sub.add_parser(
+        "demo", help="run the demo plant end to end: simulators, gateways, rule engine, embedded database, API"
+    )
     demo.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     demo.add_argument("--data-dir", type=Path, default=ROOT / ".hazmon" / "demo")
+    demo.add_argument("--scenario", type=Path, default=DEMO_SCENARIO, help="simulator scenario")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--opcua-port", type=int, default=None, help="simulator OPC UA port (default 4840; 0: any)")
+    demo.add_argument("--modbus-port", type=int, default=None, help="simulator Modbus port (default 5020; 0: any)")
+    demo.add_argument("--mqtt-port", type=int, default=1883, help="MQTT broker port (default 1883)")
     demo.set_defaults(handler=_demo)
 
 
@@ -38,31 +62,107 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_api(settings: Settings) -> None:
-    import uvicorn
-
+async def serve_forever(
+    settings: Settings, gateway_configs: Sequence[GatewayConfig] | None = None, banner: bool = False
+) -> None:
+    """Run the runtime and the API in this event loop until SIGINT/SIGTERM."""
     from hazmon.api import create_app
-    from hazmon.logs import setup_logging
+    from hazmon.runtime import run_runtime
 
-    setup_logging(settings.log_level, settings.log_format)
-    config = uvicorn.Config(
-        create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, lifespan="on"
-    )
-    uvicorn.Server(config).run()
+    async with run_runtime(settings, gateway_configs=gateway_configs) as runtime:
+        if banner:
+            from hazmon.auth import ensure_demo_token
+
+            async with runtime.db.pool.acquire() as conn:
+                token = await ensure_demo_token(conn)
+            base = f"http://{settings.api_host}:{settings.api_port}"
+            print(
+                f"\nhazmon demo is running: API {base} (OpenAPI docs at {base}/docs)\n"
+                f"operator token for site demo-tank-farm:\n  export HAZMON_TOKEN={token}\n"
+                f'  curl -s -H "Authorization: Bearer $HAZMON_TOKEN" {base}/api/v1/alarms\n'
+                "alarms appear within a minute; stop with Ctrl-C\n",
+                flush=True,
+            )
+        config = uvicorn.Config(
+            create_app(runtime=runtime),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_config=None,
+            lifespan="on",
+        )
+        server = _Server(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.handle_exit, sig, None)
+        try:
+            await server.serve()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a captured SIGTERM/SIGINT after it stops, which would kill the process
+    before the runtime shuts down (spool flushed, embedded database stopped). hazmon installs its
+    own handlers instead and lets every context close in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _serve(args: argparse.Namespace) -> int:
-    serve_api(load_settings())
+    from hazmon.logs import setup_logging
+
+    settings = load_settings()
+    setup_logging(settings.log_level, settings.log_format)
+    asyncio.run(serve_forever(settings))
     return 0
 
 
+def _broker_up(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _demo(args: argparse.Namespace) -> int:
+    from hazmon.gateways.config import MqttGateway, load_gateway_config
+    from hazmon.logs import setup_logging
+    from hazmon.sim import load_scenario, serve
+    from hazmon.site import load_site
+
     settings = load_settings(
         data_dir=args.data_dir,
-        site=ROOT / "sites" / "demo-tank-farm.yaml",
+        site=DEMO_SITE,
+        rules=DEMO_RULES,
+        gateways=[],
         api_port=args.port,
         database_url=None,
     )
-    print(f"hazmon demo: API on http://{settings.api_host}:{settings.api_port} (docs at /docs)", flush=True)
-    serve_api(settings)
+    setup_logging(settings.log_level, settings.log_format)
+    site = load_site(DEMO_SITE)
+    configs = [load_gateway_config(p, site) for p in DEMO_GATEWAYS]
+    if not _broker_up(args.mqtt_port):
+        log.warning("no MQTT broker on 127.0.0.1:%d: the gas detectors' MQTT feed is left out", args.mqtt_port)
+        configs = [c for c in configs if not isinstance(c, MqttGateway)]
+    scenario = load_scenario(args.scenario, site)
+
+    async def run() -> None:
+        async with serve(
+            site,
+            configs,
+            scenario,
+            seed=args.seed,
+            opcua_port=args.opcua_port,
+            modbus_port=args.modbus_port,
+            mqtt_port=args.mqtt_port,
+        ) as sim:
+            for ep in sim.endpoints:
+                print(f"simulator: {ep.protocol:<6} {ep.url}  ({ep.tags} tags)", flush=True)
+            await serve_forever(settings, [sim.config(c.id) for c in configs], banner=True)
+
+    asyncio.run(run())
     return 0

@@ -7,6 +7,7 @@ raises ``InvalidFile`` with every problem and its path.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -295,12 +296,21 @@ def reference_problems(config: OpcUaGateway | ModbusGateway | MqttGateway, site:
     return problems
 
 
+_PROTOCOL_IN_PATH = re.compile(r"^gateway\.(?:opcua|modbus|mqtt)\.")
+
+
 def parse_gateway_config(
     data: Any, source: str = "<gateway>", site: Site | None = None
 ) -> OpcUaGateway | ModbusGateway | MqttGateway:
     if not isinstance(data, dict):
         raise InvalidFile(source, [Problem("", "a gateway file must be a mapping with a 'gateway' key")])
-    config = validate_model(_GatewayFile, data, source).gateway
+    try:
+        config = validate_model(_GatewayFile, data, source).gateway
+    except InvalidFile as e:
+        # pydantic puts the discriminator value in the path (gateway.modbus.devices[0]...): drop it
+        raise InvalidFile(
+            source, [Problem(_PROTOCOL_IN_PATH.sub("gateway.", p.path), p.message) for p in e.problems]
+        ) from None
     problems = [Problem(f"gateway.{p.path}", p.message) for p in reference_problems(config, site)]
     if problems:
         raise InvalidFile(source, problems)

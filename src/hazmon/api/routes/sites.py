@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from hazmon.api.deps import RuntimeDep
+from hazmon.api.deps import Reader, RuntimeDep
 from hazmon.registry import list_sites
 from hazmon.store import guarded
 
@@ -14,9 +14,9 @@ router = APIRouter(tags=["sites"])
 
 
 @router.get("/sites")
-async def get_sites(runtime: RuntimeDep) -> list[dict[str, Any]]:
+async def get_sites(runtime: RuntimeDep, user: Reader) -> list[dict[str, Any]]:
     async def op() -> list[dict[str, Any]]:
         async with runtime.db.pool.acquire() as conn:
-            return await list_sites(conn)
+            return [s for s in await list_sites(conn) if user.sees(s["id"])]
 
     return await guarded(op, "list sites")

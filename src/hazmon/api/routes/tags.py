@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
-from hazmon.api.deps import RuntimeDep
+from hazmon.api.deps import Reader, RuntimeDep, ensure_sees
 from hazmon.registry import get_tag, list_tags
 from hazmon.site import TagKind
 from hazmon.store import Aggregate, guarded
@@ -41,13 +41,18 @@ def _aware(t: datetime) -> datetime:
 @router.get("/tags")
 async def get_tags(
     runtime: RuntimeDep,
+    user: Reader,
     site: str | None = None,
     equipment: str | None = None,
     kind: TagKind | None = None,
 ) -> list[dict[str, Any]]:
     async def op() -> list[dict[str, Any]]:
         async with runtime.db.pool.acquire() as conn:
-            return await list_tags(conn, site=site, equipment=equipment, kind=kind.value if kind else None)
+            rows = await list_tags(conn, site=site, equipment=equipment, kind=kind.value if kind else None)
+            return [t for t in rows if user.sees(t["site"])]
+
+    if site is not None:
+        ensure_sees(user, site, f"site {site!r}")
 
     return await guarded(op, "list tags")
 
@@ -55,10 +60,13 @@ async def get_tags(
 @router.get("/tags/latest")
 async def get_latest(
     runtime: RuntimeDep,
+    user: Reader,
     site: str | None = None,
     tag: Annotated[list[str] | None, Query(description="tag ids; repeat the parameter")] = None,
 ) -> list[dict[str, Any]]:
     """The newest stored reading of each tag (of a site, or of the tags named)."""
+    if site is not None:
+        ensure_sees(user, site, f"site {site!r}")
 
     async def op() -> list[dict[str, Any]]:
         async with runtime.db.pool.acquire() as conn:
@@ -68,6 +76,9 @@ async def get_latest(
             missing = sorted(set(tag) - {t["id"] for t in wanted.values()})
             if missing:
                 raise HTTPException(404, f"unknown tag(s): {', '.join(missing)}")
+            for t in wanted.values():
+                ensure_sees(user, t["site"], f"tag {t['id']}")
+        wanted = {k: t for k, t in wanted.items() if user.sees(t["site"])}
         latest = await runtime.store.latest(sorted(wanted))
         return [
             {
@@ -86,6 +97,7 @@ async def get_latest(
 @router.get("/tags/{tag_id}/series")
 async def get_series(
     runtime: RuntimeDep,
+    user: Reader,
     tag_id: str,
     start: datetime | None = None,
     end: datetime | None = None,
@@ -114,6 +126,7 @@ async def get_series(
     tag = await guarded(lookup, "tag lookup")
     if tag is None:
         raise HTTPException(404, f"unknown tag {tag_id!r}")
+    ensure_sees(user, tag["site"], f"tag {tag_id}")
     if width is None:
         series = await runtime.store.raw_series(tag["key"], start, end, limit=MAX_RAW_POINTS + 1)
         truncated = len(series.times) > MAX_RAW_POINTS

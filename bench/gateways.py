@@ -1,0 +1,554 @@
+"""Gateway benchmark: OPC UA, Modbus TCP and MQTT ingest measured into PostgreSQL.
+
+Each workload runs its source (asyncua server, pymodbus servers, an MQTT publisher into a private
+Mosquitto) in a separate process, and in this process the gateway -> Forwarder (disk spool) ->
+ReadingStore (binary COPY) into a fresh database. Reported per workload: readings stored per second
+during the measuring window, the share of what the source produced that was stored (after the
+final flush), rows stored twice, this process's CPU (% of one core: gateway + forwarder + store
+client) and RSS, and latency from the reading's timestamp to the store's confirmation (p50/p95;
+for Modbus the timestamp is the poll, for OPC UA and MQTT the source's change time).
+Baseline in the same run: ReadingStore.write of ready-made batches (the store's ceiling here).
+
+    python bench/gateways.py [--seconds 10] [--pg postgresql://postgres@127.0.0.1:5432/postgres]
+                             [--only opcua-10k,B2,...]
+
+The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from hazmon.db import connect
+from hazmon.forwarder import Forwarder
+from hazmon.gateways import open_gateway
+from hazmon.gateways.config import parse_gateway_config
+from hazmon.migrate import migrate
+from hazmon.reading import ReadingBatch, now_us
+from hazmon.store import ReadingStore
+from hazmon.tag import TagIndex
+
+NS = "urn:hazmon:bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------- sources (run in child processes)
+
+
+async def serve_opcua(port: int, objects: int, per: int, rate: float, seconds: float) -> None:
+    """An asyncua server; changes ``rate`` variables a second round-robin, then reports how many."""
+    from datetime import UTC, datetime
+
+    from asyncua import Server, ua
+
+    server = Server()
+    await server.init()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/bench")
+    idx = await server.register_namespace(NS)
+    nodeids = []
+    for o in range(objects):
+        obj = await server.nodes.objects.add_object(ua.NodeId(f"D{o}", idx), f"D{o}")
+        for i in range(per):
+            var = await obj.add_variable(ua.NodeId(f"D{o}.V{i}", idx), f"V{i}", ua.Variant(0.0, ua.VariantType.Double))
+            nodeids.append(var.nodeid)
+    written = 0
+    async with server:
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # "go"
+        tick = 0.1
+        per_tick = max(1, int(rate * tick))
+        t0 = time.monotonic()
+        k = 0
+        while time.monotonic() - t0 < seconds:
+            now = datetime.now(UTC)
+            for _ in range(per_tick):
+                n = nodeids[k % len(nodeids)]
+                dv = ua.DataValue(ua.Variant(float(k + 1), ua.VariantType.Double), SourceTimestamp=now)
+                await server.write_attribute_value(n, dv)
+                k += 1
+            written = k
+            t_next = t0 + (k // per_tick) * tick
+            await asyncio.sleep(max(0.0, t_next - time.monotonic()))
+        await asyncio.sleep(1.5)  # let the last changes be published
+    print(json.dumps({"written": written}), flush=True)
+
+
+async def serve_modbus(ports: list[int], registers: int, seconds: float) -> None:
+    """One pymodbus server per port (a device each); every register changes once a second."""
+    import logging
+
+    from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
+    from pymodbus.server import ModbusTcpServer
+
+    logging.getLogger("pymodbus").setLevel(logging.ERROR)
+    servers = []
+    for p in ports:
+        dev = ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * registers))
+        s = ModbusTcpServer(ModbusServerContext(devices={1: dev}, single=False), address=("127.0.0.1", p))
+        await s.serve_forever(background=True)
+        servers.append(s)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    t0 = time.monotonic()
+    step = 0
+    while time.monotonic() - t0 < seconds:
+        step += 1
+        values = [(step + i) % 65536 for i in range(registers)]
+        for s in servers:
+            await s.async_setValues(1, 3, 0, values)
+        await asyncio.sleep(max(0.0, t0 + step - time.monotonic()))
+    for s in servers:
+        await s.shutdown()
+    print(json.dumps({"written": step}), flush=True)
+
+
+def publish_mqtt(port: int, points: int, per_message: int, rate: float, seconds: float) -> None:
+    """paho publisher: columnar batch payloads, QoS 1, ``rate`` readings a second."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    names = [f"p{i}" for i in range(points)]
+    msgs_per_s = rate / per_message
+    t0 = time.monotonic()
+    sent = 0
+    infos = []
+    k = 0
+    while time.monotonic() - t0 < seconds:
+        ts = int(time.time() * 1000)
+        chunk = [names[(k + j) % points] for j in range(per_message)]
+        payload = json.dumps({"ts": ts, "points": chunk, "values": [float(k + j) for j in range(per_message)]})
+        infos.append(client.publish("bench/batch", payload, qos=1))
+        k += per_message
+        sent += per_message
+        t_next = t0 + (sent / per_message) / msgs_per_s
+        time.sleep(max(0.0, t_next - time.monotonic()))
+    for info in infos:
+        info.wait_for_publish(30)
+    client.loop_stop()
+    client.disconnect()
+    print(json.dumps({"written": sent}), flush=True)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass
+class MeasuringStore:
+    """Wraps the store: counts rows and samples latency (confirmation time - reading ts)."""
+
+    store: ReadingStore
+    stored: int = 0
+    latencies_us: list[int] = field(default_factory=list)
+
+    async def write(self, batch: ReadingBatch) -> int:
+        n = await self.store.write(batch)
+        self.stored += n
+        if n and len(self.latencies_us) < 200_000:
+            sample = batch.ts[:: max(1, len(batch) // 50)]
+            self.latencies_us.extend((now_us() - sample).tolist())
+        return n
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def fresh_db(admin_url: str) -> str:
+    name = f"hazmon_bench_gw_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = admin_url.rpartition("/")[0] + "/" + name
+    conn = await asyncpg.connect(url)
+    await migrate(conn)
+    await conn.close()
+    return url
+
+
+async def drop_db(admin_url: str, url: str) -> None:
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+    await admin.close()
+
+
+class Source:
+    """A source child process: started, told "go", waited for its final {"written": n}."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    async def ready(self) -> None:
+        assert self.proc.stdout is not None
+        line = await asyncio.to_thread(self.proc.stdout.readline)
+        if line.strip() != "ready":
+            raise RuntimeError(f"source failed to start: {line!r}")
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    async def written(self) -> int:
+        assert self.proc.stdout is not None
+        out = await asyncio.to_thread(self.proc.stdout.read)
+        await asyncio.to_thread(self.proc.wait, 60)
+        return int(json.loads(out.strip().splitlines()[-1])["written"])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+class Sources:
+    """Several source processes acting as one."""
+
+    def __init__(self, sources: list[Source]) -> None:
+        self.sources = sources
+
+    async def ready(self) -> None:
+        for s in self.sources:
+            await s.ready()
+
+    def go(self) -> None:
+        for s in self.sources:
+            s.go()
+
+    async def written(self) -> int:
+        return sum([await s.written() for s in self.sources])
+
+    def kill(self) -> None:
+        for s in self.sources:
+            s.kill()
+
+
+async def run_workload(
+    name: str,
+    admin_url: str,
+    gateway_doc: dict[str, Any],
+    tags: list[str],
+    source: Source | Sources,
+    seconds: float,
+    asked_per_s: float,
+    produced: Callable[[int], int],
+) -> dict[str, Any]:
+    url = await fresh_db(admin_url)
+    db = await connect(url, pool_size=4, run_migrations=False)
+    tmp = Path(tempfile.mkdtemp(prefix="hazmon-bench-"))
+    index = TagIndex(tags)
+    store = MeasuringStore(ReadingStore(db.pool, db.caps))
+    gw = open_gateway(parse_gateway_config({"gateway": gateway_doc}), index, data_dir=tmp)
+    try:
+        await source.ready()
+        async with Forwarder(store, tmp / "spool") as fwd, gw:  # type: ignore[arg-type]
+
+            async def pump() -> None:
+                async for b in gw.batches():
+                    await fwd.put(b)
+
+            pump_task = asyncio.create_task(pump())
+            deadline = time.monotonic() + 30
+            while not gw.health().connected:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name}: gateway did not connect: {gw.health()}")
+                await asyncio.sleep(0.05)
+            source.go()
+            await asyncio.sleep(2.0)  # warm-up
+            store.latencies_us.clear()
+            s0, c0, t0 = store.stored, os.times(), time.monotonic()
+            await asyncio.sleep(seconds)
+            s1, c1, t1 = store.stored, os.times(), time.monotonic()
+            rss = rss_mb()
+            health = gw.health()
+            written = await source.written()
+            await asyncio.sleep(1.0)  # the last readings in flight
+            await fwd.flush(60)
+            pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump_task
+            fstats = fwd.stats()
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetchval("SELECT count(*) FROM readings WHERE quality < 128")
+            dup = await conn.fetchval("SELECT count(*) - count(DISTINCT (tag, time)) FROM readings WHERE quality < 128")
+        finally:
+            await conn.close()
+        rate = (s1 - s0) / (t1 - t0)
+        cpu = ((c1.user - c0.user) + (c1.system - c0.system)) / (t1 - t0) * 100
+        lat = np.array(store.latencies_us or [0]) / 1000
+        expected = produced(written)
+        return {
+            "workload": name,
+            "asked_per_s": asked_per_s,
+            "stored_per_s": round(rate),
+            "share_of_asked": round(rate / asked_per_s, 3),
+            "produced": expected,
+            "stored_total": int(rows),
+            "delivered_share": round(int(rows) / expected, 4) if expected else None,
+            "duplicates": int(dup),
+            "cpu_pct_one_core": round(cpu, 1),
+            "rss_mb": round(rss, 1),
+            "latency_ms_p50": round(float(np.percentile(lat, 50)), 1),
+            "latency_ms_p95": round(float(np.percentile(lat, 95)), 1),
+            "writes": fstats.writes,
+            "quarantined": health.quarantined,
+            "gateway_errors": {d: h.errors for d, h in health.devices.items() if h.errors},
+        }
+    finally:
+        source.kill()
+        await db.close()
+        await drop_db(admin_url, url)
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def opcua_workload(name: str, objects: int, per: int, rate: float, seconds: float) -> tuple[Any, ...]:
+    port = free_port()
+    src = Source(["serve-opcua", str(port), str(objects), str(per), str(rate), str(seconds + 3)])
+    tags = [f"D{o}.V{i}" for o in range(objects) for i in range(per)]
+    doc = {
+        "id": name,
+        "protocol": "opcua",
+        "site": "bench",
+        "endpoint": f"opc.tcp://127.0.0.1:{port}/bench",
+        "namespace": NS,
+        "publishing_interval_ms": 200,
+        "sampling_interval_ms": 0,
+        "timeout_s": 10,
+        "tags": [{"tag": t, "node": f"s={t}"} for t in tags],
+    }
+    # every variable's initial value is delivered once on subscribing, then each change
+    return doc, tags, src, rate, lambda written: written + len(tags)
+
+
+def modbus_workload(
+    name: str, devices: int, registers: int, poll_ms: float, seconds: float, procs: int = 1
+) -> tuple[Any, ...]:
+    ports = [free_port() for _ in range(devices)]
+    # the devices are pymodbus servers in ``procs`` processes (one process can serve ~2,000 reads/s)
+    parts = [ports[i::procs] for i in range(procs)]
+    src = Sources(
+        [Source(["serve-modbus", ",".join(map(str, part)), str(registers), str(seconds + 3)]) for part in parts]
+    )
+    tags = [f"M{d}.R{r}" for d in range(devices) for r in range(registers)]
+    doc = {
+        "id": name,
+        "protocol": "modbus",
+        "site": "bench",
+        "poll_groups": {"default": poll_ms},
+        "devices": [
+            {
+                "id": f"M{d}",
+                "port": p,
+                "timeout_s": 2,
+                "tags": [{"tag": f"M{d}.R{r}", "address": r, "type": "uint16"} for r in range(registers)],
+            }
+            for d, p in enumerate(ports)
+        ],
+    }
+    asked = devices * registers * 1000 / poll_ms
+    return doc, tags, src, asked, None  # polled: "produced" is what the polls returned (see below)
+
+
+def start_broker(conf: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["mosquitto", "-c", str(conf)])
+
+
+async def bench_modbus_baseline(devices: int, registers: int, seconds: float, procs: int) -> dict[str, Any]:
+    """Plain pymodbus clients, one per device, reading 125-register blocks back to back: the most the
+    same servers deliver to anyone on this machine (the ceiling for the gateway's Modbus figure)."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    ports = [free_port() for _ in range(devices)]
+    parts = [ports[i::procs] for i in range(procs)]
+    src = Sources(
+        [Source(["serve-modbus", ",".join(map(str, part)), str(registers), str(seconds + 3)]) for part in parts]
+    )
+    await src.ready()
+    src.go()
+    clients = [AsyncModbusTcpClient("127.0.0.1", port=p, timeout=2) for p in ports]
+    for c in clients:
+        await c.connect()
+    count = 0
+    stop = time.monotonic() + seconds
+
+    async def loop(c: Any) -> None:
+        nonlocal count
+        while time.monotonic() < stop:
+            for start in range(0, registers, 125):
+                rr = await c.read_holding_registers(start, count=min(125, registers - start), device_id=1)
+                count += len(rr.registers)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(loop(c) for c in clients))
+    dt = time.monotonic() - t0
+    for c in clients:
+        c.close()
+    src.kill()
+    return {"workload": "modbus-raw-clients", "registers_per_s": round(count / dt), "devices": devices}
+
+
+async def bench_store_baseline(admin_url: str) -> dict[str, Any]:
+    url = await fresh_db(admin_url)
+    db = await connect(url, pool_size=2, run_migrations=False)
+    try:
+        store = ReadingStore(db.pool, db.caps)
+        n, size = 400_000, 10_000
+        t0_us = now_us()
+        batches = [
+            ReadingBatch.from_columns(np.arange(size) % 1000, t0_us + np.arange(i, i + size), np.ones(size), 0)
+            for i in range(0, n, size)
+        ]
+        t0 = time.monotonic()
+        for b in batches:
+            await store.write(b)
+        dt = time.monotonic() - t0
+        return {"workload": "store-baseline", "rows_per_s": round(n / dt), "batch_rows": size}
+    finally:
+        await db.close()
+        await drop_db(admin_url, url)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    secs = args.seconds
+    only = set(args.only.split(",")) if args.only else None
+    results: list[dict[str, Any]] = []
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
+    results.append(await bench_store_baseline(args.pg))
+    print(json.dumps(results[-1]), file=sys.stderr)
+
+    if wanted("opcua-10k"):
+        doc, tags, src, asked, produced = opcua_workload("opcua-10k", 20, 100, 12_000, secs)
+        results.append(await run_workload("opcua-10k", args.pg, doc, tags, src, secs, asked, produced))
+        print(json.dumps(results[-1]), file=sys.stderr)
+    if wanted("B2"):
+        doc, tags, src, asked, produced = opcua_workload("B2", 50, 100, 5_000, secs)
+        results.append(await run_workload("B2", args.pg, doc, tags, src, secs, asked, produced))
+        print(json.dumps(results[-1]), file=sys.stderr)
+    if wanted("modbus-200k"):
+        results.append(await bench_modbus_baseline(20, 500, secs / 2, args.modbus_procs))
+        print(json.dumps(results[-1]), file=sys.stderr)
+    for name, devices, regs, poll in (("modbus-200k", 20, 500, 50.0), ("A4", 20, 100, 100.0)):
+        if not wanted(name):
+            continue
+        doc, tags, src, asked, _ = modbus_workload(name, devices, regs, poll, secs, args.modbus_procs)
+        r = await run_workload(name, args.pg, doc, tags, src, secs, asked, lambda written: 0)
+        # polling: every poll of every register is a stored reading; "produced" = polls answered
+        r["produced"] = None
+        r["delivered_share"] = None
+        results.append(r)
+        print(json.dumps(results[-1]), file=sys.stderr)
+    if wanted("mqtt-50k"):
+        with tempfile.TemporaryDirectory() as d:
+            port = free_port()
+            conf = Path(d) / "m.conf"
+            conf.write_text(
+                f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
+                "max_inflight_messages 1000\nuser root\nlog_type error\n"
+            )
+            broker = start_broker(conf)
+            try:
+                for _ in range(100):
+                    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+                        break
+                    await asyncio.sleep(0.05)
+                points = 5000
+                src = Source(["publish-mqtt", str(port), str(points), "1000", "60000", str(secs + 3)])
+                doc = {
+                    "id": "mqtt-50k",
+                    "protocol": "mqtt",
+                    "site": "bench",
+                    "broker": {"port": port, "client_id": "bench-gw"},
+                    "topics": [{"filter": "bench/#", "format": "batch"}],
+                    "points": {f"p{i}": f"P{i}" for i in range(points)},
+                }
+                tags = [f"P{i}" for i in range(points)]
+                results.append(
+                    await run_workload("mqtt-50k", args.pg, doc, tags, src, secs, 60_000, lambda written: written)
+                )
+                print(json.dumps(results[-1]), file=sys.stderr)
+            finally:
+                broker.send_signal(signal.SIGTERM)
+                broker.wait(10)
+    base = results[0]["rows_per_s"]
+    raw = next((r["registers_per_s"] for r in results if r["workload"] == "modbus-raw-clients"), None)
+    for r in results[1:]:
+        if "stored_per_s" in r:
+            r["ratio_to_store_baseline"] = round(r["stored_per_s"] / base, 3)
+        if r["workload"] == "modbus-200k" and raw:
+            r["ratio_to_raw_pymodbus_clients"] = round(r["stored_per_s"] / raw, 3)
+    return {
+        "benchmark": "gateways",
+        "cpus": os.cpu_count(),
+        "seconds": secs,
+        "targets": {"opcua-10k": 10_000, "modbus-200k": 200_000, "mqtt-50k": 50_000},
+        "results": results,
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-opcua":
+        _, _, port, objects, per, rate, seconds = sys.argv
+        asyncio.run(serve_opcua(int(port), int(objects), int(per), float(rate), float(seconds)))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-modbus":
+        _, _, ports, registers, seconds = sys.argv
+        asyncio.run(serve_modbus([int(p) for p in ports.split(",")], int(registers), float(seconds)))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "publish-mqtt":
+        _, _, port, points, per_message, rate, seconds = sys.argv
+        publish_mqtt(int(port), int(points), int(per_message), float(rate), float(seconds))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--pg", default=os.environ.get("HAZMON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    parser.add_argument("--modbus-procs", type=int, default=1, help="processes serving the Modbus devices")
+    parser.add_argument("--only", default="", help="comma-separated workloads: opcua-10k,B2,modbus-200k,A4,mqtt-50k")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Administration: tokens and the audit trail (admin only), and site configuration (engineers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from hazmon import audit
+from hazmon.api.deps import Admin, Configurer, RuntimeDep
+from hazmon.api.trail import record
+from hazmon.auth import AuthError, Role, create_token, list_tokens, revoke_token
+from hazmon.errors import InvalidFile
+from hazmon.registry import RegistryError, upsert_site
+from hazmon.site import parse_site
+from hazmon.store import guarded
+
+router = APIRouter(tags=["admin"])
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    sites: list[str] = Field(default_factory=list)
+    enterprises: list[str] = Field(default_factory=list)
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+@router.get("/tokens", summary="Every token (never its secret)")
+async def get_tokens(runtime: RuntimeDep, user: Admin) -> list[dict[str, Any]]:
+    async def op() -> list[dict[str, Any]]:
+        async with runtime.db.pool.acquire() as conn:
+            return [t.as_dict() for t in await list_tokens(conn)]
+
+    return await guarded(op, "list tokens")
+
+
+@router.post("/tokens", status_code=201, summary="Create a token; its secret is in this answer only")
+async def post_token(runtime: RuntimeDep, user: Admin, body: TokenRequest) -> dict[str, Any]:
+    async def op() -> dict[str, Any]:
+        async with runtime.db.pool.acquire() as conn:
+            new = await create_token(
+                conn, body.role, sites=body.sites, enterprises=body.enterprises, name=body.name, created_by=user.label
+            )
+        return {**new.info.as_dict(), "token": new.secret}
+
+    try:
+        out = await guarded(op, "create token")
+    except AuthError as e:
+        raise HTTPException(422, str(e)) from None
+    await record(
+        runtime,
+        user,
+        "token.create",
+        out["id"],
+        None,
+        {"role": out["role"], "sites": out["sites"], "enterprises": out["enterprises"], "name": out["name"]},
+    )
+    return out
+
+
+@router.delete("/tokens/{token_id}", summary="Revoke a token (at once)")
+async def delete_token(runtime: RuntimeDep, user: Admin, token_id: str) -> dict[str, Any]:
+    async def op() -> dict[str, Any]:
+        async with runtime.db.pool.acquire() as conn:
+            return (await revoke_token(conn, token_id)).as_dict()
+
+    try:
+        out = await guarded(op, "revoke token")
+    except AuthError as e:
+        raise HTTPException(404, str(e)) from None
+    await record(runtime, user, "token.revoke", out["id"], None, {"name": out["name"]})
+    return out
+
+
+@router.get("/audit", summary="The audit trail, newest first")
+async def get_audit(
+    runtime: RuntimeDep,
+    user: Admin,
+    limit: int = Query(100, ge=1, le=1000),
+    before_seq: int | None = None,
+    site: str | None = None,
+) -> list[dict[str, Any]]:
+    async def op() -> list[dict[str, Any]]:
+        async with runtime.db.pool.acquire() as conn:
+            return [r.as_dict() for r in await audit.recent(conn, limit=limit, before_seq=before_seq, site_id=site)]
+
+    return await guarded(op, "audit trail")
+
+
+@router.get("/audit/verify", summary="Check the audit trail's hash chain")
+async def verify_audit(runtime: RuntimeDep, user: Admin) -> dict[str, Any]:
+    async def op() -> audit.VerifyResult:
+        async with runtime.db.pool.acquire() as conn:
+            return await audit.verify(conn)
+
+    result = await guarded(op, "audit verify")
+    finding = result.finding
+    return {
+        "ok": result.ok,
+        "rows": result.rows,
+        "head_seq": result.head_seq,
+        "finding": None if finding is None else {"seq": finding.seq, "kind": finding.kind, "message": finding.message},
+    }
+
+
+@router.put("/sites/{site_id}", summary="Register or update a site from its description (as in sites/*.yaml)")
+async def put_site(runtime: RuntimeDep, user: Configurer, site_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Validates the site like `hazmon site check` and upserts it like `hazmon site load`.
+
+    The running rule engine and gateways keep the configuration they started with until restart.
+    """
+    try:
+        site = parse_site(body, f"<PUT /api/v1/sites/{site_id}>")
+    except InvalidFile as e:
+        raise HTTPException(422, str(e)) from None
+    if site.id != site_id:
+        raise HTTPException(422, f"site.id is {site.id!r}, but the URL names {site_id!r}")
+    if not user.covers(site.id, site.enterprise.id):
+        raise HTTPException(403, f"site {site.id!r} (enterprise {site.enterprise.id!r}) is outside this token's scope")
+
+    async def op() -> str:
+        async with runtime.db.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchval("SELECT enterprise_id FROM sites WHERE id = $1 FOR UPDATE", site.id)
+            if current is not None and not user.covers(site.id, current):
+                raise HTTPException(
+                    403, f"site {site.id!r} belongs to enterprise {current!r}, outside this token's scope"
+                )
+            return str(await upsert_site(conn, site))
+
+    try:
+        summary = await guarded(op, "load site")
+    except RegistryError as e:
+        raise HTTPException(409, str(e)) from None
+    await record(runtime, user, "site.load", site.id, site.id, {"summary": summary, "tags": len(site.tags)})
+    return {"site": site.id, "summary": summary, "applies_to_running_engine": False}

@@ -1,0 +1,378 @@
+"""Alarms: the current ones, the journal, KPIs, and the operator actions.
+
+Every action goes through ``runtime.operate`` (the engine, under the runtime's ordering, with the
+events journaled and published live) and is then appended to the audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from hazmon import journal, kpi
+from hazmon.alarm import AlarmSnapshot, AlarmState, InvalidTransition, Priority, UnknownAlarm
+from hazmon.api.deps import Operator, Reader, RuntimeDep, ensure_sees
+from hazmon.api.trail import record
+from hazmon.api.where import NOWHERE, Place, directory
+from hazmon.auth import Principal
+from hazmon.engine import AlarmEngine
+from hazmon.live import event_dict, owner_of, snapshot_dict
+from hazmon.runtime import Runtime
+from hazmon.store import guarded
+
+router = APIRouter(prefix="/alarms", tags=["alarms"])
+
+MAX_PAGE = 1_000
+_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$")
+_SINCE_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def places(runtime: Runtime) -> dict[str, Place]:
+    return directory(runtime).places
+
+
+def _engine(runtime: Runtime) -> AlarmEngine:
+    if runtime.engine is None:
+        raise HTTPException(503, "no rule engine is running (no alarm rules configured)")
+    return runtime.engine
+
+
+def _place(runtime: Runtime, alarm_id: str, tag_id: str | None) -> Place:
+    return places(runtime).get(owner_of(alarm_id, tag_id), NOWHERE)
+
+
+def _alarm_json(runtime: Runtime, s: AlarmSnapshot) -> dict[str, Any]:
+    p = _place(runtime, s.alarm_id, s.tag_id)
+    d = snapshot_dict(s, p.site)
+    d["installation"] = p.installation
+    d["equipment"] = p.equipment
+    return d
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """'30d', '12h', '90min' ago, or an ISO 8601 time."""
+    now = now or datetime.now(UTC)
+    m = _SINCE.match(text)
+    if m:
+        return now - timedelta(seconds=float(m.group(1)) * _SINCE_S[m.group(2)])
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(
+            422, f"since {text!r}: use a duration such as 30d, 12h, 90min or an ISO 8601 time"
+        ) from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _scoped_site(user: Principal, site: str | None) -> str | None:
+    """The site a journal/KPI query is about: the one asked for (in scope), or the token's only site."""
+    if site is not None:
+        ensure_sees(user, site, f"site {site!r}")
+        return site
+    if user.unrestricted:
+        return None
+    if len(user.scope) == 1:
+        return next(iter(user.scope))
+    raise HTTPException(
+        422, f"name a site: this token covers {len(user.scope)} sites ({', '.join(sorted(user.scope))})"
+    )
+
+
+def _json(body: Any) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False, default=str), media_type="application/json")
+
+
+# ---------------------------------------------------------------------- reads
+
+
+@router.get("", summary="Current alarms (not normal), filtered")
+async def current_alarms(
+    runtime: RuntimeDep,
+    user: Reader,
+    site: str | None = None,
+    installation: str | None = None,
+    equipment: str | None = None,
+    priority: Annotated[list[Priority] | None, Query(description="repeat for several")] = None,
+    state: Annotated[list[AlarmState] | None, Query(description="repeat for several")] = None,
+) -> Response:
+    if site is not None:
+        ensure_sees(user, site, f"site {site!r}")
+    view = current_view(runtime)
+    prios = set(priority) if priority else None
+    states = set(state) if state else None
+    parts = []
+    for s, p, text in view.items:
+        if not user.sees(p.site):
+            continue
+        if (site is not None and p.site != site) or (equipment is not None and p.equipment != equipment):
+            continue
+        if installation is not None and p.installation != installation:
+            continue
+        if (prios is not None and s.priority not in prios) or (states is not None and s.state not in states):
+            continue
+        parts.append(text)
+    return Response("[" + ",".join(parts) + "]", media_type="application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """The current alarms, located and serialised once, newest first."""
+
+    engine: AlarmEngine  # held, so that its id cannot be reused by another engine
+    key: tuple[int, ...]
+    items: list[tuple[AlarmSnapshot, Place, str]]
+
+
+_views: dict[int, View] = {}
+
+
+def current_view(runtime: Runtime) -> View:
+    """Cached until the engine's state may have changed: every change of an alarm is an event
+    published to the hub, and every batch may change the values shown."""
+    engine = _engine(runtime)
+    key = (engine.stats["batches"], runtime.hub.stats.events_published, len(runtime.site_of))
+    view = _views.get(id(runtime))
+    if view is not None and view.engine is engine and view.key == key:
+        return view
+    where = places(runtime)
+    items = []
+    for s in engine.current():
+        p = where.get(owner_of(s.alarm_id, s.tag_id), NOWHERE)
+        d = snapshot_dict(s, p.site)
+        d["installation"] = p.installation
+        d["equipment"] = p.equipment
+        items.append((s, p, json.dumps(d, ensure_ascii=False)))
+    items.sort(key=lambda item: (-item[0].since_us, item[0].alarm_id))
+    view = View(engine, key, items)
+    if len(_views) > 64:
+        _views.clear()
+    _views[id(runtime)] = view
+    return view
+
+
+@router.get("/history", summary="The alarm journal over a time range, newest first, paged")
+async def alarm_history(
+    runtime: RuntimeDep,
+    user: Reader,
+    site: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
+    site_id = _scoped_site(user, site)
+    end = end or datetime.now(UTC)
+    start = start or end - timedelta(days=1)
+    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    if start >= end:
+        raise HTTPException(422, "start must be before end")
+
+    async def op() -> list[dict[str, Any]]:
+        async with runtime.db.pool.acquire() as conn:
+            rows: list[dict[str, Any]] = await journal.history(
+                conn, site=site_id, start=start, end=end, limit=limit + 1, offset=offset
+            )
+            return rows
+
+    try:
+        rows = await guarded(op, "alarm history")
+    except journal.JournalError as e:
+        raise HTTPException(503, str(e)) from None
+    more = len(rows) > limit
+    events = [_history_json(r) for r in rows[:limit]]
+    return _json(
+        {
+            "site": site_id,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "limit": limit,
+            "offset": offset,
+            "next_offset": offset + limit if more else None,
+            "events": events,
+        }
+    )
+
+
+def _history_json(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, datetime):
+            out["time" if k == "ts" else k] = v.isoformat().replace("+00:00", "Z")
+            if k == "ts":
+                out["ts_us"] = journal.to_us(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+        else:
+            out[k] = v
+    out["site"] = out.pop("site_id", None)
+    out["tag"] = out.pop("tag_id", None)
+    out["state"] = out.pop("new_state", None)
+    return out
+
+
+@router.get("/kpi", summary="Alarm-system KPIs (ISA-18.2 / EEMUA 191) from the journal")
+async def alarm_kpi(runtime: RuntimeDep, user: Reader, site: str | None = None, since: str = "30d") -> Response:
+    site_id = _scoped_site(user, site)
+    if site_id is None:
+        raise HTTPException(422, "name a site")
+    start = parse_since(since)
+
+    async def op() -> dict[str, Any]:
+        async with runtime.db.pool.acquire() as conn:
+            return await kpi.compute_kpis(conn, site_id, start)
+
+    try:
+        result = await guarded(op, "alarm KPIs")
+    except journal.JournalError as e:
+        raise HTTPException(503, str(e)) from None
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
+    return _json(result)
+
+
+@router.get("/{alarm_id}", summary="One alarm's current state")
+async def one_alarm(runtime: RuntimeDep, user: Reader, alarm_id: str) -> Response:
+    snap = _get(runtime, alarm_id)
+    d = _alarm_json(runtime, snap)
+    ensure_sees(user, d["site"], f"alarm {alarm_id}")
+    return _json(d)
+
+
+def _get(runtime: Runtime, alarm_id: str) -> AlarmSnapshot:
+    try:
+        return _engine(runtime).get(alarm_id)
+    except UnknownAlarm:
+        raise HTTPException(404, f"unknown alarm {alarm_id!r}") from None
+
+
+# ---------------------------------------------------------------------- actions
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CommentBody(_Body):
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class ShelveBody(_Body):
+    reason: str = Field(min_length=1, max_length=2000, description="why the alarm is shelved (required)")
+    duration_s: float = Field(gt=0, description="seconds; at most the configured maximum")
+
+
+class TextBody(_Body):
+    text: str = Field(min_length=1, max_length=2000)
+
+
+class ReasonBody(_Body):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class BulkAckBody(_Body):
+    ids: list[str] = Field(min_length=1, max_length=1000)
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+async def _act(
+    runtime: Runtime,
+    user: Principal,
+    action: str,
+    alarm_id: str,
+    *,
+    comment: str | None = None,
+    duration_s: float | None = None,
+) -> dict[str, Any]:
+    snap = _get(runtime, alarm_id)
+    site = _place(runtime, snap.alarm_id, snap.tag_id).site
+    ensure_sees(user, site, f"alarm {alarm_id}")
+    try:
+        events = await runtime.operate(action, alarm_id, user.label, comment=comment, duration_s=duration_s)
+    except UnknownAlarm:
+        raise HTTPException(404, f"unknown alarm {alarm_id!r}") from None
+    except InvalidTransition as e:
+        raise HTTPException(409, str(e)) from None
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
+    after = _get(runtime, alarm_id)
+    detail: dict[str, Any] = {"from": str(snap.state), "to": str(after.state)}
+    if comment is not None:
+        detail["comment"] = comment
+    if duration_s is not None:
+        detail["duration_s"] = duration_s
+    await record(runtime, user, f"alarm.{action}", alarm_id, site, detail)
+    return {"alarm": _alarm_json(runtime, after), "events": [event_dict(e, site) for e in events]}
+
+
+@router.post("/ack", summary="Acknowledge several alarms; each is reported on its own")
+async def bulk_ack(runtime: RuntimeDep, user: Operator, body: BulkAckBody) -> Response:
+    """Any id outside the token's scope refuses the whole request (403) before anything is done;
+    unknown ids and alarms not waiting for acknowledgement are reported per id (404, 409)."""
+    engine = _engine(runtime)
+    ids = list(dict.fromkeys(body.ids))
+    for alarm_id in ids:
+        try:
+            snap = engine.get(alarm_id)
+        except UnknownAlarm:
+            continue
+        ensure_sees(user, _place(runtime, snap.alarm_id, snap.tag_id).site, f"alarm {alarm_id}")
+    results: dict[str, Any] = {}
+    for alarm_id in ids:
+        try:
+            out = await _act(runtime, user, "acknowledge", alarm_id, comment=body.comment)
+            results[alarm_id] = {"status": 200, "state": out["alarm"]["state"]}
+        except HTTPException as e:
+            results[alarm_id] = {"status": e.status_code, "detail": e.detail}
+    return _json({"results": results, "acknowledged": sum(1 for r in results.values() if r["status"] == 200)})
+
+
+@router.post("/{alarm_id}/ack", summary="Acknowledge an alarm")
+async def ack(runtime: RuntimeDep, user: Operator, alarm_id: str, body: CommentBody | None = None) -> Response:
+    return _json(await _act(runtime, user, "acknowledge", alarm_id, comment=body.comment if body else None))
+
+
+@router.post("/{alarm_id}/reset", summary="Reset a latched alarm whose condition has cleared")
+async def reset(runtime: RuntimeDep, user: Operator, alarm_id: str, body: CommentBody | None = None) -> Response:
+    return _json(await _act(runtime, user, "reset", alarm_id, comment=body.comment if body else None))
+
+
+@router.post("/{alarm_id}/shelve", summary="Shelve an alarm for a while (reason required)")
+async def shelve(runtime: RuntimeDep, user: Operator, alarm_id: str, body: ShelveBody) -> Response:
+    engine = _engine(runtime)
+    max_s = engine.max_shelve_us / 1e6
+    if body.duration_s > max_s:
+        raise HTTPException(422, f"duration_s: at most {max_s:g} s ({max_s / 3600:g} h) may be shelved")
+    return _json(await _act(runtime, user, "shelve", alarm_id, comment=body.reason, duration_s=body.duration_s))
+
+
+@router.post("/{alarm_id}/unshelve", summary="Unshelve an alarm before its time runs out")
+async def unshelve(runtime: RuntimeDep, user: Operator, alarm_id: str, body: CommentBody | None = None) -> Response:
+    return _json(await _act(runtime, user, "unshelve", alarm_id, comment=body.comment if body else None))
+
+
+@router.post("/{alarm_id}/comment", summary="Add a comment to an alarm's journal")
+async def comment(runtime: RuntimeDep, user: Operator, alarm_id: str, body: TextBody) -> Response:
+    return _json(await _act(runtime, user, "comment", alarm_id, comment=body.text))
+
+
+@router.post("/{alarm_id}/out-of-service", summary="Remove an alarm from service (reason required)")
+async def out_of_service(runtime: RuntimeDep, user: Operator, alarm_id: str, body: ReasonBody) -> Response:
+    return _json(await _act(runtime, user, "remove_from_service", alarm_id, comment=body.reason))
+
+
+@router.post("/{alarm_id}/return-to-service", summary="Return an alarm to service")
+async def return_to_service(
+    runtime: RuntimeDep, user: Operator, alarm_id: str, body: CommentBody | None = None
+) -> Response:
+    return _json(await _act(runtime, user, "return_to_service", alarm_id, comment=body.comment if body else None))

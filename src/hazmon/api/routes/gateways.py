@@ -1,0 +1,52 @@
+"""`GET /api/v1/gateways`: connection health per gateway and device."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter
+
+from hazmon.api.deps import Reader, RuntimeDep
+
+router = APIRouter(tags=["gateways"])
+
+
+def gateway_site(gw: Any, site_of: dict[str, str]) -> str | None:
+    config = getattr(gw, "config", None)
+    site = getattr(config, "site", None)
+    if isinstance(site, str):
+        return site
+    for device_id in gw.health().devices:
+        if device_id in site_of:
+            return site_of[device_id]
+    return None
+
+
+@router.get("/gateways", summary="Health of every gateway and device of the token's sites")
+async def get_gateways(runtime: RuntimeDep, user: Reader) -> list[dict[str, Any]]:
+    out = []
+    for gw in runtime.gateways:
+        site = gateway_site(gw, runtime.site_of)
+        if not user.sees(site):
+            continue
+        h = gw.health()
+        devices = []
+        for d in h.devices.values():
+            item = asdict(d)
+            item["state"] = d.state.value
+            devices.append(item)
+        out.append(
+            {
+                "id": h.id,
+                "protocol": h.protocol,
+                "site": site,
+                "state": h.state.value,
+                "connected": h.connected,
+                "reconnects": h.reconnects,
+                "quarantined": h.quarantined,
+                "dropped_readings": h.dropped_readings,
+                "devices": devices,
+            }
+        )
+    return out

@@ -1,0 +1,210 @@
+"""WebSocket ``/api/v1/live``: alarm transitions and latest values, pushed.
+
+Protocol (JSON text messages; full description in docs/api.md):
+
+1. Connect with the token as ``?token=hzm_…`` or an ``Authorization: Bearer`` header — a bad token
+   is refused at the handshake with HTTP 401 — or without either and send it in the first message.
+2. Send ``{"type": "subscribe", "sites": [...], "tags": [...], "alarms_only": false}`` (and
+   ``"token"`` if not given at connect). Neither sites nor tags: every site of the token's scope.
+3. Receive ``{"type": "snapshot", "alarms": [...], "values": [...]}``, then ``{"type": "events",
+   "events": [...]}`` (alarm transitions, in order) and ``{"type": "values", "values": [...]}``
+   (latest values, coalesced). A new ``subscribe`` replaces the subscription (and sends a new
+   snapshot); ``{"type": "ping"}`` is answered with ``{"type": "pong"}``.
+
+Closing codes: 4401 no/invalid token, 4403 outside the token's role or scope, 4400 bad message,
+4404 unknown tag, 4408 no subscription within the time allowed, 1013 the client fell too far behind
+(reconnect: the new snapshot covers what was missed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import JSONResponse
+
+from hazmon.api.deps import bearer_token, principal_for
+from hazmon.api.where import directory
+from hazmon.auth import Permission, Principal
+from hazmon.live import Follow, SlowClient, Subscription
+from hazmon.runtime import Runtime
+from hazmon.store import StoreError
+
+router = APIRouter(tags=["live"])
+log = logging.getLogger(__name__)
+
+FIRST_MESSAGE_TIMEOUT_S = 10.0
+SEND_TIMEOUT_S = 10.0
+
+
+class Refused(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class SubscribeMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(pattern="^subscribe$")
+    token: str | None = None
+    sites: list[str] = Field(default_factory=list, max_length=1000)
+    tags: list[str] = Field(default_factory=list, max_length=100_000)
+    alarms_only: bool = False
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        msg = json.loads(text)
+    except json.JSONDecodeError:
+        raise Refused(4400, "messages are JSON objects") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise Refused(4400, 'messages are JSON objects with a "type"')
+    return msg
+
+
+def _subscription(runtime: Runtime, user: Principal, msg: dict[str, Any]) -> tuple[Subscription, dict[str, Any]]:
+    try:
+        sub_msg = SubscribeMessage.model_validate(msg)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise Refused(4400, f"subscribe: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    where = directory(runtime)
+    outside = [s for s in sub_msg.sites if not user.sees(s)]
+    if outside:
+        raise Refused(4403, f"site(s) outside this token's scope: {', '.join(outside)}")
+    unknown = [t for t in sub_msg.tags if t not in where.places]
+    if unknown:
+        raise Refused(4404, f"unknown tag(s): {', '.join(unknown[:20])}")
+    hidden = [t for t in sub_msg.tags if not user.sees(where.places[t].site)]
+    if hidden:
+        raise Refused(4403, f"tag(s) outside this token's scope: {', '.join(hidden[:20])}")
+    sites: frozenset[str] | None
+    if sub_msg.sites:
+        sites = frozenset(sub_msg.sites)
+    elif sub_msg.tags:
+        sites = frozenset()
+    else:
+        sites = None if user.unrestricted else user.scope
+    follow = Follow(sites=sites, tags=frozenset(sub_msg.tags), alarms_only=sub_msg.alarms_only)
+    if follow.alarms_only:
+        keys = np.zeros(0, np.int32)
+    else:
+        parts = [where.all_keys] if sites is None else [where.site_keys.get(s, np.zeros(0, np.int32)) for s in sites]
+        parts.append(np.asarray([k for t in sub_msg.tags if (k := runtime.tags.get(t)) is not None], np.int32))
+        keys = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    # Snapshot and registration in one synchronous step: no event can fall between them.
+    snapshot = runtime.engine.current() if runtime.engine is not None else []
+    sub, alarms = runtime.hub.subscribe(
+        follow, snapshot, lambda owner: where.places[owner].site if owner in where.places else None, keys, runtime.tags
+    )
+    values = runtime.hub.latest_values(sub.value_keys, runtime.tags)
+    body = {
+        "type": "snapshot",
+        "sites": sorted(sites) if sites is not None else None,
+        "tags": sorted(follow.tags),
+        "alarms_only": follow.alarms_only,
+        "alarms": alarms,
+        "values": values,
+    }
+    return sub, body
+
+
+async def _authenticate(ws: WebSocket, runtime: Runtime, token: str | None) -> Principal:
+    try:
+        user = await principal_for(runtime, token)
+    except StoreError as e:
+        raise Refused(1011, f"token check failed: {e}") from None
+    if user is None:
+        raise Refused(4401, "invalid or revoked token" if token else "a token is required")
+    if not user.may(Permission.READ):
+        raise Refused(4403, f"role {user.role.value} may not read")
+    return user
+
+
+@router.websocket("/live")
+async def live(ws: WebSocket) -> None:
+    runtime: Runtime = ws.app.state.runtime
+    token = ws.query_params.get("token") or bearer_token(ws)
+    user: Principal | None = None
+    if token is not None:
+        # Refuse a bad token at the handshake, with a plain HTTP status.
+        try:
+            user = await _authenticate(ws, runtime, token)
+        except Refused as r:
+            status = 401 if r.code == 4401 else 403 if r.code == 4403 else 503
+            await ws.send_denial_response(JSONResponse({"detail": r.detail}, status_code=status))
+            return
+    await ws.accept()
+    sub: Subscription | None = None
+    recv: asyncio.Task[str] | None = None
+    nxt: asyncio.Task[list[str]] | None = None
+    try:
+        try:
+            first = _parse(await asyncio.wait_for(ws.receive_text(), FIRST_MESSAGE_TIMEOUT_S))
+        except TimeoutError:
+            raise Refused(4408, f"send a subscribe message within {FIRST_MESSAGE_TIMEOUT_S:g} s") from None
+        if user is None:
+            if first.get("type") == "auth":
+                user = await _authenticate(ws, runtime, first.get("token"))
+                first = _parse(await asyncio.wait_for(ws.receive_text(), FIRST_MESSAGE_TIMEOUT_S))
+            else:
+                user = await _authenticate(ws, runtime, first.get("token"))
+        first.pop("token", None)
+        if first["type"] != "subscribe":
+            raise Refused(4400, 'the first message is {"type": "subscribe", ...}')
+        sub, snapshot = _subscription(runtime, user, first)
+        await ws.send_text(json.dumps(snapshot, ensure_ascii=False))
+        recv = asyncio.create_task(ws.receive_text())
+        while True:
+            nxt = asyncio.create_task(sub.next_messages())
+            done, _ = await asyncio.wait({recv, nxt}, return_when=asyncio.FIRST_COMPLETED)
+            if nxt in done:
+                for text in nxt.result():
+                    await asyncio.wait_for(ws.send_text(text), SEND_TIMEOUT_S)
+            else:
+                nxt.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await nxt
+            nxt = None
+            if recv in done:
+                msg = _parse(recv.result())
+                recv = asyncio.create_task(ws.receive_text())
+                if msg["type"] == "ping":
+                    await ws.send_text('{"type":"pong"}')
+                elif msg["type"] == "subscribe":
+                    msg.pop("token", None)
+                    new_sub, snapshot = _subscription(runtime, user, msg)
+                    sub.close()
+                    sub = new_sub
+                    await ws.send_text(json.dumps(snapshot, ensure_ascii=False))
+                else:
+                    raise Refused(4400, f"unknown message type {msg['type']!r}")
+    except Refused as r:
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+            await ws.send_text(json.dumps({"type": "error", "code": r.code, "detail": r.detail}))
+            await ws.close(code=r.code, reason=r.detail[:120])
+    except SlowClient as e:
+        log.warning("live client %s dropped: %s", user.label if user else "?", e)
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+            await ws.close(code=1013, reason=str(e)[:120])
+    except TimeoutError:
+        log.warning("live client %s dropped: a send took over %g s", user.label if user else "?", SEND_TIMEOUT_S)
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+            await ws.close(code=1013, reason="too slow")
+    except WebSocketDisconnect:
+        pass
+    finally:
+        for task in (recv, nxt):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+                    await task
+        if sub is not None:
+            sub.close()

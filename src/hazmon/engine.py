@@ -1,0 +1,561 @@
+"""The rule engine: reading batches in, alarm events out, vectorized over tags (ISA-18.2 lifecycle).
+
+State lives in arrays indexed by tag row. The eleven conditions of a row (:data:`hazmon.rules.COLUMNS`)
+are bits of one uint16 per row in ``cond`` (raw condition, after deadband), ``alarm`` (alarm
+active, after on/off-delay and latching), ``acked`` and the mask words (out of service, shelved,
+suppressed by design, suppressed by communication loss). A batch is evaluated column by column
+over all its readings at once; the lifecycle then runs only on the few cells whose condition and
+alarm bits disagree. Semantics, stated once (the reference implementation in
+tests/alarm_reference.py follows them reading by reading):
+
+* Readings of a tag are taken in time order; one older than the tag's last reading is counted in
+  ``stats["old_readings"]`` and ignored. When a tag repeats within a batch the batch runs in
+  rounds (k-th reading of every tag), each round vectorized.
+* A reading is *valid* when its quality is below BAD (128) and its value is finite. Invalid
+  readings set ``quality.BAD`` and leave every value-based condition as it was.
+* High limits are active at ``value >= limit`` and clear below ``limit - deadband``; low limits
+  mirror this. Rate of change is ``(v - v_a) / (t - t_a)`` per minute against an anchor at least
+  ``window`` old (two anchors, shifted every window, so the span lies in [window, 2*window) with
+  steady data). Frozen: unchanged (within tolerance) for ``after``. Stale: no reading for
+  ``after``, evaluated by :meth:`tick`; a reading clears it.
+* On-delay / off-delay are measured from the time the raw condition last changed and checked at
+  readings of the tag and at ticks. Events carry the time of the reading or tick that decided them.
+* Masking (shelve, out of service, suppression) resets the alarm to normal and stops its
+  lifecycle; the raw condition is still tracked. Unmasking re-evaluates the alarm at once.
+* Suppression by design: after a batch, each equipment whose in-service tag's last valid value is
+  0 has the alarms of its other tags suppressed, stamped with that tag's last reading time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+import numpy as np
+import numpy.typing as npt
+
+from hazmon.alarm import (
+    PRIORITY_CODES,
+    Action,
+    AlarmEvent,
+    AlarmSnapshot,
+    AlarmState,
+    InvalidTransition,
+    Priority,
+    UnknownAlarm,
+    split_alarm_id,
+)
+from hazmon.engine_eval import Evaluator
+from hazmon.engine_state import CellState, TagState, bits_to_pairs, column_bits
+from hazmon.reading import ReadingBatch
+from hazmon.rules import (
+    BAD,
+    HH,
+    LL,
+    OUT_OF_RANGE,
+    ROC_DOWN,
+    ROC_UP,
+    STALE,
+    STATE,
+    CompiledRules,
+    H,
+    K,
+    L,
+)
+
+COMM_LOSS = "comm.LOSS"
+_BAD_QUALITY = 128
+I64 = npt.NDArray[np.int64]
+U16 = npt.NDArray[np.uint16]
+Pairs = tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], I64]
+_LOUD_BITS = column_bits(HH, H, L, LL, STATE, OUT_OF_RANGE, BAD, STALE)
+
+
+class AlarmEngine:
+    """Evaluates compiled rules over reading batches and runs every alarm's lifecycle."""
+
+    def __init__(self, compiled: CompiledRules, *, max_shelve_s: float = 8 * 3600) -> None:
+        self.rules = compiled
+        self.max_shelve_us = round(max_shelve_s * 1_000_000)
+        self.n_tags = compiled.rows
+        self.cells = CellState.from_rules(compiled)
+        self.tags = TagState(self.n_tags)
+        self.eval = Evaluator(compiled, self.tags)
+        self.stats: dict[str, int] = {"batches": 0, "readings": 0, "old_readings": 0, "unknown_tags": 0}
+        self._epoch: int | None = None
+        self._row_of: dict[str, int] = {t: r for r, t in enumerate(compiled.tag_ids) if t is not None}
+        self._owner: list[str | None] = list(compiled.tag_ids)
+        self._devices: dict[str, int] = {}
+        self._device_tags: dict[str, npt.NDArray[np.int32]] = {}
+        self._shelved_until: dict[tuple[int, int], int] = {}
+        self._meta: dict[tuple[int, int], tuple[int, str | None, str | None]] = {}
+        # suppression by design: equipment index -> in service (1), out (0), unknown (-1)
+        self._in_service = np.full(len(compiled.in_service_rows), -1, np.int8)
+        self._equipment_of = np.full(self.n_tags, -1, np.int32)
+        for e in range(len(compiled.in_service_rows)):
+            deps = compiled.dependents[compiled.dependents_ptr[e] : compiled.dependents_ptr[e + 1]]
+            self._equipment_of[deps] = e
+
+    # ------------------------------------------------------------------ readings
+    def process(self, batch: ReadingBatch) -> list[AlarmEvent]:
+        n = len(batch)
+        self.stats["batches"] += 1
+        if n == 0:
+            return []
+        tag, ts, value, quality = batch.tag, batch.ts, batch.value, batch.quality
+        known = (tag >= 0) & (tag < self.n_tags)
+        if not known.all():
+            self.stats["unknown_tags"] += int(n - known.sum())
+            tag, ts, value, quality = tag[known], ts[known], value[known], quality[known]
+            n = len(tag)
+            if n == 0:
+                return []
+        self.stats["readings"] += n
+        if self._epoch is None:
+            self._start_clock(int(ts.min()))
+        out: list[tuple[int, int, int, int, AlarmEvent]] = []
+        rows = tag.astype(np.intp)
+        rounds = self.tags.rounds(rows, ts)
+        if rounds is None:  # a tag's readings are out of time order within the batch: sort
+            order = np.lexsort((ts, rows))
+            srows = rows[order]
+            start = np.flatnonzero(np.r_[True, srows[1:] != srows[:-1]])
+            run = np.diff(np.r_[start, len(srows)])
+            k = np.arange(len(srows)) - np.repeat(start, run)
+            rounds = [order[k == r] for r in range(int(k.max()) + 1)]
+        if len(rounds) == 1:
+            self._round(rows, ts, value, quality, 0, out)
+        else:
+            for r, sel in enumerate(rounds):
+                self._round(rows[sel], ts[sel], value[sel], quality[sel], r, out)
+        out.sort(key=lambda e: e[:4])
+        events = [e[4] for e in out]
+        events.extend(self._design_suppression())
+        return events
+
+    def _start_clock(self, now_us: int) -> None:
+        if self._epoch is None:
+            self._epoch = now_us
+            self.tags.stale_ref.fill(now_us)
+
+    def _round(
+        self,
+        rows: npt.NDArray[np.intp],
+        ts: I64,
+        v: npt.NDArray[np.float64],
+        q: npt.NDArray[np.uint8],
+        k: int,
+        out: list[tuple[int, int, int, int, AlarmEvent]],
+    ) -> None:
+        """One reading per row. Quiet readings (inside every limit, nothing active) take the short path."""
+        t, c = self.tags, self.cells
+        old = ts < t.last_ts[rows]
+        if old.any():
+            self.stats["old_readings"] += int(old.sum())
+            keep = ~old
+            rows, ts, v, q = rows[keep], ts[keep], v[keep], q[keep]
+        t.last_ts[rows] = ts
+        good_q = q < _BAD_QUALITY
+        valid = good_q & np.isfinite(v)
+        all_valid = bool(valid.all())
+        oc = c.cond[rows]
+        new = np.zeros(len(rows), np.uint16)
+        ev = self.eval
+        aux = ev.aux[rows]
+        ev.rate(rows, ts, v, valid, aux, oc, new)
+        ev.frozen(rows, ts, v, valid, aux, new)
+        quiet = ((oc & _LOUD_BITS) == 0) & (v > ev.qlo[rows]) & (v < ev.qhi[rows]) & good_q
+        loud = np.flatnonzero(~quiet)
+        if len(loud):
+            lr = rows[loud]
+            new[loud] = ev.full(lr, v[loud], oc[loud], valid[loud], new[loud], c.enabled[lr])
+        changed = new ^ oc
+        c.cond[rows] = new
+        if all_valid:
+            t.last_v[rows] = v
+        else:
+            t.last_v[rows] = np.where(valid, v, t.last_v[rows])
+        if changed.any():
+            ii, cols = bits_to_pairs(changed)
+            c.cond_ts[rows[ii], cols] = ts[ii]
+        todo = (new ^ c.alarm[rows]) & ~c.masked[rows]
+        if todo.any():
+            ii, cols = bits_to_pairs(todo)
+            for r, cc, event in self._lifecycle((rows[ii], cols, ts[ii])):
+                out.append((event.ts_us, r, k, cc, event))
+
+    # ------------------------------------------------------------------ lifecycle
+    def _lifecycle(self, pairs: Pairs) -> list[tuple[int, int, AlarmEvent]]:
+        """Activate or clear the given cells where their delays have passed; events in input order."""
+        r, col, now = pairs
+        c = self.cells
+        b = (np.uint16(1) << col.astype(np.uint16)).astype(np.uint16)
+        cond = (c.cond[r] & b) != 0
+        alarm = (c.alarm[r] & b) != 0
+        live = (c.masked[r] & b) == 0
+        latch = (c.latch[r] & b) != 0
+        held = now - c.cond_ts[r, col]
+        tm = c.timing[r, col]
+        act = live & cond & ~alarm & (held >= c.on_delay_us[tm])
+        clr = live & ~cond & alarm & ~latch & (held >= c.off_delay_us[tm])
+        events: list[tuple[int, int, AlarmEvent]] = []
+        for i in np.flatnonzero(act | clr).tolist():
+            rr, cc, t = int(r[i]), int(col[i]), int(now[i])
+            if act[i]:
+                prev = self._display(rr, cc)
+                c.alarm[rr] |= b[i]
+                c.acked[rr] &= ~b[i]
+                c.annunc_ts[rr, cc] = t
+                events.append((rr, cc, self._event(rr, cc, prev, Action.ACTIVATE, t)))
+            else:
+                events.append((rr, cc, self._set_alarm_off(rr, cc, Action.CLEAR, t)))
+        return events
+
+    def _set_alarm_off(
+        self, r: int, col: int, action: Action, t: int, user: str | None = None, comment: str | None = None
+    ) -> AlarmEvent:
+        prev = self._display(r, col)
+        self.cells.alarm[r] &= np.uint16(~(1 << col) & 0xFFFF)
+        return self._event(r, col, prev, action, t, user, comment)
+
+    def _display(self, r: int, col: int) -> AlarmState:
+        return self.cells.display(r, col)
+
+    def _event(
+        self,
+        r: int,
+        col: int,
+        prev: AlarmState,
+        action: Action,
+        t: int,
+        user: str | None = None,
+        comment: str | None = None,
+    ) -> AlarmEvent:
+        new = self._display(r, col)
+        value, limit = self._value_limit(r, col)
+        owner = self._owner[r]
+        self._meta[(r, col)] = (t, user, comment)
+        return AlarmEvent(
+            alarm_id=f"{owner}:{self._condition(r, col)}",
+            tag_id=owner if r < self.n_tags else None,
+            condition=self._condition(r, col),
+            priority=PRIORITY_CODES[self.cells.priority[r, col]],
+            prev_state=prev,
+            new_state=new,
+            value=value,
+            limit=limit,
+            ts_us=t,
+            user=user,
+            comment=comment,
+            action=str(action),
+        )
+
+    def _condition(self, r: int, col: int) -> str:
+        return COMM_LOSS if r >= self.n_tags else self.rules.condition_name(r, col)
+
+    def _value_limit(self, r: int, col: int) -> tuple[float | None, float | None]:
+        if r >= self.n_tags or col in (BAD, STALE):
+            return None, None
+        v = float(self.tags.rate[r] if col in (ROC_UP, ROC_DOWN) else self.tags.last_v[r])
+        lim = float(self.rules.limit[r, col]) if col <= STATE else None
+        return (v if np.isfinite(v) else None), lim
+
+    def _locate(self, alarm_id: str) -> tuple[int, int]:
+        owner, condition = split_alarm_id(alarm_id)
+        if condition == COMM_LOSS:
+            if owner in self._devices:
+                return self._devices[owner], BAD
+            raise UnknownAlarm(alarm_id)
+        r = self._row_of.get(owner)
+        col = None if r is None else self.rules.column_of(r, condition)
+        if r is None or col is None:
+            raise UnknownAlarm(alarm_id)
+        return r, col
+
+    # ------------------------------------------------------------------ clock
+    def tick(self, now_us: int) -> list[AlarmEvent]:
+        """Time-driven conditions: shelve expiry, stale data, on/off-delays, re-alarm."""
+        self._start_clock(now_us)
+        c, t = self.cells, self.tags
+        events: list[AlarmEvent] = []
+        for (r, col), until in sorted(self._shelved_until.items()):
+            if until <= now_us:
+                events.extend(self._unmask(r, col, "shelf", Action.UNSHELVE, now_us, None, "shelving expired"))
+        n = self.n_tags
+        seen = np.maximum(t.last_ts, t.stale_ref)
+        stale = (self.rules.stale_us > 0) & (now_us - seen >= self.rules.stale_us)
+        sbit = np.uint16(1 << STALE)
+        newly = np.flatnonzero(stale & ((c.cond[:n] & sbit) == 0) & ((c.enabled[:n] & sbit) != 0))
+        c.cond[newly] |= sbit
+        c.cond_ts[newly, STALE] = now_us
+        todo = (c.cond ^ c.alarm) & ~c.masked
+        if todo.any():
+            rs, cs = bits_to_pairs(todo)
+            events.extend(e for _, _, e in self._lifecycle((rs, cs, np.full(len(rs), now_us, np.int64))))
+        due = c.alarm & ~c.acked & ~c.masked & c.realarm
+        if due.any():
+            rs, cs = bits_to_pairs(due)
+            late = now_us - c.annunc_ts[rs, cs] >= c.realarm_us[c.timing[rs, cs]]
+            for rr, cc in zip(rs[late].tolist(), cs[late].tolist(), strict=True):
+                c.annunc_ts[rr, cc] = now_us
+                events.append(self._event(rr, cc, AlarmState.ACTIVE_UNACK, Action.REALARM, now_us))
+        return events
+
+    # ------------------------------------------------------------------ masking
+    def _mask(
+        self, r: int, col: int, word: str, action: Action, t: int, user: str | None, comment: str | None
+    ) -> list[AlarmEvent]:
+        c = self.cells
+        prev = self._display(r, col)
+        b = np.uint16(1 << col)
+        getattr(c, word)[r] |= b
+        c.masked[r] |= b
+        c.alarm[r] &= ~b
+        c.acked[r] |= b
+        if prev is self._display(r, col):
+            return []
+        return [self._event(r, col, prev, action, t, user, comment)]
+
+    def _unmask(
+        self, r: int, col: int, word: str, action: Action, t: int, user: str | None, comment: str | None
+    ) -> list[AlarmEvent]:
+        c = self.cells
+        if word == "shelf":
+            self._shelved_until.pop((r, col), None)
+        prev = self._display(r, col)
+        b = np.uint16(1 << col)
+        getattr(c, word)[r] &= ~b
+        c.masked[r] = c.oos[r] | c.shelf[r] | c.supd[r] | c.supc[r]
+        events = []
+        if prev is not self._display(r, col):
+            events.append(self._event(r, col, prev, action, t, user, comment))
+        events.extend(e for _, _, e in self._lifecycle((np.array([r]), np.array([col]), np.array([t], np.int64))))
+        return events
+
+    def _design_suppression(self) -> list[AlarmEvent]:
+        rc = self.rules
+        if len(rc.in_service_rows) == 0:
+            return []
+        value = self.tags.last_v[rc.in_service_rows]
+        state = np.where(np.isnan(value), -1, value != 0).astype(np.int8)
+        changed = np.flatnonzero((state != self._in_service) & (state >= 0))
+        events: list[AlarmEvent] = []
+        for e in changed.tolist():
+            was_out = self._in_service[e] == 0
+            self._in_service[e] = state[e]
+            t = int(self.tags.last_ts[rc.in_service_rows[e]])
+            rows = rc.dependents[rc.dependents_ptr[e] : rc.dependents_ptr[e + 1]]
+            if state[e] == 0:
+                events.extend(self._mask_rows(rows, "supd", Action.SUPPRESS, t, None, "equipment out of service"))
+            elif was_out:
+                events.extend(self._unmask_rows(rows, "supd", Action.UNSUPPRESS, t, None, "equipment in service"))
+        return events
+
+    def _mask_rows(
+        self, rows: Iterable[int], word: str, action: Action, t: int, user: str | None, comment: str | None
+    ) -> list[AlarmEvent]:
+        events = []
+        for r in sorted(int(x) for x in rows):
+            for col in range(K):
+                if (int(self.cells.enabled[r]) >> col) & 1:
+                    events.extend(self._mask(r, col, word, action, t, user, comment))
+        return events
+
+    def _unmask_rows(
+        self, rows: Iterable[int], word: str, action: Action, t: int, user: str | None, comment: str | None
+    ) -> list[AlarmEvent]:
+        events = []
+        for r in sorted(int(x) for x in rows):
+            for col in range(K):
+                if (int(getattr(self.cells, word)[r]) >> col) & 1:
+                    events.extend(self._unmask(r, col, word, action, t, user, comment))
+        return events
+
+    # ------------------------------------------------------------------ devices
+    def register_device(self, device_id: str, tag_keys: npt.ArrayLike) -> None:
+        """Declare a device (gateway, PLC) and the tags it delivers; its loss is one alarm."""
+        keys = np.unique(np.asarray(tag_keys, dtype=np.int32))
+        if len(keys) and (keys[0] < 0 or keys[-1] >= self.n_tags):
+            raise ValueError(f"device {device_id!r}: tag keys outside 0..{self.n_tags - 1}")
+        if device_id not in self._devices:
+            self._devices[device_id] = self.cells.add_device_row()
+            self._owner.append(device_id)
+        self._device_tags[device_id] = keys
+
+    def set_device_comm(self, device_id: str, ok: bool, now_us: int) -> list[AlarmEvent]:
+        """Communication with a device is lost (``ok=False``) or back; returns the events."""
+        if device_id not in self._devices:
+            raise UnknownAlarm(f"{device_id}:{COMM_LOSS}")
+        self._start_clock(now_us)
+        c = self.cells
+        r = self._devices[device_id]
+        bad = np.uint16(1 << BAD)
+        lost = bool(c.cond[r] & bad)
+        if lost == (not ok):
+            return []
+        c.cond[r] ^= bad
+        c.cond_ts[r, BAD] = now_us
+        events = [e for _, _, e in self._lifecycle((np.array([r]), np.array([BAD]), np.array([now_us], np.int64)))]
+        tag_rows = self._device_tags[device_id]
+        if not ok:
+            return events + self._mask_rows(
+                tag_rows, "supc", Action.SUPPRESS, now_us, None, f"communication lost: {device_id}"
+            )
+        still_lost = {
+            int(x)
+            for d, rows in self._device_tags.items()
+            if d != device_id and c.cond[self._devices[d]] & bad
+            for x in rows
+        }
+        back = [int(x) for x in tag_rows if int(x) not in still_lost]
+        self.tags.stale_ref[back] = now_us
+        sbit = np.uint16(1 << STALE)
+        c.cond[back] &= ~sbit
+        c.cond_ts[back, STALE] = now_us
+        return events + self._unmask_rows(
+            back, "supc", Action.UNSUPPRESS, now_us, None, f"communication restored: {device_id}"
+        )
+
+    # ------------------------------------------------------------------ operator operations
+    def acknowledge(self, alarm_id: str, user: str, comment: str | None, now_us: int) -> list[AlarmEvent]:
+        r, col = self._locate(alarm_id)
+        prev = self._display(r, col)
+        if prev not in (AlarmState.ACTIVE_UNACK, AlarmState.RTN_UNACK):
+            raise InvalidTransition(f"{alarm_id} is {prev}: only an unacknowledged alarm can be acknowledged")
+        self.cells.acked[r] |= np.uint16(1 << col)
+        return [self._event(r, col, prev, Action.ACKNOWLEDGE, now_us, user, comment)]
+
+    def reset(self, alarm_id: str, user: str, comment: str | None, now_us: int) -> list[AlarmEvent]:
+        r, col = self._locate(alarm_id)
+        c, b = self.cells, 1 << col
+        if not (int(c.latch[r]) & b):
+            raise InvalidTransition(f"{alarm_id} does not latch: there is nothing to reset")
+        if not (int(c.alarm[r]) & b) or int(c.masked[r]) & b:
+            raise InvalidTransition(f"{alarm_id} is {self._display(r, col)}: only an active latched alarm resets")
+        if int(c.cond[r]) & b:
+            raise InvalidTransition(f"{alarm_id}: the condition is still present; it can be reset once it clears")
+        return [self._set_alarm_off(r, col, Action.RESET, now_us, user, comment)]
+
+    def shelve(self, alarm_id: str, user: str, reason: str | None, duration_s: float, now_us: int) -> list[AlarmEvent]:
+        r, col = self._locate(alarm_id)
+        if not reason or not reason.strip():
+            raise ValueError("shelving needs a reason")
+        duration_us = round(duration_s * 1_000_000)
+        if not 0 < duration_us <= self.max_shelve_us:
+            raise ValueError(f"shelving lasts more than 0 and at most {self.max_shelve_us / 3.6e9:g} h")
+        state = self._display(r, col)
+        if state in (AlarmState.SHELVED, AlarmState.OUT_OF_SERVICE):
+            raise InvalidTransition(f"{alarm_id} is {state}: it cannot be shelved")
+        self._shelved_until[(r, col)] = now_us + duration_us
+        return [
+            replace(e, shelved_until_us=now_us + duration_us)
+            for e in self._mask(r, col, "shelf", Action.SHELVE, now_us, user, reason)
+        ]
+
+    def unshelve(self, alarm_id: str, user: str, comment: str | None, now_us: int) -> list[AlarmEvent]:
+        r, col = self._locate(alarm_id)
+        if not (int(self.cells.shelf[r]) >> col) & 1:
+            raise InvalidTransition(f"{alarm_id} is {self._display(r, col)}: it is not shelved")
+        return self._unmask(r, col, "shelf", Action.UNSHELVE, now_us, user, comment)
+
+    def remove_from_service(self, alarm_id: str, user: str, reason: str | None, now_us: int) -> list[AlarmEvent]:
+        r, col = self._locate(alarm_id)
+        if (int(self.cells.oos[r]) >> col) & 1:
+            raise InvalidTransition(f"{alarm_id} is already out of service")
+        if not reason or not reason.strip():
+            raise ValueError("removing an alarm from service needs a reason")
+        events = self._mask(r, col, "oos", Action.REMOVE_FROM_SERVICE, now_us, user, reason)
+        self._shelved_until.pop((r, col), None)
+        self.cells.shelf[r] &= np.uint16(~(1 << col) & 0xFFFF)
+        return events
+
+    def return_to_service(self, alarm_id: str, user: str, comment: str | None, now_us: int) -> list[AlarmEvent]:
+        r, col = self._locate(alarm_id)
+        if not (int(self.cells.oos[r]) >> col) & 1:
+            raise InvalidTransition(f"{alarm_id} is {self._display(r, col)}: it is not out of service")
+        return self._unmask(r, col, "oos", Action.RETURN_TO_SERVICE, now_us, user, comment)
+
+    def comment(self, alarm_id: str, user: str, text: str, now_us: int) -> list[AlarmEvent]:
+        r, col = self._locate(alarm_id)
+        if not text or not text.strip():
+            raise ValueError("a comment needs text")
+        state = self._display(r, col)
+        return [self._event(r, col, state, Action.COMMENT, now_us, user, text)]
+
+    # ------------------------------------------------------------------ snapshots
+    def get(self, alarm_id: str) -> AlarmSnapshot:
+        return self._snapshot(*self._locate(alarm_id))
+
+    def current(self) -> list[AlarmSnapshot]:
+        """Every alarm not in the normal state (shelved, suppressed and out-of-service included)."""
+        c = self.cells
+        shown = (c.alarm | (~c.acked & c.enabled) | c.masked) & c.enabled
+        r, col = bits_to_pairs(shown)
+        return [self._snapshot(int(a), int(b)) for a, b in zip(r, col, strict=True)]
+
+    def _snapshot(self, r: int, col: int) -> AlarmSnapshot:
+        c, b = self.cells, 1 << col
+        value, limit = self._value_limit(r, col)
+        since, user, comment = self._meta.get((r, col), (0, None, None))
+        owner = self._owner[r]
+        return AlarmSnapshot(
+            alarm_id=f"{owner}:{self._condition(r, col)}",
+            tag_id=owner if r < self.n_tags else None,
+            condition=self._condition(r, col),
+            priority=Priority(PRIORITY_CODES[c.priority[r, col]]),
+            state=self._display(r, col),
+            active=bool(int(c.alarm[r]) & b),
+            acked=bool(int(c.acked[r]) & b),
+            value=value,
+            limit=limit,
+            since_us=since,
+            shelved_until_us=self._shelved_until.get((r, col)),
+            out_of_service=bool(int(c.oos[r]) & b),
+            suppressed=bool(int(c.supd[r] | c.supc[r]) & b),
+            user=user,
+            comment=comment,
+        )
+
+    def restore(self, snapshots: Sequence[AlarmSnapshot]) -> int:
+        """Rebuild alarm states saved before a restart (no events). Returns how many were restored.
+
+        An active alarm is taken as still present (its condition is set) so that it is not raised
+        again; the next readings clear it normally. Alarms no longer defined are counted in
+        ``stats["restore_unknown"]``.
+        """
+        c = self.cells
+        restored = 0
+        for s in snapshots:
+            try:
+                r, col = self._locate(s.alarm_id)
+            except UnknownAlarm:
+                self.stats["restore_unknown"] = self.stats.get("restore_unknown", 0) + 1
+                continue
+            b = np.uint16(1 << col)
+            for word, on in (("alarm", s.active), ("acked", s.acked), ("cond", s.active)):
+                arr = getattr(c, word)
+                arr[r] = (arr[r] | b) if on else (arr[r] & ~b)
+            c.cond_ts[r, col] = s.since_us
+            c.annunc_ts[r, col] = s.since_us
+            if s.out_of_service:
+                c.oos[r] |= b
+            if s.shelved_until_us is not None:
+                c.shelf[r] |= b
+                self._shelved_until[(r, col)] = s.shelved_until_us
+            if s.suppressed and r < self.n_tags and self._equipment_of[r] >= 0:
+                e = int(self._equipment_of[r])
+                self._in_service[e] = 0
+                deps = self.rules.dependents[self.rules.dependents_ptr[e] : self.rules.dependents_ptr[e + 1]]
+                c.supd[deps] |= c.enabled[deps]
+            self._meta[(r, col)] = (s.since_us, s.user, s.comment)
+            restored += 1
+        for device, r in self._devices.items():
+            if c.cond[r] & np.uint16(1 << BAD):
+                rows = self._device_tags[device]
+                c.supc[rows] |= c.enabled[rows]
+        c.masked[:] = c.oos | c.shelf | c.supd | c.supc
+        return restored
+
+    def nbytes(self) -> int:
+        """Bytes held in the engine's state arrays and its compiled rules."""
+        return self.cells.nbytes() + self.tags.nbytes() + self.rules.nbytes() + self.eval.nbytes()

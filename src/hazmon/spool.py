@@ -1,0 +1,400 @@
+"""A bounded, crash-safe disk spool of reading batches: append-only segments, replayed in order.
+
+Layout: a directory of segment files ``<first seq, 20 digits>.seg`` and a ``cursor`` file. Each
+record is framed as::
+
+    u32 length | u32 crc32(payload) | payload
+    payload = u64 seq | 16 bytes group | 16 bytes batch_id | u32 n |
+              int32 tag[n] | int64 ts[n] | float64 value[n] | uint8 quality[n]      (little-endian)
+
+``seq`` numbers records from 0 upwards across segments; ``group`` lets the forwarder merge
+consecutive records deterministically (see hazmon.forwarder). A record is written with one
+``write()`` of the whole frame to a file opened ``O_APPEND``, so once ``append`` returns the record
+survives a crash of the process (``kill -9``): it is in the kernel's page cache.
+
+fsync policy: data reaches the disk itself (surviving power loss or a kernel crash) at the next
+``sync()`` — the forwarder calls it every ``fsync_interval_s`` (1 s by default) and on close, so
+a power cut loses at most about a second of spooled batches. ``fsync_interval_s=0`` syncs every
+append (slow, for the paranoid).
+
+On open, every segment is scanned; a torn or corrupt record ends its segment there (the tail is
+truncated and counted in ``corrupt_records``). The ``cursor`` file holds the seq of the next record
+to deliver; it is replaced atomically on ``ack`` but not fsynced: after a crash, records may be
+delivered again — the store's write is idempotent by batch id, so that is harmless.
+
+Bounded: when the segments exceed ``max_bytes``, the oldest segment is deleted whole and the
+records in it not yet delivered are counted as lost (``dropped_batches``, ``dropped_readings``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import time
+import uuid
+import zlib
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from hazmon.reading import ReadingBatch
+
+log = logging.getLogger(__name__)
+
+_FRAME = struct.Struct("<II")
+_HEAD = struct.Struct("<Q16s16sI")
+_ROW_BYTES = 4 + 8 + 8 + 1
+MAX_RECORD_BYTES = 1 << 30
+
+
+class SpoolError(Exception):
+    """The spool directory cannot be used (permissions, disk full...)."""
+
+
+@dataclass(slots=True)
+class SpoolRecord:
+    seq: int
+    group: uuid.UUID
+    batch: ReadingBatch
+
+
+@dataclass(slots=True)
+class _Segment:
+    first_seq: int
+    path: Path
+    size: int = 0
+    records: int = 0
+    readings: int = 0
+    last_seq: int = -1
+    # readings of every record (record i has seq first_seq + i), for loss accounting
+    counts: array[int] = field(default_factory=lambda: array("I"))
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    pending_batches: int
+    pending_readings: int
+    bytes: int
+    segments: int
+    dropped_batches: int
+    dropped_readings: int
+    corrupt_records: int
+
+
+def encode_record(seq: int, group: uuid.UUID, batch: ReadingBatch) -> bytes:
+    n = len(batch)
+    payload = b"".join(
+        (
+            _HEAD.pack(seq, group.bytes, batch.batch_id.bytes, n),
+            batch.tag.astype("<i4", copy=False).tobytes(),
+            batch.ts.astype("<i8", copy=False).tobytes(),
+            batch.value.astype("<f8", copy=False).tobytes(),
+            batch.quality.astype("u1", copy=False).tobytes(),
+        )
+    )
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_payload(payload: bytes) -> SpoolRecord:
+    seq, group, batch_id, n = _HEAD.unpack_from(payload)
+    if len(payload) != _HEAD.size + n * _ROW_BYTES:
+        raise ValueError("record length does not match its row count")
+    off = _HEAD.size
+    tag = np.frombuffer(payload, "<i4", n, off).astype(np.int32)
+    off += 4 * n
+    ts = np.frombuffer(payload, "<i8", n, off).astype(np.int64)
+    off += 8 * n
+    value = np.frombuffer(payload, "<f8", n, off).astype(np.float64)
+    off += 8 * n
+    quality = np.frombuffer(payload, "u1", n, off).copy()
+    return SpoolRecord(seq, uuid.UUID(bytes=group), ReadingBatch(tag, ts, value, quality, uuid.UUID(bytes=batch_id)))
+
+
+def _read_frame(f: BinaryIO) -> bytes | None:
+    """The next valid payload from a binary file object, or None at the end (or a torn tail)."""
+    head = f.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    length, crc = _FRAME.unpack(head)
+    if length > MAX_RECORD_BYTES:
+        return None
+    payload = f.read(length)
+    if len(payload) < length or zlib.crc32(payload) != crc:
+        return None
+    return payload
+
+
+class Spool:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int = 1 << 30,
+        segment_bytes: int | None = None,
+        fsync_interval_s: float = 1.0,
+    ) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes or max(1 << 16, min(64 << 20, max_bytes // 8))
+        self.fsync_interval_s = fsync_interval_s
+        self.dropped_batches = 0
+        self.dropped_readings = 0
+        self.corrupt_records = 0
+        self._segments: list[_Segment] = []
+        self._fd: int | None = None
+        self._fd_lock = threading.Lock()  # guards _fd against sync() in a worker thread
+        self._dirty = False
+        self._last_sync = time.monotonic()
+        self._read_file: BinaryIO | None = None
+        self._read_seg: _Segment | None = None
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._cursor = self._load_cursor()
+            self._scan()
+        except OSError as e:
+            raise SpoolError(f"spool {self.dir}: {e}") from e
+        self._next_seq = self._segments[-1].last_seq + 1 if self._segments else self._cursor
+        self._cursor = min(max(self._cursor, self._segments[0].first_seq if self._segments else 0), self._next_seq)
+        self._read_seq = self._cursor  # next seq the reader hands out
+
+    # ------------------------------------------------------------ open
+
+    def _load_cursor(self) -> int:
+        try:
+            return int((self.dir / "cursor").read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            log.warning("spool %s: unreadable cursor file, replaying from the oldest record", self.dir)
+            return 0
+
+    def _scan(self) -> None:
+        for path in sorted(self.dir.glob("*.seg")):
+            try:
+                first = int(path.stem)
+            except ValueError:
+                continue
+            seg = _Segment(first, path)
+            valid_end = 0
+            with path.open("rb") as f:
+                while True:
+                    payload = _read_frame(f)
+                    if payload is None:
+                        break
+                    seq, _g, _b, n = _HEAD.unpack_from(payload)
+                    if seq != first + seg.records:
+                        break
+                    valid_end = f.tell()
+                    seg.records += 1
+                    seg.readings += n
+                    seg.last_seq = seq
+                    seg.counts.append(n)
+            if path.stat().st_size > valid_end:
+                self.corrupt_records += 1
+                log.warning("spool %s: torn or corrupt record at byte %d, truncated", path, valid_end)
+                with path.open("r+b") as f:
+                    f.truncate(valid_end)
+            seg.size = valid_end
+            if seg.records == 0:
+                path.unlink()
+                continue
+            self._segments.append(seg)
+        # segments entirely before the cursor were delivered: remove them
+        while self._segments and self._segments[0].last_seq < self._cursor:
+            self._segments.pop(0).path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ write
+
+    def append(self, batch: ReadingBatch, group: uuid.UUID | None = None) -> int:
+        """Write one batch; returns its seq. Durable against a process crash when this returns."""
+        seq = self._next_seq
+        frame = encode_record(seq, group or batch.batch_id, batch)
+        try:
+            seg = self._segments[-1] if self._segments else None
+            if seg is None or self._fd is None or (seg.size > 0 and seg.size + len(frame) > self.segment_bytes):
+                seg = self._open_segment(seq)
+            assert self._fd is not None
+            os.write(self._fd, frame)
+        except OSError as e:
+            raise SpoolError(f"spool {self.dir}: cannot write: {e}") from e
+        seg.size += len(frame)
+        seg.records += 1
+        seg.readings += len(batch)
+        seg.last_seq = seq
+        seg.counts.append(len(batch))
+        self._next_seq = seq + 1
+        self._dirty = True
+        if self.fsync_interval_s == 0:
+            self.sync()
+        self._enforce_limit()
+        return seq
+
+    def _open_segment(self, first_seq: int) -> _Segment:
+        if self._fd is not None:
+            if self._dirty:
+                os.fsync(self._fd)
+            with self._fd_lock:
+                os.close(self._fd)
+                self._fd = None
+        last = self._segments[-1] if self._segments else None
+        if last is not None and last.records == 0:
+            seg = last  # an empty segment left from before: reuse
+        else:
+            seg = _Segment(first_seq, self.dir / f"{first_seq:020d}.seg")
+            self._segments.append(seg)
+        fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with self._fd_lock:
+            self._fd = fd
+        return seg
+
+    def _enforce_limit(self) -> None:
+        while self.bytes > self.max_bytes and len(self._segments) > 1:
+            seg = self._segments.pop(0)
+            lost = seg.counts[max(0, self._read_seq - seg.first_seq) :]
+            if len(lost):
+                self.dropped_batches += len(lost)
+                self.dropped_readings += sum(lost)
+                log.error(
+                    "spool %s full (%d bytes): dropped %d oldest undelivered batches (%d readings)",
+                    self.dir,
+                    self.max_bytes,
+                    len(lost),
+                    sum(lost),
+                )
+            if self._read_seg is seg:
+                self._close_reader()
+            seg.path.unlink(missing_ok=True)
+            nxt = self._segments[0].first_seq
+            self._cursor = max(self._cursor, nxt)
+            self._read_seq = max(self._read_seq, nxt)
+
+    def sync(self) -> None:
+        """fsync the open segment if anything was written since the last sync.
+
+        Safe to call from a worker thread while the event loop appends: it fsyncs a duplicate of
+        the descriptor, so a segment rotation closing the original does not disturb it.
+        """
+        with self._fd_lock:
+            if self._fd is None or not self._dirty:
+                self._last_sync = time.monotonic()
+                return
+            self._dirty = False  # before the fsync: an append during it marks the spool dirty again
+            fd = os.dup(self._fd)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            self._dirty = True
+            raise SpoolError(f"spool {self.dir}: fsync failed: {e}") from e
+        finally:
+            os.close(fd)
+        self._last_sync = time.monotonic()
+
+    def sync_due(self) -> bool:
+        return self._dirty and time.monotonic() - self._last_sync >= self.fsync_interval_s
+
+    # ------------------------------------------------------------ read
+
+    def _close_reader(self) -> None:
+        if self._read_file is not None:
+            self._read_file.close()
+        self._read_file = None
+        self._read_seg = None
+
+    def read(self, max_records: int = 1) -> list[SpoolRecord]:
+        """Up to ``max_records`` records from the read position onward (not yet acknowledged).
+
+        Advances the read position, not the cursor: after ``rewind()`` (a failed delivery)
+        the same records are read again.
+        """
+        out: list[SpoolRecord] = []
+        while len(out) < max_records and self._read_seq < self._next_seq:
+            rec = self._read_one()
+            if rec is None:
+                break
+            out.append(rec)
+        return out
+
+    def _read_one(self) -> SpoolRecord | None:
+        while True:
+            if self._read_seg is None:
+                seg = next((s for s in self._segments if s.last_seq >= self._read_seq), None)
+                if seg is None:
+                    return None
+                self._read_seg = seg
+                self._read_file = seg.path.open("rb")
+            f = self._read_file
+            assert f is not None
+            pos = f.tell()
+            payload = _read_frame(f)
+            if payload is None:
+                if self._read_seg is self._segments[-1]:
+                    f.seek(pos)  # caught up with the writer: wait here
+                    return None
+                self._close_reader()
+                continue
+            rec = decode_payload(payload)
+            if rec.seq < self._read_seq:
+                continue  # delivered before: skip forward within the segment
+            self._read_seq = rec.seq + 1
+            return rec
+
+    def rewind(self) -> None:
+        """Read again from the cursor (the oldest unacknowledged record)."""
+        self._close_reader()
+        self._read_seq = self._cursor
+
+    def ack(self, seq: int) -> None:
+        """Everything up to and including ``seq`` is delivered."""
+        if seq + 1 <= self._cursor:
+            return
+        self._cursor = seq + 1
+        tmp = self.dir / "cursor.tmp"
+        tmp.write_text(str(self._cursor))
+        os.replace(tmp, self.dir / "cursor")
+        while len(self._segments) > 1 and self._segments[0].last_seq < self._cursor:
+            seg = self._segments.pop(0)
+            if self._read_seg is seg:
+                self._close_reader()
+            seg.path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    def __len__(self) -> int:
+        """Records not yet acknowledged."""
+        return self._next_seq - self._cursor
+
+    def pending_readings(self) -> int:
+        total = 0
+        for s in self._segments:
+            if s.last_seq >= self._cursor:
+                total += sum(s.counts[max(0, self._cursor - s.first_seq) :])
+        return total
+
+    def stats(self) -> SpoolStats:
+        return SpoolStats(
+            pending_batches=len(self),
+            pending_readings=self.pending_readings(),
+            bytes=self.bytes,
+            segments=len(self._segments),
+            dropped_batches=self.dropped_batches,
+            dropped_readings=self.dropped_readings,
+            corrupt_records=self.corrupt_records,
+        )
+
+    def close(self) -> None:
+        self._close_reader()
+        if self._fd is not None:
+            try:
+                self.sync()
+            finally:
+                os.close(self._fd)
+                self._fd = None

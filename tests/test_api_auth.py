@@ -1,0 +1,268 @@
+"""Roles and scopes on EVERY endpoint: 401 without a valid token, 403 outside role or scope.
+
+The route table below must name every route the app serves (a test checks it), so a new endpoint
+cannot be added without saying who may call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fastapi.routing import APIWebSocketRoute
+from starlette.routing import WebSocketRoute
+
+from api_helpers import SITE, SITE_FILE, Tokens, demo_runtime, ingest, make_tokens
+from conftest import PG_ADMIN_URL, _server_up, create_database, drop_database
+from hazmon.api import create_app
+from hazmon.auth import Permission, Role, authenticate, create_token, ensure_demo_token, revoke_token
+from hazmon.runtime import Runtime
+
+ALARM = "V101.GT1:gas.H"  # combustible gas above 25 %LEL: no on-delay, latching
+SITE_DOC = yaml.safe_load(SITE_FILE.read_text(encoding="utf-8"))
+
+# How a route treats a token in its role but outside its scope:
+SCOPED = "scoped"  # 403
+FILTERED = "filtered"  # 200, with what is outside the scope left out
+GLOBAL = "global"  # no site: the role decides alone
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # template, as the app declares it
+    url: str  # what the test calls
+    permission: Permission | None  # None: public
+    scope: str = SCOPED
+    body: Any = None
+
+
+ROUTES = [
+    Route("GET", "/healthz", "/healthz", None, GLOBAL),
+    Route("GET", "/metrics", "/metrics", Permission.SYSTEM, GLOBAL),
+    Route("GET", "/api/v1/sites", "/api/v1/sites", Permission.READ, FILTERED),
+    Route("PUT", "/api/v1/sites/{site_id}", f"/api/v1/sites/{SITE}", Permission.CONFIGURE, body=SITE_DOC),
+    Route("GET", "/api/v1/tags", f"/api/v1/tags?site={SITE}", Permission.READ),
+    Route("GET", "/api/v1/tags/latest", "/api/v1/tags/latest?tag=V101.LT", Permission.READ),
+    Route("GET", "/api/v1/tags/{tag_id}/series", "/api/v1/tags/V101.LT/series", Permission.READ),
+    Route("GET", "/api/v1/tags/{tag_id}/export", "/api/v1/tags/V101.LT/export?format=csv", Permission.READ),
+    Route("GET", "/api/v1/alarms", f"/api/v1/alarms?site={SITE}", Permission.READ),
+    Route("GET", "/api/v1/alarms/history", f"/api/v1/alarms/history?site={SITE}", Permission.READ),
+    Route("GET", "/api/v1/alarms/kpi", f"/api/v1/alarms/kpi?site={SITE}&since=1d", Permission.READ),
+    Route("GET", "/api/v1/alarms/{alarm_id}", f"/api/v1/alarms/{ALARM}", Permission.READ),
+    Route("POST", "/api/v1/alarms/ack", "/api/v1/alarms/ack", Permission.OPERATE, body={"ids": [ALARM]}),
+    Route("POST", "/api/v1/alarms/{alarm_id}/ack", f"/api/v1/alarms/{ALARM}/ack", Permission.OPERATE, body={}),
+    Route("POST", "/api/v1/alarms/{alarm_id}/reset", f"/api/v1/alarms/{ALARM}/reset", Permission.OPERATE),
+    Route(
+        "POST",
+        "/api/v1/alarms/{alarm_id}/shelve",
+        f"/api/v1/alarms/{ALARM}/shelve",
+        Permission.OPERATE,
+        body={"reason": "role test", "duration_s": 60},
+    ),
+    Route("POST", "/api/v1/alarms/{alarm_id}/unshelve", f"/api/v1/alarms/{ALARM}/unshelve", Permission.OPERATE),
+    Route(
+        "POST",
+        "/api/v1/alarms/{alarm_id}/comment",
+        f"/api/v1/alarms/{ALARM}/comment",
+        Permission.OPERATE,
+        body={"text": "role test"},
+    ),
+    Route(
+        "POST",
+        "/api/v1/alarms/{alarm_id}/out-of-service",
+        f"/api/v1/alarms/{ALARM}/out-of-service",
+        Permission.OPERATE,
+        body={"reason": "role test"},
+    ),
+    Route(
+        "POST",
+        "/api/v1/alarms/{alarm_id}/return-to-service",
+        f"/api/v1/alarms/{ALARM}/return-to-service",
+        Permission.OPERATE,
+    ),
+    Route("GET", "/api/v1/gateways", "/api/v1/gateways", Permission.READ, FILTERED),
+    Route("GET", "/api/v1/tokens", "/api/v1/tokens", Permission.ADMIN, GLOBAL),
+    Route(
+        "POST",
+        "/api/v1/tokens",
+        "/api/v1/tokens",
+        Permission.ADMIN,
+        GLOBAL,
+        body={"role": "regulator", "enterprises": ["x"]},
+    ),
+    Route("DELETE", "/api/v1/tokens/{token_id}", "/api/v1/tokens/{spare}", Permission.ADMIN, GLOBAL),
+    Route("GET", "/api/v1/audit", "/api/v1/audit", Permission.ADMIN, GLOBAL),
+    Route("GET", "/api/v1/audit/verify", "/api/v1/audit/verify", Permission.ADMIN, GLOBAL),
+    # The WebSocket's roles and scopes are proven against a real server in test_live.py.
+    Route("WS", "/api/v1/live", "/api/v1/live", Permission.READ),
+]
+
+# name -> (role, in scope); None: no valid token
+PRINCIPALS: dict[str, tuple[Role, bool] | None] = {
+    "none": None,
+    "bad": None,
+    "revoked": None,
+    "operator": (Role.OPERATOR, True),
+    "operator_other": (Role.OPERATOR, False),
+    "engineer": (Role.ENGINEER, True),
+    "engineer_other": (Role.ENGINEER, False),
+    "regulator": (Role.REGULATOR, True),
+    "regulator_other": (Role.REGULATOR, False),
+    "admin": (Role.ADMIN, True),
+}
+PUBLIC_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+@pytest.fixture(scope="module")
+async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Runtime, Tokens]]:
+    if not _server_up(PG_ADMIN_URL):
+        pytest.skip("PostgreSQL is not available")
+    url = await create_database(PG_ADMIN_URL)
+    try:
+        async with demo_runtime(url, Path(tmp_path_factory.mktemp("auth"))) as rt:
+            await ingest(rt, {"V101.GT1": 30.0})
+            yield rt, await make_tokens(rt)
+    finally:
+        await drop_database(PG_ADMIN_URL, url)
+
+
+@pytest.fixture(scope="module")
+async def client(env: tuple[Runtime, Tokens]) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(runtime=env[0])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hazmon") as c:
+        yield c
+
+
+def _served(routes: list[Any], prefix: str = "") -> set[tuple[str, str]]:
+    """(method, path) of every route, walking included routers (FastAPI includes them lazily)."""
+    out: set[tuple[str, str]] = set()
+    for r in routes:
+        included = getattr(r, "include_context", None)
+        if included is not None:
+            out |= _served(r.original_router.routes, prefix + included.prefix)
+        elif isinstance(r, APIWebSocketRoute | WebSocketRoute):
+            out.add(("WS", prefix + r.path))
+        elif getattr(r, "methods", None):
+            out |= {(m, prefix + r.path) for m in r.methods if m != "HEAD"}
+    return out
+
+
+def test_route_table_names_every_route() -> None:
+    app = create_app()
+    http = {(m.upper(), path) for path, ops in app.openapi()["paths"].items() for m in ops}
+    served = {(m, p) for m, p in _served(app.routes) if p not in PUBLIC_DOCS}
+    assert http <= served  # the walk sees at least what the OpenAPI description lists
+    assert served == {(r.method, r.path) for r in ROUTES}
+
+
+def _expected(route: Route, principal: str) -> str:
+    who = PRINCIPALS[principal]
+    if route.permission is None:
+        return "ok"
+    if who is None:
+        return "401"
+    role, in_scope = who
+    if not _may(role, route.permission):
+        return "403"
+    if not in_scope and role is not Role.ADMIN:
+        return {SCOPED: "403", FILTERED: "empty", GLOBAL: "ok"}[route.scope]
+    return "ok"
+
+
+def _may(role: Role, permission: Permission) -> bool:
+    from hazmon.auth import PERMISSIONS
+
+    return permission in PERMISSIONS[role]
+
+
+@pytest.mark.parametrize("principal", list(PRINCIPALS))
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.method != "WS"], ids=lambda r: f"{r.method} {r.path}")
+async def test_roles_and_scopes(
+    client: httpx.AsyncClient, env: tuple[Runtime, Tokens], route: Route, principal: str
+) -> None:
+    tokens = env[1]
+    token = tokens.by_name(principal)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = route.url.replace("{spare}", tokens.spare_id)
+    r = await client.request(route.method, url, headers=headers, json=route.body)
+    expected = _expected(route, principal)
+    if expected == "401":
+        assert r.status_code == 401, r.text
+        assert r.headers["www-authenticate"] == "Bearer"
+    elif expected == "403":
+        assert r.status_code == 403, r.text
+        assert "scope" in r.json()["detail"] or "may not" in r.json()["detail"]
+    else:
+        # Allowed: the request may still fail on its own terms (409 for an alarm in the wrong state).
+        assert r.status_code in (200, 201, 409), f"{r.status_code} {r.text}"
+        if expected == "empty":
+            assert r.json() == []
+
+
+async def test_filtered_lists_show_the_sites_in_scope(client: httpx.AsyncClient, env: tuple[Runtime, Tokens]) -> None:
+    tokens = env[1]
+    r = await client.get("/api/v1/sites", headers={"Authorization": f"Bearer {tokens.regulator}"})
+    assert [s["id"] for s in r.json()] == [SITE]
+    r = await client.get("/api/v1/alarms", headers={"Authorization": f"Bearer {tokens.operator_other}"})
+    assert r.status_code == 200 and r.json() == []
+    r = await client.get("/api/v1/alarms", headers={"Authorization": f"Bearer {tokens.regulator}"})
+    assert ALARM in {a["alarm_id"] for a in r.json()}
+
+
+async def test_revocation_takes_effect_at_once(client: httpx.AsyncClient, env: tuple[Runtime, Tokens]) -> None:
+    runtime = env[0]
+    async with runtime.db.pool.acquire() as conn:
+        new = await create_token(conn, Role.REGULATOR, enterprises=["ecs"], name="short-lived")
+    headers = {"Authorization": f"Bearer {new.secret}"}
+    assert (await client.get("/api/v1/sites", headers=headers)).status_code == 200
+    async with runtime.db.pool.acquire() as conn:
+        await revoke_token(conn, new.info.id[:6])
+    assert (await client.get("/api/v1/sites", headers=headers)).status_code == 401
+
+
+async def test_tokens_are_stored_hashed_and_shown_once(client: httpx.AsyncClient, env: tuple[Runtime, Tokens]) -> None:
+    runtime, tokens = env
+    admin = {"Authorization": f"Bearer {tokens.admin}"}
+    r = await client.post("/api/v1/tokens", headers=admin, json={"role": "operator", "sites": [SITE], "name": "carol"})
+    assert r.status_code == 201
+    secret = r.json()["token"]
+    listed = (await client.get("/api/v1/tokens", headers=admin)).json()
+    assert secret not in r.text.replace(secret, "", 1)  # the answer names it once
+    assert all("token" not in t and "secret" not in str(t) for t in listed)
+    async with runtime.db.pool.acquire() as conn:
+        stored = await conn.fetch("SELECT secret_sha256::text AS h FROM api_tokens")
+        assert all(secret not in row["h"] for row in stored)
+        who = await authenticate(conn, secret)
+    assert who is not None and who.name == "carol" and who.role is Role.OPERATOR
+    bad = await client.post("/api/v1/tokens", headers=admin, json={"role": "operator"})
+    assert bad.status_code == 422 and "--site" in bad.json()["detail"]
+
+
+async def test_demo_token_is_an_operator_of_the_demo_site(env: tuple[Runtime, Tokens]) -> None:
+    runtime = env[0]
+    async with runtime.db.pool.acquire() as conn:
+        first = await ensure_demo_token(conn)
+        second = await ensure_demo_token(conn)
+        assert await authenticate(conn, first) is None  # re-creating revokes the earlier one
+        who = await authenticate(conn, second)
+    assert who is not None and who.role is Role.OPERATOR and who.scope == {SITE}
+
+
+async def test_configuration_changes_are_audited(client: httpx.AsyncClient, env: tuple[Runtime, Tokens]) -> None:
+    tokens = env[1]
+    r = await client.put(f"/api/v1/sites/{SITE}", headers={"Authorization": f"Bearer {tokens.engineer}"}, json=SITE_DOC)
+    assert r.status_code == 200, r.text
+    trail = (await client.get("/api/v1/audit", headers={"Authorization": f"Bearer {tokens.admin}"})).json()
+    loads = [e for e in trail if e["action"] == "site.load"]
+    assert loads and loads[0]["actor"] == "erin" and loads[0]["role"] == "engineer"
+    bad = dict(SITE_DOC, tags=[])
+    r = await client.put(f"/api/v1/sites/{SITE}", headers={"Authorization": f"Bearer {tokens.engineer}"}, json=bad)
+    assert r.status_code == 422 and "tags" in r.json()["detail"]
+    verify = (await client.get("/api/v1/audit/verify", headers={"Authorization": f"Bearer {tokens.admin}"})).json()
+    assert verify["ok"] is True and verify["rows"] >= 1

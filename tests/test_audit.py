@@ -1,0 +1,203 @@
+"""The audit trail: append-only, hash-chained, and `hazmon audit verify` names the first bad row."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from hazmon import audit
+from hazmon.cli import main
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+async def conn(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await asyncpg.connect(pg_url)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def _fill(conn: asyncpg.Connection, n: int = 5) -> None:
+    for i in range(n):
+        await audit.append(
+            conn,
+            actor="alice",
+            token_id="0123456789ab",
+            role="operator",
+            action="alarm.acknowledge",
+            target=f"V10{i}.LT:level.HH",
+            site_id="demo-tank-farm",
+            detail={"comment": f"checked tank {i}", "from": "active_unack", "to": "active_ack"},
+        )
+
+
+async def _tamper(conn: asyncpg.Connection, sql: str, *args: object) -> None:
+    """What someone with superuser rights could do: get around the append-only triggers."""
+    async with conn.transaction():
+        await conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        await conn.execute(sql, *args)
+        await conn.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
+
+
+async def _cli_verify(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[int, str]:
+    monkeypatch.setenv("HAZMON_DATABASE_URL", pg_url)
+    code = await asyncio.to_thread(main, ["audit", "verify", *extra])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+async def test_untouched_log_verifies(
+    conn: asyncpg.Connection, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, text = await _cli_verify(pg_url, monkeypatch, capsys)
+    assert code == 0 and "empty" in text
+    await _fill(conn)
+    result = await audit.verify(conn)
+    assert result.ok and result.rows == 5 and result.head_seq == 5
+    code, text = await _cli_verify(pg_url, monkeypatch, capsys)
+    assert code == 0, text
+    assert "ok: 5 rows" in text
+    head = text.strip().rsplit("head ", 1)[1]
+    code, text = await _cli_verify(pg_url, monkeypatch, capsys, "--anchor", head)
+    assert code == 0, text
+
+
+async def test_rows_cannot_be_updated_or_deleted_normally(conn: asyncpg.Connection) -> None:
+    await _fill(conn, 2)
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await conn.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1")
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await conn.execute("DELETE FROM audit_log WHERE seq = 2")
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await conn.execute("TRUNCATE audit_log")
+    assert (await audit.verify(conn)).ok
+
+
+async def test_edited_row_is_named(
+    conn: asyncpg.Connection, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _fill(conn)
+    await _tamper(conn, "UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
+    result = await audit.verify(conn)
+    assert result.finding is not None
+    assert (result.finding.seq, result.finding.kind) == (3, "edited")
+    code, text = await _cli_verify(pg_url, monkeypatch, capsys)
+    assert code == 1
+    assert "seq 3" in text and "edited" in text
+
+
+async def test_edited_detail_and_time_are_caught(conn: asyncpg.Connection) -> None:
+    await _fill(conn)
+    detail = json.dumps({"comment": "nothing happened", "from": "active_unack", "to": "active_ack"})
+    await _tamper(conn, "UPDATE audit_log SET detail = $1 WHERE seq = 4", detail)
+    finding = (await audit.verify(conn)).finding
+    assert finding is not None and finding.seq == 4
+
+
+async def test_time_edit_is_caught(conn: asyncpg.Connection) -> None:
+    await _fill(conn)
+    await _tamper(conn, "UPDATE audit_log SET at = at - interval '1 hour' WHERE seq = 2")
+    finding = (await audit.verify(conn)).finding
+    assert finding is not None and (finding.seq, finding.kind) == (2, "edited")
+
+
+async def test_deleted_row_is_named(
+    conn: asyncpg.Connection, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _fill(conn)
+    await _tamper(conn, "DELETE FROM audit_log WHERE seq = 3")
+    finding = (await audit.verify(conn)).finding
+    assert finding is not None and (finding.seq, finding.kind) == (3, "deleted")
+    code, text = await _cli_verify(pg_url, monkeypatch, capsys)
+    assert code == 1 and "seq 3" in text and "deleted" in text
+
+
+async def test_deleted_last_rows_are_caught_against_the_head(conn: asyncpg.Connection) -> None:
+    await _fill(conn)
+    await _tamper(conn, "DELETE FROM audit_log WHERE seq >= 4")
+    finding = (await audit.verify(conn)).finding
+    assert finding is not None and (finding.seq, finding.kind) == (4, "deleted")
+    assert "seq 4..5" in finding.message
+
+
+async def test_renumbered_deletion_is_caught(conn: asyncpg.Connection) -> None:
+    """Delete row 3 and renumber the rest so the seq has no gap: the chain still breaks at row 3."""
+    await _fill(conn)
+    await _tamper(conn, "DELETE FROM audit_log WHERE seq = 3")
+    await _tamper(conn, "UPDATE audit_log SET seq = seq - 1 WHERE seq > 3")
+    finding = (await audit.verify(conn)).finding
+    assert finding is not None and finding.seq == 3
+
+
+async def test_inserted_row_is_named(conn: asyncpg.Connection) -> None:
+    """A forged row appended with a correctly computed hash still does not match the head."""
+    await _fill(conn, 3)
+    last = await conn.fetchrow("SELECT * FROM audit_log WHERE seq = 3")
+    forged = dict(last)
+    forged.update(seq=4, actor="mallory", prev_hash=last["hash"])
+    forged["hash"] = audit.row_hash(
+        forged["prev_hash"],
+        4,
+        forged["at"],
+        "mallory",
+        forged["token_id"],
+        forged["role"],
+        forged["action"],
+        forged["target"],
+        forged["site_id"],
+        forged["detail"],
+    )
+    cols = list(forged)
+    await conn.execute(
+        f"INSERT INTO audit_log ({', '.join(cols)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(cols)))})",
+        *forged.values(),
+    )
+    finding = (await audit.verify(conn)).finding
+    assert finding is not None and (finding.seq, finding.kind) == (4, "inserted")
+
+
+async def test_rewritten_row_with_recomputed_hash_breaks_the_chain(conn: asyncpg.Connection) -> None:
+    await _fill(conn)
+    r = await conn.fetchrow("SELECT * FROM audit_log WHERE seq = 2")
+    new_hash = audit.row_hash(
+        r["prev_hash"],
+        2,
+        r["at"],
+        "mallory",
+        r["token_id"],
+        r["role"],
+        r["action"],
+        r["target"],
+        r["site_id"],
+        r["detail"],
+    )
+    await _tamper(conn, "UPDATE audit_log SET actor = 'mallory', hash = $1 WHERE seq = 2", new_hash)
+    finding = (await audit.verify(conn)).finding
+    assert finding is not None and finding.seq == 3
+    assert "seq 2" in finding.message
+
+
+async def test_concurrent_appends_build_one_chain(pg_url: str, conn: asyncpg.Connection) -> None:
+    pool = await asyncpg.create_pool(pg_url, min_size=4, max_size=4)
+    try:
+
+        async def one(i: int) -> None:
+            async with pool.acquire() as c:
+                await audit.append(c, actor=f"user{i}", action="alarm.comment", detail={"i": i})
+
+        await asyncio.gather(*(one(i) for i in range(40)))
+    finally:
+        await pool.close()
+    result = await audit.verify(conn)
+    assert result.ok and result.rows == 40
+    rows = await audit.recent(conn, limit=5)
+    assert [r.seq for r in rows] == [40, 39, 38, 37, 36]

@@ -1,0 +1,83 @@
+"""Alarm KPIs (EEMUA 191) computed from a journal written through the real database."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import asyncpg
+
+from hazmon.alarm import AlarmEvent, AlarmState, Priority
+from hazmon.commands.alarms import duration, render
+from hazmon.journal import append_events, to_datetime
+from hazmon.kpi import compute_kpis
+
+S = 1_000_000
+MIN = 60 * S
+T0 = 1_767_225_600 * S  # 2026-01-01 00:00 UTC, aligned to 10 minutes
+
+
+def activate(alarm_id: str, t: int, priority: Priority = Priority.LOW) -> AlarmEvent:
+    tag, _, cond = alarm_id.partition(":")
+    return AlarmEvent(alarm_id, tag, cond, priority, AlarmState.NORMAL, AlarmState.ACTIVE_UNACK, 1.0, 0.5, t)
+
+
+def clear(alarm_id: str, t: int) -> AlarmEvent:
+    tag, _, cond = alarm_id.partition(":")
+    return AlarmEvent(
+        alarm_id, tag, cond, Priority.LOW, AlarmState.ACTIVE_UNACK, AlarmState.RTN_UNACK, 0.0, 0.5, t, action="clear"
+    )
+
+
+async def test_kpis_over_a_day(pg_url: str) -> None:
+    events: list[AlarmEvent] = []
+    # a flood: 12 alarms of different tags within minute 0..5 of the first interval
+    events += [activate(f"F{i}.LT:level.H", T0 + i * 20 * S, Priority.HIGH) for i in range(12)]
+    events += [clear(f"F{i}.LT:level.H", T0 + 30 * MIN) for i in range(12)]
+    # chattering: one alarm 4 times within 50 s (in the 3rd interval), and one 3 times over 3 minutes (not)
+    for i in range(4):
+        events += [
+            activate("C.PT:pressure.H", T0 + 25 * MIN + i * 10 * S),
+            clear("C.PT:pressure.H", T0 + 25 * MIN + i * 10 * S + S),
+        ]
+    for i in range(3):
+        events += [
+            activate("D.PT:pressure.H", T0 + 40 * MIN + i * 90 * S),
+            clear("D.PT:pressure.H", T0 + 40 * MIN + i * 90 * S + S),
+        ]
+    # a standing alarm since the start, and one that cleared
+    events += [activate("S.TT:temperature.HH", T0 + 60 * MIN, Priority.CRITICAL)]
+    events += [
+        activate("X.TT:temperature.H", T0 + 61 * MIN, Priority.MEDIUM),
+        clear("X.TT:temperature.H", T0 + 62 * MIN),
+    ]
+    events.sort(key=lambda e: e.ts_us)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await append_events(conn, events, lambda owner: "plant-a")
+        await append_events(conn, [activate("O.LT:level.H", T0 + MIN)], lambda owner: "plant-b")
+        end = to_datetime(T0 + 26 * 60 * MIN)  # 26 hours after T0
+        k = await compute_kpis(conn, "plant-a", timedelta(hours=26), end)
+    finally:
+        await conn.close()
+    assert k["alarms"] == 12 + 4 + 3 + 1 + 1 == 21
+    assert k["intervals_10min"] == 26 * 6
+    assert k["max_per_10min"] == 12
+    assert k["alarms_per_10min"] == round(21 / 156, 3)
+    assert k["flood"] == {"intervals": 1, "time_s": 600, "share": round(1 / 156, 4)}
+    assert k["chattering"] == [{"alarm_id": "C.PT:pressure.H", "max_per_min": 4}]
+    assert [s["alarm_id"] for s in k["standing"]] == ["S.TT:temperature.HH"]
+    assert k["standing"][0]["hours"] == 25.0
+    assert k["top10"][0] == {"alarm_id": "C.PT:pressure.H", "count": 4, "share": round(4 / 21, 4)}
+    assert len(k["top10"]) == 10 and k["top10_share"] == round((4 + 3 + 8 * 1) / 21, 4)
+    assert k["priority_mix"]["high"] == {"count": 12, "share": round(12 / 21, 4)}
+    assert k["priority_mix"]["critical"]["count"] == 1 and k["priority_mix"]["low"]["count"] == 7
+    json.dumps(k)  # the API serves it as JSON
+    text = render(k)
+    assert "flood (>= 10 in 10 min): 1 intervals" in text and "C.PT:pressure.H: 4 in one minute" in text
+
+
+def test_durations_parse_like_the_cli_documents() -> None:
+    assert duration("30d") == timedelta(days=30)
+    assert duration("90m") == timedelta(minutes=90)
+    assert duration("1.5h") == timedelta(hours=1.5)

@@ -1,0 +1,298 @@
+"""The live hub: snapshot then transitions in order, coalesced values, slow clients dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from api_helpers import SITE, Tokens, demo_runtime, ingest, make_tokens, serve
+from hazmon.alarm import Action, AlarmEvent, AlarmSnapshot, AlarmState, Priority
+from hazmon.live import Follow, LiveHub, SlowClient
+from hazmon.reading import US_PER_S, ReadingBatch
+from hazmon.runtime import Runtime
+from hazmon.tag import TagIndex
+
+TAGS = TagIndex(["A.LT", "A.PT", "B.LT"])
+SITE_OF = {"A.LT": "site-a", "A.PT": "site-a", "B.LT": "site-b", "plc-b": "site-b"}
+T0 = 1_790_000_000 * US_PER_S
+
+
+def _event(tag: str, new: AlarmState, ts: int, prev: AlarmState = AlarmState.NORMAL) -> AlarmEvent:
+    return AlarmEvent(
+        f"{tag}:level.HH", tag, "level.HH", Priority.HIGH, prev, new, 9.5, 9.0, ts, action=Action.ACTIVATE
+    )
+
+
+def _snap(tag: str, state: AlarmState) -> AlarmSnapshot:
+    return AlarmSnapshot(f"{tag}:level.HH", tag, "level.HH", Priority.HIGH, state, True, False, 9.5, 9.0, T0)
+
+
+def _decode(msgs: list[str]) -> list[dict[str, object]]:
+    return [json.loads(m) for m in msgs]
+
+
+def test_snapshot_then_only_followed_transitions_in_order() -> None:
+    hub = LiveHub()
+    snapshot = [_snap("A.LT", AlarmState.ACTIVE_UNACK), _snap("B.LT", AlarmState.ACTIVE_UNACK)]
+    sub, alarms = hub.subscribe(Follow(sites=frozenset({"site-a"})), snapshot, SITE_OF.get, tags=TAGS)
+    assert [a["alarm_id"] for a in alarms] == ["A.LT:level.HH"]
+    assert alarms[0]["site"] == "site-a"
+    hub.publish_events(
+        [
+            _event("A.PT", AlarmState.ACTIVE_UNACK, T0 + 1),
+            _event("B.LT", AlarmState.ACTIVE_ACK, T0 + 2),
+            _event("A.LT", AlarmState.ACTIVE_ACK, T0 + 3, AlarmState.ACTIVE_UNACK),
+        ],
+        SITE_OF.get,
+    )
+    (msg,) = _decode(sub.messages())
+    assert msg["type"] == "events"
+    events = msg["events"]
+    assert isinstance(events, list)
+    assert [(e["alarm_id"], e["state"]) for e in events] == [
+        ("A.PT:level.HH", "active_unack"),
+        ("A.LT:level.HH", "active_ack"),
+    ]
+    assert sub.messages() == []
+
+
+def test_following_one_tag_of_another_site_and_device_alarms() -> None:
+    hub = LiveHub()
+    sub, _ = hub.subscribe(Follow(sites=frozenset(), tags=frozenset({"B.LT"})), [], SITE_OF.get, tags=TAGS)
+    everything, _ = hub.subscribe(Follow(sites=None), [], SITE_OF.get, tags=TAGS)
+    device = AlarmEvent(
+        "plc-b:comm.LOSS", None, "comm.LOSS", Priority.HIGH, AlarmState.NORMAL, AlarmState.ACTIVE_UNACK, None, None, T0
+    )
+    hub.publish_events(
+        [_event("A.LT", AlarmState.ACTIVE_UNACK, T0), _event("B.LT", AlarmState.ACTIVE_UNACK, T0), device], SITE_OF.get
+    )
+    (msg,) = _decode(sub.messages())
+    assert [e["alarm_id"] for e in msg["events"]] == ["B.LT:level.HH"]  # type: ignore[index, union-attr]
+    (msg,) = _decode(everything.messages())
+    assert len(msg["events"]) == 3  # type: ignore[arg-type]
+    assert msg["events"][2]["site"] == "site-b"  # type: ignore[index]
+
+
+def _batch(keys: list[int], ts: list[int], values: list[float]) -> ReadingBatch:
+    return ReadingBatch.from_columns(np.array(keys), np.array(ts, dtype=np.int64), np.array(values))
+
+
+def test_values_of_a_slow_client_are_coalesced_to_the_newest() -> None:
+    hub = LiveHub()
+    sub, _ = hub.subscribe(Follow(sites=frozenset({"site-a"})), [], SITE_OF.get, value_keys=[0, 1], tags=TAGS)
+    for i in range(100):
+        # several readings per tag per batch, out of order: the newest by time wins
+        hub.publish_values(
+            _batch([0, 0, 1, 2], [T0 + i * 10 + 5, T0 + i * 10, T0 + i, T0 + i], [i + 0.5, i, -i, 7.0]), TAGS
+        )
+    (msg,) = _decode(sub.messages())
+    assert msg["type"] == "values"
+    got = {v["tag"]: v for v in msg["values"]}  # type: ignore[union-attr, index]
+    assert set(got) == {"A.LT", "A.PT"}  # B.LT is not followed
+    assert got["A.LT"]["value"] == 99.5 and got["A.LT"]["ts_us"] == T0 + 995
+    assert got["A.PT"]["value"] == -99
+    assert sub.messages() == []  # nothing new since
+    # an older reading does not replace a newer one
+    hub.publish_values(_batch([0], [T0], [1e9]), TAGS)
+    assert hub.latest_values([0], TAGS)[0]["value"] == 99.5
+
+
+def test_new_subscriber_gets_latest_values_and_nan_as_null() -> None:
+    hub = LiveHub()
+    hub.publish_values(_batch([0, 1], [T0, T0], [float("nan"), 3.0]), TAGS)
+    sub, _ = hub.subscribe(Follow(sites=frozenset({"site-a"})), [], SITE_OF.get, value_keys=[0, 1], tags=TAGS)
+    assert hub.latest_values(sub.value_keys, TAGS) == [
+        {"tag": "A.LT", "ts_us": T0, "value": None, "quality": 0},
+        {"tag": "A.PT", "ts_us": T0, "value": 3.0, "quality": 0},
+    ]
+    assert sub.messages() == []  # the snapshot carried them
+
+
+def test_alarms_only_gets_no_values() -> None:
+    hub = LiveHub()
+    sub, _ = hub.subscribe(
+        Follow(sites=frozenset({"site-a"}), alarms_only=True), [], SITE_OF.get, value_keys=[0, 1], tags=TAGS
+    )
+    hub.publish_values(_batch([0], [T0], [1.0]), TAGS)
+    assert sub.messages() == []
+
+
+def test_a_client_too_far_behind_is_dropped_and_others_are_not_slowed() -> None:
+    hub = LiveHub(max_events=50)
+    slow, _ = hub.subscribe(Follow(sites=None), [], SITE_OF.get, tags=TAGS)
+    fast, _ = hub.subscribe(Follow(sites=None), [], SITE_OF.get, tags=TAGS)
+    received = 0
+    for i in range(200):
+        hub.publish_events([_event("A.LT", AlarmState.ACTIVE_UNACK, T0 + i)], SITE_OF.get)
+        for m in _decode(fast.messages()):
+            received += len(m["events"])  # type: ignore[arg-type]
+        assert slow.pending() <= 50  # bounded: publishing never accumulates without limit
+    assert received == 200
+    with pytest.raises(SlowClient):
+        slow.messages()
+    slow.close()
+    assert hub.stats.clients_dropped == 1 and hub.clients == 1
+
+
+async def test_next_messages_waits_for_a_publish() -> None:
+    hub = LiveHub()
+    sub, _ = hub.subscribe(Follow(sites=None), [], SITE_OF.get, tags=TAGS)
+    waiter = asyncio.create_task(sub.next_messages())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    hub.publish_events([_event("A.LT", AlarmState.ACTIVE_UNACK, T0)], SITE_OF.get)
+    msgs = await asyncio.wait_for(waiter, 5)
+    assert json.loads(msgs[0])["events"][0]["alarm_id"] == "A.LT:level.HH"
+
+
+# ---------------------------------------------------------------------- the WebSocket, on a real server
+
+
+@pytest.fixture
+async def served(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[Runtime, Tokens, str]]:
+    async with demo_runtime(pg_url, tmp_path) as rt:
+        await ingest(rt, {"V101.GT1": 30.0})
+        tokens = await make_tokens(rt)
+        async with serve(rt) as address:
+            yield rt, tokens, address
+
+
+async def _recv(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
+    msg: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return msg
+
+
+async def _closed_with(ws: ClientConnection) -> tuple[int | None, dict[str, Any] | None]:
+    error = None
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            msg = await _recv(ws)
+            if msg["type"] == "error":
+                error = msg
+    return ws.close_code, error
+
+
+async def test_ws_snapshot_then_transitions_and_values(served: tuple[Runtime, Tokens, str]) -> None:
+    rt, tokens, address = served
+    async with connect(f"ws://{address}/api/v1/live?token={tokens.operator}") as ws:
+        await ws.send(json.dumps({"type": "subscribe", "sites": [SITE], "tags": []}))
+        snap = await _recv(ws)
+        assert snap["type"] == "snapshot" and snap["sites"] == [SITE]
+        assert [a["alarm_id"] for a in snap["alarms"]] == ["V101.GT1:gas.H"]
+        assert {v["tag"]: v["value"] for v in snap["values"]}["V101.GT1"] == 30.0
+        await ingest(rt, {"V102.GT1": 55.0})
+        seen: list[dict[str, Any]] = []
+        values: dict[str, float] = {}
+        while not {"V102.GT1:gas.H", "V102.GT1:gas.HH"} <= {e["alarm_id"] for e in seen} or "V102.GT1" not in values:
+            msg = await _recv(ws)
+            if msg["type"] == "events":
+                seen += msg["events"]
+            elif msg["type"] == "values":
+                values.update({v["tag"]: v["value"] for v in msg["values"]})
+        assert values["V102.GT1"] == 55.0
+        assert all(e["state"] == "active_unack" and e["site"] == SITE for e in seen)
+        # an acknowledgement through the API reaches the stream with the user's name
+        async with httpx.AsyncClient(base_url=f"http://{address}") as c:
+            r = await c.post(
+                "/api/v1/alarms/V101.GT1:gas.H/ack", headers={"Authorization": f"Bearer {tokens.operator}"}
+            )
+            assert r.status_code == 200
+        while True:
+            msg = await _recv(ws)
+            if msg["type"] == "events":
+                break
+        (ack,) = msg["events"]
+        assert (ack["alarm_id"], ack["state"], ack["user"]) == ("V101.GT1:gas.H", "active_ack", "alice")
+        await ws.send('{"type": "ping"}')
+        while (await _recv(ws))["type"] != "pong":
+            pass
+
+
+async def test_ws_follows_one_tag_alarms_only_with_token_in_first_message(
+    served: tuple[Runtime, Tokens, str],
+) -> None:
+    rt, tokens, address = served
+    async with connect(f"ws://{address}/api/v1/live") as ws:
+        await ws.send(
+            json.dumps({"type": "subscribe", "token": tokens.regulator, "tags": ["V102.GT1"], "alarms_only": True})
+        )
+        snap = await _recv(ws)
+        assert snap["alarms"] == [] and snap["values"] == [] and snap["sites"] == []
+        await ingest(rt, {"V101.GT2": 60.0, "V102.GT1": 30.0})
+        msg = await _recv(ws)
+        assert msg["type"] == "events"
+        assert {e["alarm_id"] for e in msg["events"]} == {"V102.GT1:gas.H"}
+
+
+async def test_ws_header_token(served: tuple[Runtime, Tokens, str]) -> None:
+    _, tokens, address = served
+    headers = {"Authorization": f"Bearer {tokens.engineer}"}
+    async with connect(f"ws://{address}/api/v1/live", additional_headers=headers) as ws:
+        await ws.send('{"type": "subscribe"}')
+        snap = await _recv(ws)
+        assert snap["sites"] == [SITE] and len(snap["alarms"]) == 1
+
+
+@pytest.mark.parametrize("who", ["bad", "revoked"])
+async def test_ws_bad_token_is_refused_at_the_handshake(served: tuple[Runtime, Tokens, str], who: str) -> None:
+    _, tokens, address = served
+    with pytest.raises(InvalidStatus) as e:
+        async with connect(f"ws://{address}/api/v1/live?token={tokens.by_name(who)}"):
+            pass
+    assert e.value.response.status_code == 401
+
+
+async def test_ws_without_token_is_closed_4401(served: tuple[Runtime, Tokens, str]) -> None:
+    _, _, address = served
+    async with connect(f"ws://{address}/api/v1/live") as ws:
+        await ws.send(json.dumps({"type": "subscribe", "sites": [SITE]}))
+        code, error = await _closed_with(ws)
+    assert code == 4401 and error is not None and "token" in error["detail"]
+
+
+@pytest.mark.parametrize(
+    ("who", "subscribe"),
+    [
+        ("operator_other", {"sites": [SITE]}),
+        ("regulator_other", {"tags": ["V101.LT"]}),
+        ("operator", {"sites": ["other-site"]}),
+    ],
+)
+async def test_ws_outside_scope_is_closed_4403(
+    served: tuple[Runtime, Tokens, str], who: str, subscribe: dict[str, Any]
+) -> None:
+    _, tokens, address = served
+    async with connect(f"ws://{address}/api/v1/live?token={tokens.by_name(who)}") as ws:
+        await ws.send(json.dumps({"type": "subscribe", **subscribe}))
+        code, error = await _closed_with(ws)
+    assert code == 4403 and error is not None and "scope" in error["detail"]
+
+
+async def test_ws_scope_defaults_to_the_tokens_sites(served: tuple[Runtime, Tokens, str]) -> None:
+    _, tokens, address = served
+    async with connect(f"ws://{address}/api/v1/live?token={tokens.operator_other}") as ws:
+        await ws.send('{"type": "subscribe"}')
+        snap = await _recv(ws)
+    assert snap["sites"] == ["other-site"] and snap["alarms"] == []
+
+
+async def test_ws_bad_messages_are_refused(served: tuple[Runtime, Tokens, str]) -> None:
+    _, tokens, address = served
+    async with connect(f"ws://{address}/api/v1/live?token={tokens.operator}") as ws:
+        await ws.send(json.dumps({"type": "subscribe", "tags": ["NOPE"]}))
+        code, _ = await _closed_with(ws)
+    assert code == 4404
+    async with connect(f"ws://{address}/api/v1/live?token={tokens.operator}") as ws:
+        await ws.send("not json")
+        code, _ = await _closed_with(ws)
+    assert code == 4400
