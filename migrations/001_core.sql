@@ -91,7 +91,7 @@ CREATE TABLE ingest_batches (
 );
 CREATE INDEX ingest_batches_written ON ingest_batches (written_at);
 
--- Rollups maintained by hazmon (or, on a licensed TimescaleDB, replaced by continuous aggregates).
+-- Rollups maintained by hazmon on every edition (src/hazmon/maintenance.py).
 CREATE TABLE readings_1m (
     bucket timestamptz NOT NULL,
     tag    integer NOT NULL,

@@ -1,9 +1,11 @@
 """Periodic storage maintenance: 1-minute and 1-hour rollups, retention, and the batch ledger.
 
-On a licensed TimescaleDB (compression, continuous aggregates, retention policies available)
-``apply_edition_features`` hands these jobs to TimescaleDB. Elsewhere — the Apache edition and plain
-PostgreSQL — hazmon does the same work itself: it maintains the rollup tables from raw data and
-drops old chunks (TimescaleDB) or deletes old rows (PostgreSQL) on a schedule.
+On a licensed TimescaleDB (the Community edition: compression and retention policies available)
+``apply_edition_features`` enables compression of chunks older than a day, segmented by tag, and
+hands retention to a TimescaleDB policy. Elsewhere — the Apache edition and plain PostgreSQL —
+hazmon drops old chunks (TimescaleDB) or deletes old rows (PostgreSQL) on a schedule. The 1-minute
+and 1-hour rollups are maintained by hazmon on every edition (same tables, same queries), so a
+query never depends on which edition runs.
 """
 
 from __future__ import annotations
