@@ -83,7 +83,9 @@ async def client_alarms(base: str, token: str, requests: int, query: str) -> dic
     return {**summary(times), "alarms_in_answer": count, "bytes": size}
 
 
-async def client_ws(base: str, token: str, clients: int, expect: int, condition: str, site: str) -> dict[str, Any]:
+async def client_ws(
+    base: str, token: str, clients: int, expect: int, condition: str, site: str, timeout: float
+) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
     url = f"ws://{base.removeprefix('http://')}/api/v1/live?token={token}"
@@ -110,7 +112,9 @@ async def client_ws(base: str, token: str, clients: int, expect: int, condition:
                     received[i] += 1
 
     try:
-        await asyncio.wait_for(asyncio.gather(*(reader(i, ws) for i, ws in enumerate(conns))), 120)
+        await asyncio.wait_for(asyncio.gather(*(reader(i, ws) for i, ws in enumerate(conns))), timeout)
+    except TimeoutError:
+        print(f"client: timed out after {timeout:g} s; received {min(received)} of {expect} events", file=sys.stderr)
     finally:
         for ws in conns:
             await ws.close()
@@ -121,7 +125,9 @@ def client_main(args: argparse.Namespace) -> None:
     if args.client == "alarms":
         out = asyncio.run(client_alarms(args.base, args.token, args.requests, args.query))
     else:
-        out = asyncio.run(client_ws(args.base, args.token, args.clients, args.expect, args.condition, args.site))
+        out = asyncio.run(
+            client_ws(args.base, args.token, args.clients, args.expect, args.condition, args.site, args.timeout)
+        )
     print(json.dumps(out), flush=True)
 
 
@@ -295,7 +301,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 SCALE_SITE = "scale-farm"
-SPIKE_START_S = 40.0  # plant time of the first crossing: time for the runtime and the clients to start
+SPIKE_START_S = 75.0  # plant time of the first crossing: the runtime takes ~30 s to start with 10,000 tags
 
 
 def scale_setup(tanks: int, port: int, spikes: int, every_s: float) -> tuple[Any, Any, Any]:
@@ -394,6 +400,7 @@ async def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
                     ws = await run_child(
                         "ws", f"http://{address}", token, "--clients", "1", "--expect", str(args.spikes),
                         "--condition", "level.HH", "--site", SCALE_SITE,
+                        "--timeout", str(left + args.spikes * args.spike_every_s + 30),
                     )  # fmt: skip
                     rate = (rt.stats.readings - readings0) / (time.monotonic() - t0)
                     health = rt.gateways[0].health()
@@ -434,6 +441,7 @@ def main() -> None:
     p.add_argument("--expect", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--condition", default="gas.HH", help=argparse.SUPPRESS)
     p.add_argument("--site", default=SITE_ID, help=argparse.SUPPRESS)
+    p.add_argument("--timeout", type=float, default=120.0, help=argparse.SUPPRESS)
     p.add_argument("--tanks", type=int, default=2000, help="--e2e: synthetic tanks, 5 tags each")
     p.add_argument("--spikes", type=int, default=200, help="--e2e: level crossings")
     p.add_argument("--spike-every-s", type=float, default=0.5)

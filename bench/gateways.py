@@ -166,7 +166,7 @@ def publish_mqtt(port: int, points: int, per_message: int, rate: float, seconds:
 class MeasuringStore:
     """Wraps the store: counts rows and samples latency (confirmation time - reading ts)."""
 
-    store: ReadingStore
+    store: Any  # ReadingStore, or NullWriter for the gateway-only figure
     stored: int = 0
     latencies_us: list[int] = field(default_factory=list)
 
@@ -177,6 +177,13 @@ class MeasuringStore:
             sample = batch.ts[:: max(1, len(batch) // 50)]
             self.latencies_us.extend((now_us() - sample).tolist())
         return n
+
+
+class NullWriter:
+    """Accepts every batch at once: the gateway (and forwarder) without the database."""
+
+    async def write(self, batch: ReadingBatch) -> int:
+        return len(batch)
 
 
 def rss_mb() -> float:
@@ -266,12 +273,13 @@ async def run_workload(
     seconds: float,
     asked_per_s: float,
     produced: Callable[[int], int],
+    to_db: bool = True,
 ) -> dict[str, Any]:
     url = await fresh_db(admin_url)
     db = await connect(url, pool_size=4, run_migrations=False)
     tmp = Path(tempfile.mkdtemp(prefix="hazmon-bench-"))
     index = TagIndex(tags)
-    store = MeasuringStore(ReadingStore(db.pool, db.caps))
+    store = MeasuringStore(ReadingStore(db.pool, db.caps) if to_db else NullWriter())
     gw = open_gateway(parse_gateway_config({"gateway": gateway_doc}), index, data_dir=tmp)
     try:
         await source.ready()
@@ -304,7 +312,7 @@ async def run_workload(
             fstats = fwd.stats()
         conn = await asyncpg.connect(url)
         try:
-            rows = await conn.fetchval("SELECT count(*) FROM readings WHERE quality < 128")
+            rows = await conn.fetchval("SELECT count(*) FROM readings WHERE quality < 128") if to_db else store.stored
             dup = await conn.fetchval("SELECT count(*) - count(DISTINCT (tag, time)) FROM readings WHERE quality < 128")
         finally:
             await conn.close()
@@ -338,7 +346,9 @@ async def run_workload(
 # ---------------------------------------------------------------- workloads
 
 
-def opcua_workload(name: str, objects: int, per: int, rate: float, seconds: float) -> tuple[Any, ...]:
+def opcua_workload(
+    name: str, objects: int, per: int, rate: float, seconds: float, mode: str = "subscribe"
+) -> tuple[Any, ...]:
     port = free_port()
     src = Source(["serve-opcua", str(port), str(objects), str(per), str(rate), str(seconds + 3)])
     tags = [f"D{o}.V{i}" for o in range(objects) for i in range(per)]
@@ -348,8 +358,10 @@ def opcua_workload(name: str, objects: int, per: int, rate: float, seconds: floa
         "site": "bench",
         "endpoint": f"opc.tcp://127.0.0.1:{port}/bench",
         "namespace": NS,
+        "mode": mode,
         "publishing_interval_ms": 200,
         "sampling_interval_ms": 0,
+        "poll_interval_ms": 1000,
         "timeout_s": 10,
         "tags": [{"tag": t, "node": f"s={t}"} for t in tags],
     }
@@ -457,7 +469,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     print(json.dumps(results[-1]), file=sys.stderr)
 
     if wanted("opcua-10k"):
-        doc, tags, src, asked, produced = opcua_workload("opcua-10k", 20, 100, 12_000, secs)
+        # 10,000 monitored items (in 2 subscriptions), each changing about once a second
+        doc, tags, src, asked, produced = opcua_workload("opcua-10k", 100, 100, 11_000, secs)
         results.append(await run_workload("opcua-10k", args.pg, doc, tags, src, secs, asked, produced))
         print(json.dumps(results[-1]), file=sys.stderr)
     if wanted("B2"):
@@ -467,11 +480,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if wanted("modbus-200k"):
         results.append(await bench_modbus_baseline(20, 500, secs / 2, args.modbus_procs))
         print(json.dumps(results[-1]), file=sys.stderr)
-    for name, devices, regs, poll in (("modbus-200k", 20, 500, 50.0), ("A4", 20, 100, 100.0)):
-        if not wanted(name):
+    if wanted("B5"):
+        doc, tags, src, _, _ = opcua_workload("B5", 50, 100, 5_000, secs, mode="poll")
+        r = await run_workload("B5", args.pg, doc, tags, src, secs, 5_000, lambda written: 0)
+        r["produced"] = r["delivered_share"] = None  # polled: every poll of every variable is stored
+        results.append(r)
+        print(json.dumps(results[-1]), file=sys.stderr)
+    for name, devices, regs, poll, to_db in (
+        ("modbus-200k", 20, 500, 50.0, True),
+        ("modbus-200k-no-db", 20, 500, 50.0, False),
+        ("A4", 20, 100, 100.0, True),
+    ):
+        if not wanted(name.removesuffix("-no-db")):
             continue
         doc, tags, src, asked, _ = modbus_workload(name, devices, regs, poll, secs, args.modbus_procs)
-        r = await run_workload(name, args.pg, doc, tags, src, secs, asked, lambda written: 0)
+        r = await run_workload(name, args.pg, doc, tags, src, secs, asked, lambda written: 0, to_db=to_db)
         # polling: every poll of every register is a stored reading; "produced" = polls answered
         r["produced"] = None
         r["delivered_share"] = None
@@ -544,7 +567,7 @@ def main() -> None:
         "--pg", default=os.environ.get("HAZMON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
     parser.add_argument("--modbus-procs", type=int, default=1, help="processes serving the Modbus devices")
-    parser.add_argument("--only", default="", help="comma-separated workloads: opcua-10k,B2,modbus-200k,A4,mqtt-50k")
+    parser.add_argument("--only", default="", help="comma-separated workloads: opcua-10k,B2,B5,modbus-200k,A4,mqtt-50k")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print(json.dumps(result))

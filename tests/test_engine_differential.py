@@ -124,10 +124,10 @@ def run_both(steps: list[tuple[str, int, object]], rules: CompiledRules = RULES)
     return actions
 
 
-FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@FAST
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(step, min_size=1, max_size=40))
 def test_random_streams_give_identical_events(steps: list[tuple[str, int, object]]) -> None:
     run_both(steps)

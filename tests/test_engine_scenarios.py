@@ -280,6 +280,10 @@ def test_restore_masks_and_sites_without_in_service_tags(engine: AlarmEngine) ->
     assert restored.get("TK.PT:pressure.HH").shelved_until_us == 61 * S
     with pytest.raises(UnknownAlarm):
         restored.get("plc-0:comm.LOSS")
+    lost_until = replace(engine.get("TK.PT:pressure.HH"), shelved_until_us=None)
+    again = AlarmEngine(RULES, max_shelve_s=100)
+    again.restore([lost_until])  # a shelved alarm without its end time: the maximum applies
+    assert again.get("TK.PT:pressure.HH").shelved_until_us == S + 100 * S
     bare = compile_rules(load_rules([DATA / "mini-rules.yaml"], [SITE]), [SITE], INDEX)
     bare.in_service_rows = bare.in_service_rows[:0]
     bare.dependents_ptr = bare.dependents_ptr[:1]

@@ -111,6 +111,20 @@ def test_bad_readings_are_quarantined_by_reason_and_good_ones_kept(decoder: Payl
     assert all(r["gateway"] == "mq" and r["source"] for r in records)
 
 
+def test_a_redelivered_message_is_not_stored_twice(decoder: PayloadDecoder) -> None:
+    payload = json.dumps({"ts": 1767225600000, "points": ["V101.TT", "V102.LT"], "values": [1.0, 2.0]}).encode()
+    assert decoder.decode("batch/a", MqttPayloadFormat.BATCH, payload) is not None
+    assert decoder.decode("batch/a", MqttPayloadFormat.BATCH, payload) is None  # QoS 1 sent it again
+    assert decoder.repeated == 2
+    later = payload.replace(b"1767225600000", b"1767225601000")
+    b = decoder.decode("batch/a", MqttPayloadFormat.BATCH, later)
+    assert b is not None and len(b) == 2
+    # without a source time every message is new: nothing to compare
+    plain = json.dumps({"points": ["V101.TT"], "values": [1.0]}).encode()
+    assert decoder.decode("batch/a", MqttPayloadFormat.BATCH, plain) is not None
+    assert decoder.decode("batch/a", MqttPayloadFormat.BATCH, plain) is not None
+
+
 def test_large_columnar_batch_decodes_vectorized(decoder: PayloadDecoder) -> None:
     n = 20_000
     points = (["V101.TT", "V102.LT"] * n)[:n]

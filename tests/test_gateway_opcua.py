@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from hazmon.gateways.config import OpcUaGateway, parse_gateway_config
 from hazmon.gateways.opcua import OpcUaGatewayImpl, status_to_quality
 from hazmon.reading import Quality
 from hazmon.tag import TagIndex
+from tcpproxy import TcpProxy
 
 
 def config(server: OpcServer, **over: Any) -> OpcUaGateway:
@@ -165,4 +167,52 @@ async def test_server_restart_recreates_subscriptions(tmp_path: Path) -> None:
             b = col.all()
             assert Quality.BAD_COMM in b.quality[b.tag == key].tolist()
     finally:
+        await server.stop()
+
+
+async def test_quiet_values_are_not_a_lost_device_and_samples_are_not_repeated(tmp_path: Path) -> None:
+    """Nothing changes for several stale periods: keep-alives (subscribe) and answered reads (poll)
+    keep the device fresh, and an unchanged sample is stored once."""
+    server = OpcServer(per_device=3)
+    await server.start()
+    try:
+        idx = TagIndex(server.names())
+        await server.write(4.0)
+        for mode in ("subscribe", "poll"):
+            gw = open_gateway(config(server, mode=mode, stale_after_s=1.0), idx, data_dir=tmp_path)
+            async with gw, Collector(gw) as col:
+                await wait_for(lambda: col.rows() == 3, what="the current values")
+                deadline = asyncio.get_running_loop().time() + 3.0
+                while asyncio.get_running_loop().time() < deadline:
+                    assert not gw.health().devices["server"].stale, mode
+                    await asyncio.sleep(0.1)
+                assert col.rows() == 3, f"{mode}: an unchanged value was stored again"
+    finally:
+        await server.stop()
+
+
+async def test_network_glitch_resubscribes_without_repeating_the_current_value(tmp_path: Path) -> None:
+    server = OpcServer(per_device=5)
+    await server.start()
+    proxy = TcpProxy("127.0.0.1", server.port)
+    await proxy.start()
+    try:
+        cfg = config(server, endpoint=f"opc.tcp://127.0.0.1:{proxy.port}/freeopcua/server/")
+        idx = TagIndex(server.names())
+        gw = open_gateway(cfg, idx, data_dir=tmp_path)
+        async with gw, Collector(gw) as col:
+            await server.write(1.0)
+            await wait_for(lambda: col.rows() >= 5 and col.latest(0) == 1.0, what="first values")
+            proxy.cut()  # the network drops the session; the server keeps running
+            await wait_for(lambda: gw.health().reconnects >= 1 and gw.health().connected, 15, "re-subscribed")
+            await server.write(2.0)
+            await wait_for(lambda: all(col.latest(k) == 2.0 for _, k in idx.items()), what="new values")
+            b = col.all()
+            good = b.quality < 128
+            pairs = list(zip(b.tag[good].tolist(), b.ts[good].tolist(), strict=True))
+            assert len(pairs) == len(set(pairs)), "a sample was delivered twice"
+            values = col.values(0).tolist()
+            assert values[-2:] == [1.0, 2.0] and len(values) == len(set(values))
+    finally:
+        await proxy.stop()
         await server.stop()

@@ -41,6 +41,7 @@ async def test_restart_keeps_acknowledged_and_active_alarms(pg_url: str) -> None
         events += engine.tick(T0 + 3 * S)  # PT H after its 1 s on-delay
         events += engine.acknowledge("TK.PT:pressure.HH", "li.wei", "relief valve checked", T0 + 4 * S)
         events += engine.shelve("TK.LT:quality.STALE", "li.wei", "transmitter swap", 3600, T0 + 4 * S)
+        events += engine.comment("TK.LT:quality.STALE", "li.wei", "new transmitter ordered", T0 + 5 * S)
         await append_events(conn, events, SITE_OF)
         before = {s.alarm_id: s for s in engine.current()}
         assert before["TK.PT:pressure.HH"].state is AlarmState.ACTIVE_ACK
@@ -102,5 +103,21 @@ async def test_a_failed_write_leaves_neither_journal_nor_state(pg_url: str) -> N
         with pytest.raises(JournalError):
             await append_events(conn, events, SITE_OF)
         assert await conn.fetchval("SELECT count(*) FROM alarm_journal") == 0
+    finally:
+        await conn.close()
+
+
+async def test_shelving_end_survives_later_comments(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        engine = AlarmEngine(RULES)
+        shelve = engine.shelve("TK.PT:pressure.H", "li.wei", "calibration", 600, T0)
+        note = engine.comment("TK.PT:pressure.H", "li.wei", "calibrator on site", T0 + S)
+        shelve2 = engine.shelve("TK.PT:pressure.HH", "li.wei", "calibration", 900, T0)
+        note2 = engine.comment("TK.PT:pressure.HH", "li.wei", "calibrator on site", T0 + S)
+        await append_events(conn, shelve + shelve2 + note2, SITE_OF)  # in one batch
+        await append_events(conn, note, SITE_OF)  # in a later batch
+        until = {s.alarm_id: s.shelved_until_us for s in await load_current(conn)}
+        assert until == {"TK.PT:pressure.H": T0 + 600 * S, "TK.PT:pressure.HH": T0 + 900 * S}
     finally:
         await conn.close()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 
 import asyncpg
+import pytest
 
 from hazmon.alarm import AlarmEvent, AlarmState, Priority
+from hazmon.cli import main
 from hazmon.commands.alarms import duration, render
 from hazmon.journal import append_events, to_datetime
 from hazmon.kpi import compute_kpis
@@ -81,3 +84,23 @@ def test_durations_parse_like_the_cli_documents() -> None:
     assert duration("30d") == timedelta(days=30)
     assert duration("90m") == timedelta(minutes=90)
     assert duration("1.5h") == timedelta(hours=1.5)
+
+
+def test_cli_prints_kpis(pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    async def write() -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            events = [activate(f"A{i}.LT:level.H", T0 + i * S, Priority.HIGH) for i in range(3)]
+            await append_events(conn, events, lambda owner: "plant-a")
+        finally:
+            await conn.close()
+
+    asyncio.run(write())
+    monkeypatch.setenv("HAZMON_DATABASE_URL", pg_url)
+    until = to_datetime(T0 + 60 * MIN).isoformat()
+    assert main(["alarms", "kpi", "--site", "plant-a", "--since", "2h", "--until", until]) == 0
+    out = capsys.readouterr().out
+    assert "alarms: 3 (0.25 per 10 min on average, at most 3)" in out
+    assert "high 3 (100%)" in out
+    assert main(["alarms", "kpi", "--site", "plant-a", "--since", "2h", "--until", until, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["alarms"] == 3

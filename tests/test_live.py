@@ -296,3 +296,20 @@ async def test_ws_bad_messages_are_refused(served: tuple[Runtime, Tokens, str]) 
         await ws.send("not json")
         code, _ = await _closed_with(ws)
     assert code == 4400
+
+
+async def test_ws_closed_when_its_token_is_revoked(
+    served: tuple[Runtime, Tokens, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hazmon.api.routes import live as live_route
+    from hazmon.auth import revoke_token
+
+    rt, tokens, address = served
+    monkeypatch.setattr(live_route, "REAUTH_S", 0.2)
+    async with connect(f"ws://{address}/api/v1/live?token={tokens.operator}") as ws:
+        await ws.send('{"type": "subscribe"}')
+        assert (await _recv(ws))["type"] == "snapshot"
+        async with rt.db.pool.acquire() as conn:
+            await revoke_token(conn, tokens.operator.split("_")[1])
+        code, error = await _closed_with(ws)
+    assert code == 4401 and error is not None and "revoked" in error["detail"]

@@ -56,7 +56,9 @@ def test_toxic_values_for_each_substance(tmp_path: Path) -> None:
         raw["tags"][-1]["gas"] = {"class": "toxic", "substance": sub}
         raw["tags"][-1]["unit"] = "mg/m³"
         s2 = type(site).model_validate(raw)
-        c = compile_rules(load_rules(PRESETS[1:2], [s2]), [s2], TagIndex.from_sites([s2]))
+        c = compile_rules(
+            load_rules([ROOT / "alarm_rules" / "gas-detectors.yaml"], [s2]), [s2], TagIndex.from_sites([s2])
+        )
         row = TagIndex.from_sites([s2]).key("AREA.GT")
         assert (c.limit[row, H], c.limit[row, HH]) == (h, hh), sub
 

@@ -539,9 +539,10 @@ class AlarmEngine:
             c.annunc_ts[r, col] = s.since_us
             if s.out_of_service:
                 c.oos[r] |= b
-            if s.shelved_until_us is not None:
+            if s.shelved_until_us is not None or s.state is AlarmState.SHELVED:
                 c.shelf[r] |= b
-                self._shelved_until[(r, col)] = s.shelved_until_us
+                until = s.shelved_until_us
+                self._shelved_until[(r, col)] = s.since_us + self.max_shelve_us if until is None else until
             if s.suppressed and r < self.n_tags and self._equipment_of[r] >= 0:
                 e = int(self._equipment_of[r])
                 self._in_service[e] = 0

@@ -91,12 +91,16 @@ class Evaluator:
             return
         t, rc = self.tags, self.rules
         r, tt, vv = rows[sel], ts[sel], v[sel]
-        same = np.abs(vv - t.frz_ref[r]) <= rc.frozen_tol[r]
-        moved = np.flatnonzero(~same)
-        t.frz_ref[r[moved]] = vv[moved]
+        ref = t.frz_ref[r]
+        same = np.abs(vv - ref) <= rc.frozen_tol[r]
+        t.frz_ref[r] = np.where(same, ref, vv)
+        moved = ~same
         t.frz_ts[r[moved]] = tt[moved]
-        frozen = same & (tt - t.frz_ts[r] >= rc.frozen_us[r])
-        new[sel] |= frozen.astype(np.uint16) << np.uint16(FROZEN)
+        still = np.flatnonzero(same)  # usually few: live signals move
+        if len(still):
+            rs = r[still]
+            frozen = still[tt[still] - t.frz_ts[rs] >= rc.frozen_us[rs]]
+            new[sel[frozen]] |= np.uint16(1 << FROZEN)
 
 
 def quiet_band(rc: CompiledRules) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:

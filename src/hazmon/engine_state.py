@@ -164,13 +164,14 @@ class TagState:
         if len(self._arange) < n:
             self._arange = np.arange(n, dtype=np.intp)
         rem = self._arange[:n]
+        self.mark[rows] = rem  # the common case first: no tag repeats
+        if (self.mark[rows] == rem).all():
+            return [rem]
         rounds: list[npt.NDArray[np.intp]] = []
         while len(rem):
             r = rows[rem]
             self.mark[r[::-1]] = rem[::-1]  # the first occurrence writes last and wins
             first = self.mark[r] == rem
-            if not rounds and first.all():
-                return [rem]
             sel = rem[first]
             if rounds and (ts[sel] < self.round_ts[rows[sel]]).any():
                 return None

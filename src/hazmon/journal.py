@@ -35,7 +35,7 @@ def to_us(ts: datetime) -> int:
     return (ts - EPOCH) // timedelta(microseconds=1)
 
 
-def _state_row(e: AlarmEvent, site_id: str | None) -> tuple[Any, ...]:
+def _state_row(e: AlarmEvent, site_id: str | None, shelved_until_us: int | None) -> tuple[Any, ...]:
     state = AlarmState(e.new_state)
     return (
         e.alarm_id,
@@ -49,7 +49,7 @@ def _state_row(e: AlarmEvent, site_id: str | None) -> tuple[Any, ...]:
         e.value,
         e.limit,
         to_datetime(e.ts_us),
-        to_datetime(e.shelved_until_us) if state is AlarmState.SHELVED and e.shelved_until_us else None,
+        to_datetime(shelved_until_us) if shelved_until_us is not None else None,
         state is AlarmState.OUT_OF_SERVICE,
         state is AlarmState.SUPPRESSED,
         e.user,
@@ -67,7 +67,9 @@ _UPSERT = """INSERT INTO alarm_state (alarm_id, tag_id, site_id, condition, prio
     ON CONFLICT (alarm_id) DO UPDATE SET tag_id = EXCLUDED.tag_id, site_id = EXCLUDED.site_id,
     condition = EXCLUDED.condition, priority = EXCLUDED.priority, state = EXCLUDED.state,
     active = EXCLUDED.active, acked = EXCLUDED.acked, value = EXCLUDED.value, "limit" = EXCLUDED."limit",
-    since = EXCLUDED.since, shelved_until = EXCLUDED.shelved_until,
+    since = EXCLUDED.since,
+    shelved_until = CASE WHEN EXCLUDED.state = 'shelved'
+                         THEN coalesce(EXCLUDED.shelved_until, alarm_state.shelved_until) END,
     out_of_service = EXCLUDED.out_of_service, suppressed = EXCLUDED.suppressed,
     "user" = EXCLUDED."user", comment = EXCLUDED.comment"""
 
@@ -99,8 +101,15 @@ async def append_events(conn: asyncpg.Connection, events: Sequence[AlarmEvent], 
         )
         for e in events
     ]
-    last = {e.alarm_id: e for e in events}  # the state after the batch is the last event's
-    states = [_state_row(e, sites[e.alarm_id]) for e in last.values()]
+    last: dict[str, AlarmEvent] = {}  # the state after the batch is the last event's
+    until: dict[str, int | None] = {}  # shelving end, carried past later events (comments)
+    for e in events:
+        last[e.alarm_id] = e
+        if e.new_state != AlarmState.SHELVED:
+            until[e.alarm_id] = None
+        elif e.shelved_until_us is not None:
+            until[e.alarm_id] = e.shelved_until_us
+    states = [_state_row(e, sites[a], until.get(a)) for a, e in last.items()]
     try:
         async with conn.transaction():
             await conn.executemany(_INSERT, journal)

@@ -51,8 +51,18 @@ def _num(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+_ISO_CACHE: dict[int, str] = {}
+encode_json = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per call
+
+
 def _iso(ts_us: int) -> str:
-    return datetime.fromtimestamp(ts_us / 1e6, UTC).isoformat().replace("+00:00", "Z")
+    """ISO 8601 in UTC; memoised, since alarm times repeat from one listing to the next."""
+    text = _ISO_CACHE.get(ts_us)
+    if text is None:
+        if len(_ISO_CACHE) > 100_000:
+            _ISO_CACHE.clear()
+        text = _ISO_CACHE[ts_us] = datetime.fromtimestamp(ts_us / 1e6, UTC).isoformat().replace("+00:00", "Z")
+    return text
 
 
 def owner_of(alarm_id: str, tag_id: str | None) -> str:
@@ -89,8 +99,8 @@ def snapshot_dict(s: AlarmSnapshot, site: str | None) -> dict[str, Any]:
         "tag": s.tag_id,
         "site": site,
         "condition": s.condition,
-        "priority": str(s.priority),
-        "state": str(s.state),
+        "priority": s.priority.value,
+        "state": s.state.value,
         "active": s.active,
         "acked": s.acked,
         "value": _num(s.value),
@@ -178,10 +188,7 @@ class Subscription:
             except KeyError:
                 continue
             out.append(
-                json.dumps(
-                    {"tag": tag_id, "ts_us": t, "value": v if math.isfinite(v) else None, "quality": qq},
-                    ensure_ascii=False,
-                )
+                encode_json({"tag": tag_id, "ts_us": t, "value": v if math.isfinite(v) else None, "quality": qq})
             )
         return out
 
@@ -306,7 +313,7 @@ class LiveHub:
             for sub in self._subs:
                 if sub.follow.wants(site, owner):
                     if text is None:
-                        text = json.dumps(event_dict(e, site), ensure_ascii=False)
+                        text = encode_json(event_dict(e, site))
                     sub._push(text)
 
     def _grow(self, size: int) -> None:

@@ -58,13 +58,14 @@ class DeviceHealth:
     id: str
     state: ConnectionState
     connected: bool
-    stale: bool  # no data for longer than the gateway's stale_after_s
+    stale: bool  # no sign of life (data, keep-alive, poll answer) for the gateway's stale_after_s
     last_data_us: int | None  # Unix µs of the last reading delivered
     readings_total: int
     readings_per_s: float
     errors: dict[str, int]  # kind -> count
     reconnects: int
     last_error: str | None
+    last_seen_us: int | None = None  # Unix µs of the last sign of life (data, keep-alive, poll answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,7 @@ class DeviceStats:
         self.id = device_id
         self.state = ConnectionState.STARTING
         self.last_data_us: int | None = None
+        self.last_seen_us: int | None = None
         self.readings_total = 0
         self.errors: dict[str, int] = {}
         self.reconnects = 0
@@ -101,9 +103,13 @@ class DeviceStats:
         self._connected_once = False
         self._window: deque[tuple[float, int]] = deque()
 
+    def alive(self) -> None:
+        """The device answered (a keep-alive, a poll whose values did not change): not stale."""
+        self.last_seen_us = now_us()
+
     def data(self, n: int) -> None:
         self.readings_total += n
-        self.last_data_us = now_us()
+        self.last_data_us = self.last_seen_us = now_us()
         now = time.monotonic()
         self._window.append((now, self.readings_total))
         while len(self._window) > 2 and now - self._window[0][0] > self.RATE_WINDOW_S:
@@ -131,7 +137,7 @@ class DeviceStats:
         return (self.readings_total - n0) / span
 
     def snapshot(self, stale_after_s: float) -> DeviceHealth:
-        stale = self.last_data_us is None or (now_us() - self.last_data_us) > stale_after_s * 1e6
+        stale = self.last_seen_us is None or (now_us() - self.last_seen_us) > stale_after_s * 1e6
         return DeviceHealth(
             id=self.id,
             state=self.state,
@@ -143,6 +149,7 @@ class DeviceStats:
             errors=dict(self.errors),
             reconnects=self.reconnects,
             last_error=self.last_error,
+            last_seen_us=self.last_seen_us,
         )
 
 

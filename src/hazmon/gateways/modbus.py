@@ -261,6 +261,7 @@ class ModbusGatewayImpl(Gateway):
                         answered()  # an exception response is an answer too
                         first = False
                     if refused is not None:
+                        stats.alive()  # it answers, with an exception
                         stats.error("exception_response", f"{block.table} {block.start}+{block.count}: {refused}")
                         if not block.failing:
                             block.failing = True
@@ -283,9 +284,13 @@ class ModbusGatewayImpl(Gateway):
                     values = block.decode(registers, dev.byte_order, dev.word_order)
                     parts.append(ReadingBatch.from_columns(block.keys, now_us(), values, 0))
                 nxt = t_due + periods[group]
-                if nxt <= time.monotonic():
+                late = time.monotonic() - nxt
+                if late >= 0:
+                    # late: the next poll starts at once, on the same grid; a whole period or more
+                    # behind, the missed slots are skipped (no burst of catch-up reads)
                     stats.error("overrun")
-                    nxt = time.monotonic() + periods[group]
+                    if late >= periods[group]:
+                        nxt = time.monotonic()
                 due[group] = nxt
             if parts:
                 self.emit(stats, ReadingBatch.concat(parts) if len(parts) > 1 else parts[0])

@@ -85,6 +85,9 @@ class PayloadDecoder:
         self.max_future_us = int(config.max_future_s * 1_000_000)
         self.quarantine = quarantine
         self.keys: dict[str, int] = {point: tag_index.key(tag) for point, tag in config.points.items()}
+        # per tag key: the source time of the last reading delivered, to drop a QoS 1 redelivery
+        self._last_ts = np.full(max(self.keys.values(), default=-1) + 1, np.iinfo(np.int64).min, np.int64)
+        self.repeated = 0
 
     def decode(self, topic: str, fmt: MqttPayloadFormat, payload: bytes) -> ReadingBatch | None:
         received = now_us()
@@ -212,11 +215,22 @@ class PayloadDecoder:
                 self.quarantine.reject(Reason.WRONG_TYPE, topic, "quality must be integers 0..255", payload, n)
                 return None
             q = qa.astype(np.uint8)[ok] if not ok.all() else qa.astype(np.uint8)
+        # a reading with the source time of the last one of its tag is a repeat (QoS 1 delivers a
+        # message again when its acknowledgement was lost): dropped, counted in ``repeated``
+        stamped = ts != received
+        if stamped.any():
+            repeat = ok & stamped & (ts == self._last_ts[np.where(ok, keys, 0)])
+            if repeat.any():
+                self.repeated += int(repeat.sum())
+                ok &= ~repeat
+                if quality is not None:
+                    q = np.asarray(quality).astype(np.uint8)[ok]
         if not ok.any():
             return None
-        if ok.all():
-            return ReadingBatch.from_columns(keys, ts, vals, q)
-        return ReadingBatch.from_columns(keys[ok], ts[ok], vals[ok], q)
+        if not ok.all():
+            keys, ts, vals = keys[ok], ts[ok], vals[ok]
+        np.maximum.at(self._last_ts, keys, np.where(ts != received, ts, self._last_ts[keys]))
+        return ReadingBatch.from_columns(keys, ts, vals, q)
 
 
 class MqttGatewayImpl(Gateway):
@@ -303,7 +317,10 @@ class MqttGatewayImpl(Gateway):
             return
         if not isinstance(payload, bytes | bytearray):
             payload = str(payload).encode()
+        before = self.decoder.repeated
         batch = self.decoder.decode(topic.value, fmt, bytes(payload))
+        if self.decoder.repeated != before:
+            stats.errors["repeated"] = stats.errors.get("repeated", 0) + self.decoder.repeated - before
         if batch is not None:
             self.emit(stats, batch)
 

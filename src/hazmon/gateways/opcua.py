@@ -113,6 +113,7 @@ class OpcUaGatewayImpl(Gateway):
         if missing:
             raise GatewayConfigError(f"gateway {config.id}: tags not in the tag index: {', '.join(missing[:10])}")
         self.keys = tag_index.keys_of(t.tag for t in config.tags)
+        self._last_ts = np.full(len(self.keys), np.iinfo(np.int64).min, dtype=np.int64)  # per tag
         self._devices[SERVER_DEVICE] = DeviceStats(SERVER_DEVICE)
         self._device_keys[SERVER_DEVICE] = self.keys.copy()
         self._lost = asyncio.Event()
@@ -137,8 +138,6 @@ class OpcUaGatewayImpl(Gateway):
                     self._log.warning("%s: no session: %s", self.config.endpoint, e)
                     self.emit_comm_loss(SERVER_DEVICE)
                     reported = True
-            else:
-                reported = False
             stats.state = ConnectionState.BACKOFF
             self.subscriptions = self.monitored_items = 0
             await backoff.wait()
@@ -292,7 +291,9 @@ class OpcUaGatewayImpl(Gateway):
             params = ua.CreateSubscriptionParameters()
             params.RequestedPublishingInterval = c.publishing_interval_ms
             params.RequestedLifetimeCount = 10000
-            params.RequestedMaxKeepAliveCount = client.get_keepalive_count(c.publishing_interval_ms)
+            # a quiet subscription (nothing changes) still answers with keep-alives, at least three
+            # per stale_after_s, so stable values never look like a lost device
+            params.RequestedMaxKeepAliveCount = max(1, int(c.stale_after_s * 1000 / 3 / c.publishing_interval_ms))
             params.MaxNotificationsPerPublish = 0  # no limit
             params.PublishingEnabled = True
             params.Priority = 0
@@ -387,10 +388,16 @@ class OpcUaGatewayImpl(Gateway):
             )
         # bad status: kept as a bad-quality reading (NaN); bad input from a good status: quarantined
         keep = valid & ~wrong & ~nonfinite
+        # a sample already delivered (the same source time: a poll of an unchanged value, the
+        # current value re-sent on a new subscription after a network glitch) is not a new reading.
+        # Only the same time: an older one (a server clock set back) is kept, never silenced.
+        h = np.where(valid, handles, 0)
+        keep &= ts != self._last_ts[h]
         values[~good_status] = np.nan
         if not keep.all():
             handles, ts, values, quality = handles[keep], ts[keep], values[keep], quality[keep]
         if len(handles):
+            np.maximum.at(self._last_ts, handles, ts)
             self.emit(stats, ReadingBatch(self.keys[handles], ts, values, quality))
 
     # ------------------------------------------------------------ polling
@@ -407,6 +414,7 @@ class OpcUaGatewayImpl(Gateway):
             dvs: list[Any] = []
             for part in _chunks(len(nodes), chunk):
                 dvs.extend(await client.read_attributes(nodes[part], ua.AttributeIds.Value))
+            stats.alive()
             self._emit_datavalues(stats, all_handles, dvs, received)
             due += period
             now = time.monotonic()
@@ -434,6 +442,7 @@ class _Subscription(_subscription_class()):  # type: ignore[misc]
         ua = _ua()
 
         self.last_publish_at = time.monotonic()
+        self._stats.alive()
         data = publish_result.NotificationMessage.NotificationData
         if data is None:
             return

@@ -23,7 +23,7 @@ from hazmon.api.trail import record
 from hazmon.api.where import NOWHERE, Place, directory
 from hazmon.auth import Principal
 from hazmon.engine import AlarmEngine
-from hazmon.live import event_dict, owner_of, snapshot_dict
+from hazmon.live import encode_json, event_dict, owner_of, snapshot_dict
 from hazmon.runtime import Runtime
 from hazmon.store import guarded
 
@@ -151,7 +151,7 @@ def current_view(runtime: Runtime) -> View:
         d = snapshot_dict(s, p.site)
         d["installation"] = p.installation
         d["equipment"] = p.equipment
-        items.append((s, p, json.dumps(d, ensure_ascii=False)))
+        items.append((s, p, encode_json(d)))
     items.sort(key=lambda item: (-item[0].since_us, item[0].alarm_id))
     view = View(engine, key, items)
     if len(_views) > 64:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 FIRST_MESSAGE_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 10.0
+REAUTH_S = 30.0  # how often an open connection's token is checked again (revocation)
 
 
 class Refused(Exception):
@@ -128,6 +130,13 @@ async def _authenticate(ws: WebSocket, runtime: Runtime, token: str | None) -> P
     return user
 
 
+async def _first_message(ws: WebSocket) -> dict[str, Any]:
+    try:
+        return _parse(await asyncio.wait_for(ws.receive_text(), FIRST_MESSAGE_TIMEOUT_S))
+    except TimeoutError:
+        raise Refused(4408, f"send a subscribe message within {FIRST_MESSAGE_TIMEOUT_S:g} s") from None
+
+
 @router.websocket("/live")
 async def live(ws: WebSocket) -> None:
     runtime: Runtime = ws.app.state.runtime
@@ -146,25 +155,26 @@ async def live(ws: WebSocket) -> None:
     recv: asyncio.Task[str] | None = None
     nxt: asyncio.Task[list[str]] | None = None
     try:
-        try:
-            first = _parse(await asyncio.wait_for(ws.receive_text(), FIRST_MESSAGE_TIMEOUT_S))
-        except TimeoutError:
-            raise Refused(4408, f"send a subscribe message within {FIRST_MESSAGE_TIMEOUT_S:g} s") from None
+        first = await _first_message(ws)
         if user is None:
+            token = first.get("token") if isinstance(first.get("token"), str) else None
+            user = await _authenticate(ws, runtime, token)
             if first.get("type") == "auth":
-                user = await _authenticate(ws, runtime, first.get("token"))
-                first = _parse(await asyncio.wait_for(ws.receive_text(), FIRST_MESSAGE_TIMEOUT_S))
-            else:
-                user = await _authenticate(ws, runtime, first.get("token"))
+                first = await _first_message(ws)
         first.pop("token", None)
         if first["type"] != "subscribe":
             raise Refused(4400, 'the first message is {"type": "subscribe", ...}')
         sub, snapshot = _subscription(runtime, user, first)
         await ws.send_text(json.dumps(snapshot, ensure_ascii=False))
         recv = asyncio.create_task(ws.receive_text())
+        checked = time.monotonic()
         while True:
             nxt = asyncio.create_task(sub.next_messages())
-            done, _ = await asyncio.wait({recv, nxt}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({recv, nxt}, timeout=REAUTH_S, return_when=asyncio.FIRST_COMPLETED)
+            if time.monotonic() - checked >= REAUTH_S:
+                # A token revoked while connected loses the stream within REAUTH_S.
+                user = await _authenticate(ws, runtime, token)
+                checked = time.monotonic()
             if nxt in done:
                 for text in nxt.result():
                     await asyncio.wait_for(ws.send_text(text), SEND_TIMEOUT_S)
