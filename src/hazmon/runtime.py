@@ -45,6 +45,14 @@ log = logging.getLogger(__name__)
 
 TICK_S = 1.0
 JOURNAL_RETRY_S = 1.0
+# Readings lost to a full disk spool raise `hazmon.storage:comm.LOSS`, held this long after the last loss.
+STORAGE_OWNER = "hazmon.storage"
+DATA_LOSS_HOLD_US = 60_000_000
+
+
+def device_alarm_owner(gateway_id: str, device_id: str) -> str:
+    """The engine's name for a gateway's device: its communication alarm is `<owner>:comm.LOSS`."""
+    return f"{gateway_id}.{device_id}"
 
 
 @dataclass
@@ -73,6 +81,8 @@ class Runtime:
     site_of: dict[str, str] = field(default_factory=dict)  # tag or device id -> site id
     _journal_queue: asyncio.Queue[list[AlarmEvent]] = field(default_factory=asyncio.Queue)
     _device_ok: dict[str, bool] = field(default_factory=dict)
+    _dropped_seen: int = 0
+    _last_drop_us: int | None = None
     _journal_busy: bool = False
 
     # ------------------------------------------------------------------ hot path
@@ -180,20 +190,28 @@ class Runtime:
             now = now_us()
             events: list[AlarmEvent] = []
             for gw in self.gateways:
-                for device_id, health in gw.health().devices.items():
+                for device, health in gw.health().devices.items():
                     ok = health.connected and not health.stale
-                    if self._device_ok.get(device_id, True) != ok:
-                        log.log(
-                            logging.INFO if ok else logging.WARNING,
-                            "device %s communication %s",
-                            device_id,
-                            "restored" if ok else "lost",
-                        )
-                        events += self.engine.set_device_comm(device_id, ok, now)
-                    self._device_ok[device_id] = ok
+                    events += self._device_state(device_alarm_owner(gw.id, device), ok, now)
+            if self.forwarder is not None:
+                dropped = self.forwarder.stats().dropped_readings
+                if dropped > self._dropped_seen:
+                    log.error("disk spool full: %d readings lost so far", dropped)
+                    self._last_drop_us = now
+                self._dropped_seen = dropped
+                losing = self._last_drop_us is not None and now - self._last_drop_us < DATA_LOSS_HOLD_US
+                events += self._device_state(STORAGE_OWNER, not losing, now)
             events += self.engine.tick(now)
             if events:
                 self._record(events)
+
+    def _device_state(self, owner: str, ok: bool, now: int) -> list[AlarmEvent]:
+        """Tell the engine when a device's communication state changes (one alarm per device)."""
+        if self.engine is None or self._device_ok.get(owner, True) == ok:
+            return []
+        self._device_ok[owner] = ok
+        log.log(logging.INFO if ok else logging.WARNING, "%s: %s", owner, "restored" if ok else "lost")
+        return self.engine.set_device_comm(owner, ok, now)
 
     async def _pump(self, gw: Gateway) -> None:
         async for batch in gw.batches():
@@ -241,9 +259,6 @@ async def run_runtime(
         if settings.rules:
             compiled = compile_rules(load_rules(settings.rules, runtime.sites), runtime.sites, runtime.tags)
             runtime.engine = AlarmEngine(compiled)
-            async with db.pool.acquire() as conn:
-                restored = runtime.engine.restore(await journal.load_current(conn))
-            log.info("rule engine: %d tags with rules, %d alarms restored", compiled.rows, restored)
         if gateway_configs is None:
             site_by_id = {s.id: s for s in runtime.sites}
             gateway_configs = []
@@ -256,10 +271,16 @@ async def run_runtime(
             gw = open_gateway(config, runtime.tags, data_dir=settings.data_dir)
             await stack.enter_async_context(gw)
             runtime.gateways.append(gw)
-            for device_id, keys in gw.devices().items():
-                runtime.site_of[device_id] = config.site
+            for device, keys in gw.devices().items():
+                owner = device_alarm_owner(config.id, device)
+                runtime.site_of[owner] = config.site
                 if runtime.engine is not None:
-                    runtime.engine.register_device(device_id, keys)
+                    runtime.engine.register_device(owner, keys)
+        if runtime.engine is not None:
+            runtime.engine.register_device(STORAGE_OWNER, [])
+            async with db.pool.acquire() as conn:
+                restored = runtime.engine.restore(await journal.load_current(conn))
+            log.info("rule engine: %d tags, %d alarms restored from the journal", runtime.engine.n_tags, restored)
         runtime.forwarder = Forwarder(metrics.TimedWriter(runtime.store), settings.data_dir / "spool")
         await stack.enter_async_context(runtime.forwarder)
         maintenance = Maintenance(db, retention_days=settings.retention_days, interval_s=settings.rollup_interval_s)

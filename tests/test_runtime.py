@@ -1,0 +1,77 @@
+"""The wired runtime against the simulated plant: readings become alarms, journaled; a silent PLC is
+one communication-loss alarm instead of a flood of stale alarms, and it clears when the PLC is back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+
+from hazmon.alarm import AlarmState
+from hazmon.config import load_settings
+from hazmon.gateways.config import ModbusGateway, load_gateway_config
+from hazmon.runtime import Runtime, run_runtime
+from hazmon.sim import parse_scenario, serve
+from hazmon.site import load_site
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / "sites" / "demo-tank-farm.yaml"
+RULES = [ROOT / "alarm_rules" / n for n in ("gas-detectors.yaml", "process-defaults.yaml", "demo-tank-farm.yaml")]
+
+
+async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def states(rt: Runtime) -> dict[str, AlarmState]:
+    assert rt.engine is not None
+    return {a.alarm_id: a.state for a in rt.engine.current()}
+
+
+async def test_silent_plc_is_one_alarm_and_clears(pg_url: str, tmp_path: Path) -> None:
+    site = load_site(SITE)
+    scenario = parse_scenario(
+        {
+            "name": "silent-plc",
+            "site": "demo-tank-farm",
+            "start": "2026-07-15T09:00:00+08:00",
+            "duration_s": 600,
+            "events": [{"type": "comm_loss", "at_s": 3, "duration_s": 12, "target": "modbus/PLC-NH3"}],
+        },
+        site=site,
+    )
+    config = load_gateway_config(ROOT / "gateways" / "demo-modbus.yaml", site)
+    settings = load_settings(database_url=pg_url, data_dir=tmp_path, site=SITE, rules=RULES)
+    async with serve(site, [config], scenario, modbus_port=0) as sim:
+        gw = sim.config("demo-modbus")
+        assert isinstance(gw, ModbusGateway)
+        gw = gw.model_copy(update={"poll_groups": {"default": 200.0, "slow": 1000.0}, "stale_after_s": 2.0})
+        async with run_runtime(settings, gateway_configs=[gw]) as rt:
+            loss = "demo-modbus.PLC-NH3:comm.LOSS"
+            await until(lambda: states(rt).get(loss) == AlarmState.ACTIVE_UNACK, 20, "the comm-loss alarm")
+            current = states(rt)
+            # first-out: the PLC's tags are suppressed, not a flood of stale alarms
+            assert not any(a.startswith("T201.") and s == AlarmState.ACTIVE_UNACK for a, s in current.items())
+            assert not any(a.startswith("demo-modbus.PLC-MEOH") for a in current)  # the other PLC still answers
+            await until(lambda: states(rt).get(loss) == AlarmState.RTN_UNACK, 30, "communication restored")
+            await rt.operate("acknowledge", loss, "op1", comment="PLC power supply replaced")
+            assert loss not in states(rt)
+            await rt.flush_journal()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        actions = [
+            r["action"]
+            for r in await conn.fetch("SELECT action FROM alarm_journal WHERE alarm_id = $1 ORDER BY id", loss)
+        ]
+        stored = await conn.fetchval("SELECT count(*) FROM readings")
+    finally:
+        await conn.close()
+    assert actions == ["activate", "clear", "acknowledge"]
+    assert stored > 0
