@@ -192,3 +192,28 @@ async def test_server_restart_resumes_polling(tmp_path: Any) -> None:
         await wait_for(lambda: len(col.values(key)) > n + 3, what="polling resumed")
         assert gw.health().devices["plc3"].reconnects >= 1
     await server.shutdown()
+
+
+def test_failure_codes_read_as_bad_quality_not_as_values() -> None:
+    """An S7 analog card sends 32767 for a broken wire: that is a failed sensor, not a full tank."""
+    from hazmon.gateways.config import ModbusDevice
+    from hazmon.gateways.modbus import plan_blocks
+    from hazmon.reading import Quality
+    from hazmon.tag import TagIndex
+
+    device = ModbusDevice.model_validate(
+        {
+            "id": "plc",
+            "tags": [
+                {"tag": "a", "address": 0, "type": "int16", "raw_range": [0, 27648], "eng_range": [0, 16],
+                 "bad_raw": [32767, -32768]},
+                {"tag": "b", "address": 1, "type": "int16", "raw_range": [0, 27648], "eng_range": [0, 16]},
+            ],
+        }
+    )  # fmt: skip
+    (block,) = plan_blocks(device, TagIndex(["a", "b"]))["default"]
+    values, quality = block.decode([32767, 32767], "big", "big")
+    assert list(quality) == [Quality.BAD_SENSOR, Quality.GOOD]
+    assert np.isnan(values[0]) and values[1] > 16  # without bad_raw the code reads as a value
+    values, quality = block.decode([13824, 0], "big", "big")
+    assert list(quality) == [0, 0] and values[0] == 8.0

@@ -137,6 +137,12 @@ class ModbusTag(_Model):
     raw_range: tuple[float, float] | None = Field(default=None, description="linear scaling: raw [lo, hi] ...")
     eng_range: tuple[float, float] | None = Field(default=None, description="... to engineering units [lo, hi]")
     group: str = "default"
+    bad_raw: list[float] = Field(
+        default_factory=list,
+        max_length=8,
+        description="raw values the input card sends for a failed signal (e.g. 32767: S7 wire break / overflow); "
+        "read as bad quality (BAD_SENSOR) instead of as a value",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusTag:

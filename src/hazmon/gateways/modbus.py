@@ -102,6 +102,7 @@ class _Decode:
     gain: npt.NDArray[np.float64]
     offset: npt.NDArray[np.float64]
     scaled: bool
+    bad_raw: npt.NDArray[np.float64] | None = None  # (n, k) raw failure codes per tag, NaN-padded
 
 
 @dataclass
@@ -115,12 +116,26 @@ class Block:
     keys: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
     failing: bool = False
 
-    def decode(self, registers: npt.ArrayLike, byte_order: str, word_order: str) -> npt.NDArray[np.float64]:
+    def decode(
+        self, registers: npt.ArrayLike, byte_order: str, word_order: str
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
+        """Values in engineering units and their quality (BAD_SENSOR where the raw value is a failure code)."""
         parts = []
+        qualities = []
         for d in self.decodes:
             raw = decode_registers(registers, d.offsets, d.type, byte_order, word_order)
-            parts.append(raw * d.gain + d.offset if d.scaled else raw)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+            quality = np.zeros(len(raw), np.uint8)
+            if d.bad_raw is not None:
+                failed = np.any(raw[:, None] == d.bad_raw, axis=1)
+                quality[failed] = Quality.BAD_SENSOR
+            value = raw * d.gain + d.offset if d.scaled else raw
+            if d.bad_raw is not None:
+                value[quality != 0] = np.nan
+            parts.append(value)
+            qualities.append(quality)
+        if len(parts) == 1:
+            return parts[0], qualities[0]
+        return np.concatenate(parts), np.concatenate(qualities)
 
 
 def plan_blocks(device: ModbusDevice, tag_index: TagIndex) -> dict[str, list[Block]]:
@@ -152,6 +167,12 @@ def plan_blocks(device: ModbusDevice, tag_index: TagIndex) -> dict[str, list[Blo
                 by_type.setdefault(t.type, []).append(t)
             for type_, ts in by_type.items():
                 scales = np.array([t.scale() for t in ts], dtype=np.float64).reshape(-1, 2)
+                width = max(len(t.bad_raw) for t in ts)
+                bad_raw = None
+                if width:
+                    bad_raw = np.full((len(ts), width), np.nan)
+                    for i, t in enumerate(ts):
+                        bad_raw[i, : len(t.bad_raw)] = t.bad_raw
                 block.decodes.append(
                     _Decode(
                         type_,
@@ -160,6 +181,7 @@ def plan_blocks(device: ModbusDevice, tag_index: TagIndex) -> dict[str, list[Blo
                         scales[:, 0].copy(),
                         scales[:, 1].copy(),
                         bool(np.any(scales[:, 0] != 1.0) or np.any(scales[:, 1] != 0.0)),
+                        bad_raw,
                     )
                 )
             block.keys = np.concatenate([d.keys for d in block.decodes])
@@ -281,8 +303,8 @@ class ModbusGatewayImpl(Gateway):
                             )
                         continue
                     block.failing = False
-                    values = block.decode(registers, dev.byte_order, dev.word_order)
-                    parts.append(ReadingBatch.from_columns(block.keys, now_us(), values, 0))
+                    values, quality = block.decode(registers, dev.byte_order, dev.word_order)
+                    parts.append(ReadingBatch.from_columns(block.keys, now_us(), values, quality))
                 nxt = t_due + periods[group]
                 late = time.monotonic() - nxt
                 if late >= 0:
