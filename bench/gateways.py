@@ -42,10 +42,10 @@ from hazmon.db import connect
 from hazmon.forwarder import Forwarder
 from hazmon.gateways import open_gateway
 from hazmon.gateways.config import parse_gateway_config
-from hazmon.migrate import migrate
 from hazmon.reading import ReadingBatch, now_us
 from hazmon.store import ReadingStore
 from hazmon.tag import TagIndex
+from scratch_db import drop_db, fresh_db
 
 NS = "urn:hazmon:bench"
 
@@ -194,24 +194,6 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def fresh_db(admin_url: str) -> str:
-    name = f"hazmon_bench_gw_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = admin_url.rpartition("/")[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    await migrate(conn)
-    await conn.close()
-    return url
-
-
-async def drop_db(admin_url: str, url: str) -> None:
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
-    await admin.close()
-
-
 class Source:
     """A source child process: started, told "go", waited for its final {"written": n}."""
 
@@ -275,7 +257,7 @@ async def run_workload(
     produced: Callable[[int], int],
     to_db: bool = True,
 ) -> dict[str, Any]:
-    url = await fresh_db(admin_url)
+    url = await fresh_db(admin_url, "hazmon_bench_gw")
     db = await connect(url, pool_size=4, run_migrations=False)
     tmp = Path(tempfile.mkdtemp(prefix="hazmon-bench-"))
     index = TagIndex(tags)
@@ -437,7 +419,7 @@ async def bench_modbus_baseline(devices: int, registers: int, seconds: float, pr
 
 
 async def bench_store_baseline(admin_url: str) -> dict[str, Any]:
-    url = await fresh_db(admin_url)
+    url = await fresh_db(admin_url, "hazmon_bench_gw")
     db = await connect(url, pool_size=2, run_migrations=False)
     try:
         store = ReadingStore(db.pool, db.caps)

@@ -13,17 +13,15 @@ import json
 import os
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import numpy as np
 
 from hazmon.db import connect
-from hazmon.migrate import migrate
 from hazmon.reading import US_PER_S, ReadingBatch
 from hazmon.store import Aggregate, ReadingStore
+from scratch_db import drop_db, fresh_db
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 T0_US = int(T0.timestamp()) * US_PER_S
@@ -44,24 +42,6 @@ def make_batches(rows: int, batch: int, n_tags: int = 1000) -> list[ReadingBatch
             )
         )
     return out
-
-
-async def fresh_db(admin_url: str) -> str:
-    name = f"hazmon_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = admin_url.rpartition("/")[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    await migrate(conn)
-    await conn.close()
-    return url
-
-
-async def drop_db(admin_url: str, url: str) -> None:
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
-    await admin.close()
 
 
 async def bench_one(admin_url: str, rows: int, batch: int) -> dict[str, Any]:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import cache
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from starlette.requests import HTTPConnection
 
 from hazmon.auth import Permission, Principal, authenticate
+from hazmon.registry import get_tag
 from hazmon.runtime import Runtime
 from hazmon.store import guarded
 
@@ -91,3 +92,17 @@ def ensure_sees(user: Principal, site_id: str | None, what: str) -> None:
     """403 unless ``site_id`` is in the caller's scope."""
     if not user.sees(site_id):
         raise HTTPException(403, f"{what} is outside this token's scope")
+
+
+async def visible_tag(runtime: Runtime, user: Principal, tag_id: str) -> dict[str, Any]:
+    """The registry row of ``tag_id``: 404 when unknown, 403 when outside the caller's scope."""
+
+    async def lookup() -> dict[str, Any] | None:
+        async with runtime.db.pool.acquire() as conn:
+            return await get_tag(conn, tag_id)
+
+    tag = await guarded(lookup, "tag lookup")
+    if tag is None:
+        raise HTTPException(404, f"unknown tag {tag_id!r}")
+    ensure_sees(user, tag["site"], f"tag {tag_id}")
+    return tag

@@ -12,8 +12,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
 
-from hazmon.api.deps import Reader, RuntimeDep, ensure_sees
-from hazmon.registry import get_tag
+from hazmon.api.deps import Reader, RuntimeDep, visible_tag
 from hazmon.store import guarded
 
 router = APIRouter(tags=["tags"])
@@ -48,14 +47,7 @@ async def export_series(
     if start >= end:
         raise HTTPException(422, "start must be before end")
 
-    async def lookup() -> dict[str, Any] | None:
-        async with runtime.db.pool.acquire() as conn:
-            return await get_tag(conn, tag_id)
-
-    tag = await guarded(lookup, "tag lookup")
-    if tag is None:
-        raise HTTPException(404, f"unknown tag {tag_id!r}")
-    ensure_sees(user, tag["site"], f"tag {tag_id}")
+    tag = await visible_tag(runtime, user, tag_id)
     key = tag["key"]
 
     async def fetch(after: datetime, limit: int) -> list[Any]:

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
-from hazmon.api.deps import Reader, RuntimeDep, ensure_sees
-from hazmon.registry import get_tag, list_tags
+from hazmon.api.deps import Reader, RuntimeDep, ensure_sees, visible_tag
+from hazmon.registry import list_tags
 from hazmon.site import TagKind
 from hazmon.store import Aggregate, guarded
 
@@ -119,14 +119,7 @@ async def get_series(
         if (end - start) / width > MAX_BUCKETS:
             raise HTTPException(422, f"too many buckets: at most {MAX_BUCKETS}; widen the bucket or narrow the range")
 
-    async def lookup() -> dict[str, Any] | None:
-        async with runtime.db.pool.acquire() as conn:
-            return await get_tag(conn, tag_id)
-
-    tag = await guarded(lookup, "tag lookup")
-    if tag is None:
-        raise HTTPException(404, f"unknown tag {tag_id!r}")
-    ensure_sees(user, tag["site"], f"tag {tag_id}")
+    tag = await visible_tag(runtime, user, tag_id)
     if width is None:
         series = await runtime.store.raw_series(tag["key"], start, end, limit=MAX_RAW_POINTS + 1)
         truncated = len(series.times) > MAX_RAW_POINTS
