@@ -87,6 +87,7 @@ ROUTES = [
         Permission.OPERATE,
     ),
     Route("GET", "/api/v1/gateways", "/api/v1/gateways", Permission.READ, FILTERED),
+    Route("GET", "/api/v1/compliance", "/api/v1/compliance", Permission.READ, FILTERED),
     Route("GET", "/api/v1/tokens", "/api/v1/tokens", Permission.ADMIN, GLOBAL),
     Route(
         "POST",

@@ -282,6 +282,15 @@ class LiveHub:
     def clients(self) -> int:
         return len(self._subs)
 
+    def last_reading_us(self, keys: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Time of the newest reading the hub has seen for each of ``keys``; -1 where none."""
+        k = np.asarray(keys, dtype=np.int64)
+        out = np.full(len(k), -1, dtype=np.int64)
+        inside = (k >= 0) & (k < self._ts.size)
+        ts = self._ts[k[inside]]
+        out[inside] = np.where(ts == _NO_TS, -1, ts)
+        return out
+
     def latest_values(self, keys: npt.ArrayLike, tags: TagIndex) -> list[dict[str, Any]]:
         """The newest value the hub has seen for each of ``keys`` (tags never seen are left out)."""
         k = np.asarray(keys, dtype=np.int64)

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from hazmon import __version__
 from hazmon.api.deps import require
-from hazmon.api.routes import admin, alarms, export, gateways, health, live, metrics, sites, tags
+from hazmon.api.routes import admin, alarms, compliance, export, gateways, health, live, metrics, sites, tags
 from hazmon.auth import Permission
 from hazmon.config import Settings, load_settings
 from hazmon.runtime import Runtime, run_runtime
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(export.router, prefix="/api/v1")
     app.include_router(alarms.router, prefix="/api/v1")
     app.include_router(gateways.router, prefix="/api/v1")
+    app.include_router(compliance.router, prefix="/api/v1")
     app.include_router(admin.router, prefix="/api/v1")
     app.include_router(live.router, prefix="/api/v1")
     return app
