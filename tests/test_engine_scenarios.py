@@ -289,3 +289,16 @@ def test_restore_masks_and_sites_without_in_service_tags(engine: AlarmEngine) ->
     bare.dependents_ptr = bare.dependents_ptr[:1]
     plain = AlarmEngine(bare)
     assert brief(feed(plain, 1, "TK.IS", 0.0)) == []  # no equipment to suppress
+
+
+def test_a_live_source_that_reports_changes_only_is_not_stale(engine: AlarmEngine) -> None:
+    """An OPC UA subscription sends nothing for a value that does not change; while the server is
+    alive, the runtime says so and the tag does not go stale."""
+    feed(engine, 1, "TK.LT", 5.0)
+    key = INDEX.key("TK.LT")
+    engine.refresh_stale([key], 5 * S)  # stale after 5 s: not at 9 s, 4 s after the sign of life
+    assert not any(e.alarm_id == "TK.LT:quality.STALE" for e in engine.tick(9 * S))
+    stale = engine.tick(12 * S)  # 7 s since the last sign of life
+    assert ("TK.LT:quality.STALE", "activate", "normal", "active_unack") in brief(stale, stale=True)
+    engine.refresh_stale([key], 13 * S)
+    assert ("TK.LT:quality.STALE", "clear", "active_unack", "rtn_unack") in brief(engine.tick(13 * S), stale=True)

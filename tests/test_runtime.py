@@ -12,7 +12,7 @@ import asyncpg
 
 from hazmon.alarm import AlarmState
 from hazmon.config import load_settings
-from hazmon.gateways.config import ModbusGateway, load_gateway_config
+from hazmon.gateways.config import ModbusGateway, load_gateway_config, tag_ids
 from hazmon.runtime import Runtime, run_runtime
 from hazmon.sim import parse_scenario, serve
 from hazmon.site import load_site
@@ -75,3 +75,30 @@ async def test_silent_plc_is_one_alarm_and_clears(pg_url: str, tmp_path: Path) -
         await conn.close()
     assert actions == ["activate", "clear", "acknowledge"]
     assert stored > 0
+
+
+async def test_quiet_tags_of_a_live_opcua_subscription_are_not_stale(pg_url: str, tmp_path: Path) -> None:
+    """Discrete states (in service, SIS trip, valve open) rarely change; an OPC UA subscription then
+    sends nothing. While the server is alive those tags must not raise stale alarms."""
+    site = load_site(SITE)
+    scenario = parse_scenario(
+        {"name": "quiet", "site": "demo-tank-farm", "start": "2026-07-15T09:00:00+08:00", "duration_s": 600},
+        site=site,
+    )
+    rules = tmp_path / "stale.yaml"
+    rules.write_text("rules:\n- select: {}\n  quality:\n    stale: {after_s: 2}\n")
+    config = load_gateway_config(ROOT / "gateways" / "demo-opcua.yaml", site)
+    settings = load_settings(database_url=pg_url, data_dir=tmp_path, site=SITE, rules=[rules])
+    async with (
+        serve(site, [config], scenario, opcua_port=0) as sim,
+        run_runtime(settings, gateway_configs=[sim.config("demo-opcua")]) as rt,
+    ):
+        assert rt.engine is not None
+        await until(lambda: rt.stats.readings > 0, 20, "the first readings")
+        start = time.monotonic()
+        await until(lambda: time.monotonic() - start > 6, 10, "three stale periods")
+        served = set(tag_ids(config))
+        stale = [a for a, s in states(rt).items() if a.endswith(":quality.STALE") and a.split(":")[0] in served]
+        assert stale == []
+        # the Modbus and MQTT tags of the site have no gateway here: they do go stale
+        assert states(rt).get("T201.LT:quality.STALE") == AlarmState.ACTIVE_UNACK

@@ -416,6 +416,15 @@ class AlarmEngine:
             back, "supc", Action.UNSUPPRESS, now_us, None, f"communication restored: {device_id}"
         )
 
+    def refresh_stale(self, tag_keys: npt.ArrayLike, now_us: int) -> None:
+        """The source of these tags is alive although they sent nothing (an OPC UA subscription
+        reports changes only): they are not stale. A standing stale alarm clears at the next tick."""
+        keys = np.asarray(tag_keys, dtype=np.int64)
+        t, c = self.tags, self.cells
+        t.stale_ref[keys] = np.maximum(t.stale_ref[keys], now_us)
+        sbit = np.uint16(1 << STALE)
+        c.cond[keys] &= ~sbit
+
     # ------------------------------------------------------------------ operator operations
     def acknowledge(self, alarm_id: str, user: str, comment: str | None, now_us: int) -> list[AlarmEvent]:
         r, col = self._locate(alarm_id)

@@ -24,6 +24,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from hazmon import journal, metrics
 from hazmon.alarm import AlarmEvent
 from hazmon.config import Settings
@@ -82,6 +85,8 @@ class Runtime:
     _journal_queue: asyncio.Queue[list[AlarmEvent]] = field(default_factory=asyncio.Queue)
     _device_ok: dict[str, bool] = field(default_factory=dict)
     _dropped_seen: int = 0
+    # gateways that report changes only (OPC UA subscriptions): gateway id -> its tag keys
+    _by_exception: dict[str, npt.NDArray[np.int32]] = field(default_factory=dict)
     _last_drop_us: int | None = None
     _journal_busy: bool = False
 
@@ -190,9 +195,15 @@ class Runtime:
             now = now_us()
             events: list[AlarmEvent] = []
             for gw in self.gateways:
+                alive = True
                 for device, health in gw.health().devices.items():
                     ok = health.connected and not health.stale
+                    alive &= ok
                     events += self._device_state(device_alarm_owner(gw.id, device), ok, now)
+                keys = self._by_exception.get(gw.id)
+                if keys is not None and alive:
+                    # a subscription sends only changes: a live server's quiet tags are not stale
+                    self.engine.refresh_stale(keys, now)
             if self.forwarder is not None:
                 dropped = self.forwarder.stats().dropped_readings
                 if dropped > self._dropped_seen:
@@ -271,6 +282,8 @@ async def run_runtime(
             gw = open_gateway(config, runtime.tags, data_dir=settings.data_dir)
             await stack.enter_async_context(gw)
             runtime.gateways.append(gw)
+            if isinstance(config, OpcUaGateway) and config.mode == "subscribe":
+                runtime._by_exception[config.id] = np.concatenate([*gw.devices().values(), np.zeros(0, np.int32)])
             for device, keys in gw.devices().items():
                 owner = device_alarm_owner(config.id, device)
                 runtime.site_of[owner] = config.site
