@@ -75,6 +75,9 @@ def problems_from_validation(e: ValidationError, prefix: str = "") -> list[Probl
     return problems
 
 
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml parses ~10x faster
+
+
 def read_yaml(path: Path | str) -> Any:
     p = Path(path)
     try:
@@ -82,7 +85,7 @@ def read_yaml(path: Path | str) -> Any:
     except OSError as e:
         raise InvalidFile(str(p), [Problem("", f"cannot read file: {e.strerror}")]) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # a safe loader: libyaml when present
     except yaml.YAMLError as e:
         raise InvalidFile(str(p), [Problem("", f"not valid YAML: {e}")]) from None
 
