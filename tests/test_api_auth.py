@@ -18,7 +18,7 @@ from fastapi.routing import APIWebSocketRoute
 from starlette.routing import WebSocketRoute
 
 from api_helpers import SITE, SITE_FILE, Tokens, demo_runtime, ingest, make_tokens
-from conftest import PG_ADMIN_URL, _server_up, create_database, drop_database
+from conftest import create_database, drop_database
 from hazmon.api import create_app
 from hazmon.auth import Permission, Role, authenticate, create_token, ensure_demo_token, revoke_token
 from hazmon.runtime import Runtime
@@ -121,16 +121,14 @@ PUBLIC_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 @pytest.fixture(scope="module")
-async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Runtime, Tokens]]:
-    if not _server_up(PG_ADMIN_URL):
-        pytest.skip("PostgreSQL is not available")
-    url = await create_database(PG_ADMIN_URL)
+async def env(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Runtime, Tokens]]:
+    url = await create_database(pg_admin_url)
     try:
         async with demo_runtime(url, Path(tmp_path_factory.mktemp("auth"))) as rt:
             await ingest(rt, {"V101.GT1": 30.0})
             yield rt, await make_tokens(rt)
     finally:
-        await drop_database(PG_ADMIN_URL, url)
+        await drop_database(pg_admin_url, url)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from typing import Any
 from hazmon import audit
 from hazmon.auth import Principal
 from hazmon.runtime import Runtime
-from hazmon.store import guarded
+from hazmon.store import StoreError, guarded
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ async def record(
 
     try:
         return await guarded(op, "audit trail")
-    except Exception:
+    except StoreError:
         log.error(
             "AUDIT NOT RECORDED: %s by %s (token %s) on %s at site %s: %s",
             action,
