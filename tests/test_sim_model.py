@@ -11,7 +11,7 @@ from hazmon.errors import InvalidFile
 from hazmon.gateways.config import load_gateway_config, tag_ids
 from hazmon.reading import Quality
 from hazmon.sim import PlantModel, load_scenario, parse_scenario
-from hazmon.sim.model import (
+from hazmon.sim.physics import (
     AMMONIA,
     PROPANE,
     PROPYLENE,
