@@ -102,3 +102,40 @@ async def test_quiet_tags_of_a_live_opcua_subscription_are_not_stale(pg_url: str
         assert stale == []
         # the Modbus and MQTT tags of the site have no gateway here: they do go stale
         assert states(rt).get("T201.LT:quality.STALE") == AlarmState.ACTIVE_UNACK
+
+
+async def test_silent_gas_detection_gateway_is_one_alarm(pg_url: str, tmp_path: Path) -> None:
+    """A gas detection gateway behind the MQTT broker stops publishing: one communication-loss alarm
+    for that device; the broker and the other devices stay healthy."""
+    from gateway_helpers import Mosquitto
+
+    site = load_site(SITE)
+    scenario = parse_scenario(
+        {
+            "name": "silent-gds",
+            "site": "demo-tank-farm",
+            "start": "2026-07-15T09:00:00+08:00",
+            "duration_s": 600,
+            "events": [{"type": "comm_loss", "at_s": 3, "duration_s": 10, "target": "mqtt/gds-hi02"}],
+        },
+        site=site,
+    )
+    broker = Mosquitto(tmp_path / "mosquitto")
+    await broker.start()
+    try:
+        config = load_gateway_config(ROOT / "gateways" / "demo-mqtt.yaml", site)
+        settings = load_settings(database_url=pg_url, data_dir=tmp_path, site=SITE, rules=RULES)
+        async with serve(site, [config], scenario, mqtt_port=broker.port) as sim:
+            gw = sim.config("demo-mqtt").model_copy(update={"stale_after_s": 2.0})
+            async with run_runtime(settings, gateway_configs=[gw]) as rt:
+                loss = "demo-mqtt.gds-hi02:comm.LOSS"
+                await until(lambda: states(rt).get(loss) == AlarmState.ACTIVE_UNACK, 20, "the device's alarm")
+                current = states(rt)
+                assert "demo-mqtt.broker:comm.LOSS" not in current
+                assert "demo-mqtt.gds-hi01:comm.LOSS" not in current
+                assert not any(a.startswith("T201.AT") and s == AlarmState.ACTIVE_UNACK for a, s in current.items())
+                await until(lambda: states(rt).get(loss) == AlarmState.RTN_UNACK, 30, "the device back")
+                health = rt.gateways[0].health().devices
+                assert health["gds-hi02"].connected and not health["gds-hi02"].stale
+    finally:
+        await broker.stop()

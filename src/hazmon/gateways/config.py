@@ -243,6 +243,11 @@ class MqttGateway(_Model):
     backoff: Backoff = Backoff()
     topics: list[MqttTopic] = Field(min_length=1)
     points: dict[str, Ident] = Field(min_length=1, description="point key -> tag id")
+    devices: list[Ident] = Field(
+        default_factory=list,
+        description="field devices behind the broker (the envelope's `device`): each has its own health and "
+        "communication-loss alarm, and owns the points keyed `<device>/<point>`",
+    )
 
 
 GatewayConfig = Annotated[OpcUaGateway | ModbusGateway | MqttGateway, Field(discriminator="protocol")]
@@ -292,6 +297,9 @@ def reference_problems(config: OpcUaGateway | ModbusGateway | MqttGateway, site:
                         break
                     used[(mt.table, reg)] = mt.tag
     else:
+        for i, device in enumerate(config.devices):
+            if not any(key.startswith(f"{device}/") for key in config.points):
+                problems.append(Problem(f"devices[{i}]", f"no point is keyed {device}/<point>"))
         tags_seen: dict[str, str] = {}
         for key, tag in config.points.items():
             if tag in tags_seen:

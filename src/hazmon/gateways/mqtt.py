@@ -21,6 +21,7 @@ aiomqtt/paho errors are translated in ``_session`` only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from datetime import datetime
@@ -243,8 +244,23 @@ class MqttGatewayImpl(Gateway):
         if missing:
             raise GatewayConfigError(f"gateway {config.id}: tags not in the tag index: {', '.join(missing[:10])}")
         self.decoder = PayloadDecoder(config, tag_index, quarantine)
+        # Field devices (the envelope's `device`) own the points keyed "<device>/<point>"; the broker
+        # device owns the rest. `_device_of[tag key]` indexes `_field` (-1: the broker's).
         self._devices[BROKER_DEVICE] = DeviceStats(BROKER_DEVICE)
-        self._device_keys[BROKER_DEVICE] = np.array(sorted(set(self.decoder.keys.values())), dtype=np.int32)
+        self._field = [DeviceStats(d) for d in config.devices]
+        for d in self._field:
+            self._devices[d.id] = d
+        size = max(self.decoder.keys.values(), default=-1) + 1
+        self._device_of = np.full(size, -1, dtype=np.int64)
+        broker_keys: set[int] = set()
+        field_keys: list[set[int]] = [set() for _ in self._field]
+        for point, key in self.decoder.keys.items():
+            owner = next((i for i, d in enumerate(config.devices) if point.startswith(f"{d}/")), -1)
+            self._device_of[key] = owner
+            (field_keys[owner] if owner >= 0 else broker_keys).add(key)
+        self._device_keys[BROKER_DEVICE] = np.array(sorted(broker_keys), dtype=np.int32)
+        for d, keys in zip(self._field, field_keys, strict=True):
+            self._device_keys[d.id] = np.array(sorted(keys), dtype=np.int32)
         self.messages = 0
         self._reported_down = False
 
@@ -260,9 +276,12 @@ class MqttGatewayImpl(Gateway):
                 stats.error("connection", str(e))
                 if stats.state is ConnectionState.CONNECTED or not self._reported_down:
                     self._log.warning("broker %s:%d: no connection: %s", b.host, b.port, e)
-                    self.emit_comm_loss(BROKER_DEVICE)
+                    for device in self._devices:
+                        self.emit_comm_loss(device)
                     self._reported_down = True
             stats.state = ConnectionState.BACKOFF
+            for d in self._field:
+                d.state = ConnectionState.BACKOFF
             await backoff.wait()
 
     async def _session(self, stats: DeviceStats, backoff: Backoff) -> None:
@@ -296,18 +315,31 @@ class MqttGatewayImpl(Gateway):
                 for topic in self.config.topics:
                     await client.subscribe(topic.filter, qos=self.config.qos)
                 stats.connected()
+                for d in self._field:
+                    d.connected()
                 backoff.reset()
                 self._reported_down = False
                 if stats.reconnects:
                     self._log.info("broker %s:%d: reconnected", b.host, b.port)
                 filters = [(aiomqtt.Wildcard(t.filter), t.format) for t in self.config.topics]
-                async for message in client.messages:
-                    self._on_message(stats, message.topic, filters, message.payload)
+                # connected (MQTT keep-alive watches the link): the broker is alive even when quiet
+                heartbeat = asyncio.create_task(self._heartbeat(stats))
+                try:
+                    async for message in client.messages:
+                        self._on_message(stats, message.topic, filters, message.payload)
+                finally:
+                    heartbeat.cancel()
         except aiomqtt.MqttError as e:
             raise _SessionLost(str(e) or type(e).__name__) from e
         except OSError as e:
             raise _SessionLost(str(e)) from e
         raise _SessionLost("the broker closed the session")
+
+    @staticmethod
+    async def _heartbeat(stats: DeviceStats) -> None:
+        while True:
+            stats.alive()
+            await asyncio.sleep(1.0)
 
     def _on_message(self, stats: DeviceStats, topic: Any, filters: list[Any], payload: Any) -> None:
         self.messages += 1
@@ -321,8 +353,19 @@ class MqttGatewayImpl(Gateway):
         batch = self.decoder.decode(topic.value, fmt, bytes(payload))
         if self.decoder.repeated != before:
             stats.errors["repeated"] = stats.errors.get("repeated", 0) + self.decoder.repeated - before
-        if batch is not None:
+        stats.alive()  # any message shows the broker is there
+        if batch is None or len(batch) == 0:
+            return
+        if not self._field:
             self.emit(stats, batch)
+            return
+        owners = np.bincount(self._device_of[batch.tag] + 1, minlength=len(self._field) + 1)
+        if owners[0]:
+            stats.data(int(owners[0]))
+        for d, n in zip(self._field, owners[1:].tolist(), strict=True):
+            if n:
+                d.data(n)
+        self.buffer.put(batch)
 
 
 class _SessionLost(Exception):
