@@ -159,8 +159,10 @@ def gateway_configs(src: Sources) -> list[Any]:
     return [parse_gateway_config({"gateway": g}) for g in (opc, mb, mq)]
 
 
-async def pump(gw: Gateway, fwd: Forwarder) -> None:
+async def pump(gw: Gateway, fwd: Forwarder, seen: dict[int, float] | None = None) -> None:
     async for batch in gw.batches():
+        if seen is not None:
+            seen.update(zip(batch.tag.tolist(), batch.value.tolist(), strict=True))
         await fwd.put(batch)
 
 
@@ -187,6 +189,13 @@ async def run_outage(pg_url: str, tmp_path: Path, outage_s: float) -> None:
     tags = [f"UA.{n}" for n in src.opc.names()] + ["MB.A", "MB.B", "MQ.SEQ"]
     index = TagIndex(tags)
     gws = [open_gateway(c, index, data_dir=tmp_path) for c in gateway_configs(src)]
+    opc_keys = [index.key(f"UA.{n}") for n in src.opc.names()]
+    opc_seen: dict[int, float] = {}  # the newest value the OPC UA gateway delivered, per tag
+
+    def opc_caught_up() -> bool:
+        """Every variable's last written value has arrived (one write's changes may span notifications)."""
+        return all(opc_seen.get(k) == float(src.opc_k) for k in opc_keys)
+
     fwd = Forwarder(ReadingStore(db.pool, db.caps, acquire_timeout_s=1.0), tmp_path / "spool", write_timeout_s=3.0)
     try:
         async with (
@@ -194,7 +203,9 @@ async def run_outage(pg_url: str, tmp_path: Path, outage_s: float) -> None:
             gws[0],
             gws[1],
             gws[2],
-            running(*(pump(g, fwd) for g in gws), src.opc_writer(), src.mb_counter()),
+            running(
+                pump(gws[0], fwd, opc_seen), pump(gws[1], fwd), pump(gws[2], fwd), src.opc_writer(), src.mb_counter()
+            ),
         ):
             await wait_for(lambda: all(g.health().connected for g in gws), 15, "all gateways connected")
             await src.mq_publish(50)
@@ -212,9 +223,7 @@ async def run_outage(pg_url: str, tmp_path: Path, outage_s: float) -> None:
             # change, then goes down (a change in its last milliseconds is lost by any client)
             opc_health = gws[0].health
             await src.pause_opc()
-            await wait_for(
-                lambda: (opc_health().devices["server"].last_data_us or 0) > src.opc_last_write_us, 5, "last change"
-            )
+            await wait_for(opc_caught_up, 10, "the last change of every variable")
             restart_from = src.mb_count
             await src.restart_opc(1)
             restart_to = src.mb_count + 1
@@ -238,9 +247,7 @@ async def run_outage(pg_url: str, tmp_path: Path, outage_s: float) -> None:
             await asyncio.sleep(1.5)
             await src.pause_opc()
             final_k = src.opc_k
-            await wait_for(
-                lambda: (opc_health().devices["server"].last_data_us or 0) > src.opc_last_write_us, 5, "last change"
-            )
+            await wait_for(opc_caught_up, 10, "the last change of every variable")
             assert await fwd.flush(60)
             st = fwd.stats()
             assert st.outages >= 1 and st.dropped_readings == 0 and st.pending_batches == 0
