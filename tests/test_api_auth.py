@@ -117,7 +117,7 @@ PRINCIPALS: dict[str, tuple[Role, bool] | None] = {
     "regulator_other": (Role.REGULATOR, False),
     "admin": (Role.ADMIN, True),
 }
-PUBLIC_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/console"}
 
 
 @pytest.fixture(scope="module")

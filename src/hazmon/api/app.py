@@ -10,7 +10,19 @@ from fastapi.responses import JSONResponse
 
 from hazmon import __version__
 from hazmon.api.deps import require
-from hazmon.api.routes import admin, alarms, compliance, export, gateways, health, live, metrics, sites, tags
+from hazmon.api.routes import (
+    admin,
+    alarms,
+    compliance,
+    console,
+    export,
+    gateways,
+    health,
+    live,
+    metrics,
+    sites,
+    tags,
+)
 from hazmon.auth import Permission
 from hazmon.config import Settings, load_settings
 from hazmon.runtime import Runtime, run_runtime
@@ -50,6 +62,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     # Every route but /healthz needs a token; each route checks its role and the site scope.
     read = [Depends(require(Permission.READ))]
     app.include_router(health.router)
+    app.include_router(console.router)
     app.include_router(metrics.router)
     app.include_router(sites.router, prefix="/api/v1", dependencies=read)
     app.include_router(tags.router, prefix="/api/v1", dependencies=read)
