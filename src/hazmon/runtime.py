@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy.typing as npt
 
 from hazmon import journal, metrics
 from hazmon.alarm import AlarmEvent
+from hazmon.alarm_spool import AlarmSpool
 from hazmon.config import Settings
 from hazmon.db import Database, open_database
 from hazmon.engine import AlarmEngine
@@ -41,13 +43,15 @@ from hazmon.reading import ReadingBatch, now_us
 from hazmon.registry import tag_index, upsert_site
 from hazmon.rules import compile_rules, load_rules
 from hazmon.site import Site, load_site
-from hazmon.store import ReadingStore, StoreError
+from hazmon.store import ReadingStore, StoreError, guarded
 from hazmon.tag import TagIndex
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
 JOURNAL_RETRY_S = 1.0
+JOURNAL_ACQUIRE_TIMEOUT_S = 5.0
+ALARM_SPOOL_FILE = "alarm-journal.pending.jsonl"
 # Readings lost to a full disk spool raise `hazmon.storage:comm.LOSS`, held this long after the last loss.
 STORAGE_OWNER = "hazmon.storage"
 DATA_LOSS_HOLD_US = 60_000_000
@@ -89,6 +93,7 @@ class Runtime:
     _by_exception: dict[str, npt.NDArray[np.int32]] = field(default_factory=dict)
     _last_drop_us: int | None = None
     _journal_busy: bool = False
+    alarm_spool: AlarmSpool = field(default_factory=lambda: AlarmSpool(Path(".hazmon") / ALARM_SPOOL_FILE))
 
     # ------------------------------------------------------------------ hot path
 
@@ -171,20 +176,29 @@ class Runtime:
         while True:
             events = await self._journal_queue.get()
             self._journal_busy = True
+            spooled = 0  # how many of `events` are already in the disk spool
             try:
-                while not self._journal_queue.empty():
-                    events.extend(self._journal_queue.get_nowait())
                 while True:
+                    while not self._journal_queue.empty():
+                        events.extend(self._journal_queue.get_nowait())
                     try:
-                        async with self.db.pool.acquire() as conn:
-                            await journal.append_events(conn, events, self.site_of.get)
+                        await guarded(functools.partial(self._append_journal, events), "alarm journal")
                         break
-                    except (TimeoutError, StoreError, OSError) as e:
+                    except (StoreError, journal.JournalError) as e:
                         self.stats.journal_failures += 1
-                        log.warning("alarm journal write failed (%d events kept, retrying): %s", len(events), e)
+                        # on disk before the next try: a crash during the outage loses no alarm
+                        self.alarm_spool.append(events[spooled:])
+                        spooled = len(events)
+                        log.warning("alarm journal write failed (%d events kept on disk, retrying): %s", len(events), e)
                         await asyncio.sleep(JOURNAL_RETRY_S)
+                if spooled:
+                    self.alarm_spool.clear()
             finally:
                 self._journal_busy = False
+
+    async def _append_journal(self, events: list[AlarmEvent]) -> None:
+        async with self.db.pool.acquire(timeout=JOURNAL_ACQUIRE_TIMEOUT_S) as conn:
+            await journal.append_events(conn, events, self.site_of.get)
 
     async def _clock(self) -> None:
         """Ticks the engine and reports device communication changes to it."""
@@ -289,6 +303,13 @@ async def run_runtime(
                 runtime.site_of[owner] = config.site
                 if runtime.engine is not None:
                     runtime.engine.register_device(owner, keys)
+        runtime.alarm_spool = AlarmSpool(settings.data_dir / ALARM_SPOOL_FILE)
+        pending = runtime.alarm_spool.load()
+        if pending:  # alarm events of a previous run that never reached the journal
+            async with db.pool.acquire() as conn:
+                await journal.append_events(conn, pending, runtime.site_of.get)
+            runtime.alarm_spool.clear()
+            log.warning("%d alarm events left on disk by the previous run are now in the journal", len(pending))
         if runtime.engine is not None:
             runtime.engine.register_device(STORAGE_OWNER, [])
             async with db.pool.acquire() as conn:
