@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import uvicorn
 
@@ -33,6 +34,24 @@ async def demo_runtime(database_url: str, data_dir: Path, gateways: list[Path] |
     )
     async with run_runtime(settings) as rt:
         yield rt
+
+
+@asynccontextmanager
+async def demo_api(
+    database_url: str, data_dir: Path, *, with_modbus: bool = False
+) -> AsyncIterator[tuple[Runtime, Tokens, httpx.AsyncClient]]:
+    """The demo runtime, tokens per role, and an HTTP client on its app. ``with_modbus`` adds the demo
+    Modbus gateway pointed at a port nobody serves (a device that is down)."""
+    gateways = []
+    if with_modbus:
+        text = (ROOT / "gateways" / "demo-modbus.yaml").read_text(encoding="utf-8")
+        gateways.append(data_dir / "modbus.yaml")
+        gateways[0].write_text(text.replace("port: 5020", f"port: {free_port()}"), encoding="utf-8")
+    async with demo_runtime(database_url, data_dir, gateways=gateways) as rt:
+        tokens = await make_tokens(rt)
+        transport = httpx.ASGITransport(app=create_app(runtime=rt))
+        async with httpx.AsyncClient(transport=transport, base_url="http://hazmon") as client:
+            yield rt, tokens, client
 
 
 async def ingest(runtime: Runtime, values: dict[str, float], ts_us: int | None = None) -> None:

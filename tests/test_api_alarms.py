@@ -12,9 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api_helpers import SITE, Tokens, demo_runtime, ingest, make_tokens
-from gateway_helpers import free_port
-from hazmon.api import create_app
+from api_helpers import SITE, Tokens, demo_api, ingest
 from hazmon.reading import US_PER_S, now_us
 from hazmon.runtime import Runtime
 
@@ -26,19 +24,10 @@ NH3_H = "T201.AT1:gas.H"  # ammonia >= 20 mg/m³, installation HI-02
 
 @pytest.fixture
 async def env(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[Runtime, Tokens, httpx.AsyncClient]]:
-    gw = (
-        (ROOT / "gateways" / "demo-modbus.yaml")
-        .read_text(encoding="utf-8")
-        .replace("port: 5020", f"port: {free_port()}")
-    )
-    (tmp_path / "modbus.yaml").write_text(gw, encoding="utf-8")
-    async with demo_runtime(pg_url, tmp_path, gateways=[tmp_path / "modbus.yaml"]) as rt:
+    async with demo_api(pg_url, tmp_path, with_modbus=True) as (rt, tokens, client):
         await ingest(rt, {"V101.GT1": 30.0, "V102.GT1": 55.0, "T201.AT1": 25.0})
         await rt.flush_journal()
-        tokens = await make_tokens(rt)
-        app = create_app(runtime=rt)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hazmon") as c:
-            yield rt, tokens, c
+        yield rt, tokens, client
 
 
 def _h(token: str) -> dict[str, str]:

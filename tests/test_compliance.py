@@ -9,19 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api_helpers import SITE, Tokens, demo_runtime, ingest, make_tokens
-from hazmon.api import create_app
+from api_helpers import SITE, Tokens, demo_api, ingest
 from hazmon.reading import now_us
 from hazmon.runtime import Runtime
 
 
 @pytest.fixture
 async def env(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[Runtime, Tokens, httpx.AsyncClient]]:
-    async with demo_runtime(pg_url, tmp_path) as rt:
-        tokens = await make_tokens(rt)
-        transport = httpx.ASGITransport(app=create_app(runtime=rt))
-        async with httpx.AsyncClient(transport=transport, base_url="http://hazmon") as client:
-            yield rt, tokens, client
+    async with demo_api(pg_url, tmp_path) as (rt, tokens, client):
+        yield rt, tokens, client
 
 
 async def test_regulator_sees_data_alarms_handling_and_grades(env: tuple[Runtime, Tokens, httpx.AsyncClient]) -> None:

@@ -9,9 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api_helpers import ROOT, Tokens, demo_runtime, ingest, make_tokens
-from gateway_helpers import free_port
-from hazmon.api import create_app
+from api_helpers import Tokens, demo_api, ingest
 from hazmon.metrics import Exposition, Histogram
 from hazmon.runtime import Runtime
 
@@ -41,18 +39,8 @@ def parse(text: str) -> dict[str, float]:
 
 @pytest.fixture
 async def env(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[Runtime, Tokens, httpx.AsyncClient]]:
-    gw = (
-        (ROOT / "gateways" / "demo-modbus.yaml")
-        .read_text(encoding="utf-8")
-        .replace("port: 5020", f"port: {free_port()}")
-    )
-    (tmp_path / "modbus.yaml").write_text(gw, encoding="utf-8")
-    async with demo_runtime(pg_url, tmp_path, gateways=[tmp_path / "modbus.yaml"]) as rt:
-        tokens = await make_tokens(rt)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(runtime=rt)), base_url="http://hazmon"
-        ) as c:
-            yield rt, tokens, c
+    async with demo_api(pg_url, tmp_path, with_modbus=True) as (rt, tokens, client):
+        yield rt, tokens, client
 
 
 async def test_metrics_count_readings_alarms_devices_and_spool(env: tuple[Runtime, Tokens, httpx.AsyncClient]) -> None:

@@ -19,6 +19,7 @@ Connection failures are not raised: they are counted in health, turn the device'
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import time
@@ -211,7 +212,7 @@ class BatchBuffer:
         return parts[0] if len(parts) == 1 else ReadingBatch.concat(parts)
 
 
-class Gateway:
+class Gateway(abc.ABC):
     """Base of every gateway: lifecycle, the batch stream, health and the device map.
 
     Subclasses implement ``_run()`` (the protocol tasks; it runs until cancelled) and fill
@@ -275,8 +276,9 @@ class Gateway:
                 d.error("crash", f"gateway crashed: {e!r}")
             self.buffer.close()
 
+    @abc.abstractmethod
     async def _run(self) -> None:
-        raise NotImplementedError
+        """The protocol's tasks; runs until cancelled."""
 
     # -- the interface
 

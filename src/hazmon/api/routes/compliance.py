@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from hazmon.alarm import split_alarm_id
 from hazmon.api.deps import Reader, RuntimeDep, ensure_sees
 from hazmon.api.routes.alarms import parse_since
 from hazmon.compliance import handling_times, site_compliance
@@ -46,6 +47,6 @@ async def get_compliance(
                 return await handling_times(conn, site_id, start)
 
         handling = await guarded(op, "alarm handling times")
-        site_alarms = [a for a in alarms if runtime.site_of.get(a.alarm_id.rpartition(":")[0]) == s.id]
+        site_alarms = [a for a in alarms if runtime.site_of.get(a.tag_id or split_alarm_id(a.alarm_id)[0]) == s.id]
         out.append(site_compliance(s, runtime.tags, runtime.hub.last_reading_us, site_alarms, handling, now, period))
     return out
