@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from alarm_reference import ReferenceEngine  # noqa: E402
-from hazmon.engine import AlarmEngine  # noqa: E402
+from hazmon.alarms.compiler import CompiledRules, compile_rules, load_rules  # noqa: E402
+from hazmon.alarms.engine import AlarmEngine  # noqa: E402
 from hazmon.errors import read_yaml  # noqa: E402
+from hazmon.plant.site import Site, parse_site  # noqa: E402
+from hazmon.plant.tag import TagIndex  # noqa: E402
 from hazmon.reading import ReadingBatch  # noqa: E402
-from hazmon.rules import CompiledRules, compile_rules, load_rules  # noqa: E402
-from hazmon.site import Site, parse_site  # noqa: E402
-from hazmon.tag import TagIndex  # noqa: E402
 
 RULE_FILES = [ROOT / "alarm_rules" / f for f in ("gas-detectors.yaml", "process-defaults.yaml", "demo-tank-farm.yaml")]
 S = 1_000_000

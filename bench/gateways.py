@@ -38,13 +38,13 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from hazmon.db import connect
-from hazmon.forwarder import Forwarder
 from hazmon.gateways import open_gateway
 from hazmon.gateways.config import parse_gateway_config
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch, now_us
-from hazmon.store import ReadingStore
-from hazmon.tag import TagIndex
+from hazmon.storage.database import connect
+from hazmon.storage.forwarder import Forwarder
+from hazmon.storage.store import ReadingStore
 from scratch_db import drop_db, fresh_db
 
 NS = "urn:hazmon:bench"

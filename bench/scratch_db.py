@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from hazmon.migrate import migrate
+from hazmon.storage.migrate import migrate
 
 
 async def fresh_db(admin_url: str, prefix: str = "hazmon_bench") -> str:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from hazmon.db import connect
 from hazmon.reading import US_PER_S, ReadingBatch
-from hazmon.store import Aggregate, ReadingStore
+from hazmon.storage.database import connect
+from hazmon.storage.store import Aggregate, ReadingStore
 from scratch_db import drop_db, fresh_db
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

@@ -1,7 +1,7 @@
 """A plain, reading-by-reading reference implementation of the engine's semantics (for tests).
 
 Written for clarity, not speed: one Python object per alarm cell, one reading at a time, in time
-order. The rules and their meaning are those stated in the docstring of ``hazmon.engine``; the
+order. The rules and their meaning are those stated in the docstring of ``hazmon.alarms.engine``; the
 compiled rule arrays are read one scalar at a time. The differential tests require the vectorized
 engine to produce exactly the events this produces.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from hazmon.alarm import PRIORITY_CODES, AlarmEvent, AlarmState, InvalidTransition, Priority
-from hazmon.reading import ReadingBatch
-from hazmon.rules import (
+from hazmon.alarms.alarm import PRIORITY_CODES, AlarmEvent, AlarmState, InvalidTransition, Priority
+from hazmon.alarms.compiler import CompiledRules
+from hazmon.alarms.rules import (
     BAD,
     COLUMNS,
     FROZEN,
@@ -24,11 +24,11 @@ from hazmon.rules import (
     ROC_UP,
     STALE,
     STATE,
-    CompiledRules,
     H,
     K,
     L,
 )
+from hazmon.reading import ReadingBatch
 
 VALUE_COLUMNS = (HH, H, L, LL, ROC_UP, ROC_DOWN, STATE, OUT_OF_RANGE, FROZEN)
 

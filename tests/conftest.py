@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from hazmon.migrate import migrate
+from hazmon.storage.migrate import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("HAZMON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

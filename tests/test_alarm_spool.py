@@ -11,8 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from api_helpers import ingest
-from hazmon.alarm import AlarmEvent, AlarmState, Priority
-from hazmon.alarm_spool import AlarmSpool
+from hazmon.alarms.alarm import AlarmEvent, AlarmState, Priority
+from hazmon.alarms.pending import AlarmSpool
 from hazmon.config import load_settings
 from hazmon.runtime import ALARM_SPOOL_FILE, run_runtime
 from tcpproxy import TcpProxy

@@ -15,12 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alarm_reference import ReferenceEngine, all_alarm_ids
-from hazmon.alarm import AlarmEvent, AlarmState, InvalidTransition
-from hazmon.engine import AlarmEngine
+from hazmon.alarms.alarm import AlarmEvent, AlarmState, InvalidTransition
+from hazmon.alarms.compiler import CompiledRules, compile_rules, load_rules
+from hazmon.alarms.engine import AlarmEngine
+from hazmon.alarms.rules import K
+from hazmon.plant.site import load_site
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch
-from hazmon.rules import CompiledRules, K, compile_rules, load_rules
-from hazmon.site import load_site
-from hazmon.tag import TagIndex
 
 DATA = Path(__file__).parent / "data"
 S = 1_000_000

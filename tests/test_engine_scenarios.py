@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hazmon.alarm import AlarmEvent, AlarmState, InvalidTransition, Priority, UnknownAlarm
-from hazmon.engine import AlarmEngine
+from hazmon.alarms.alarm import AlarmEvent, AlarmState, InvalidTransition, Priority, UnknownAlarm
+from hazmon.alarms.compiler import compile_rules, load_rules
+from hazmon.alarms.engine import AlarmEngine
+from hazmon.plant.site import load_site
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch
-from hazmon.rules import compile_rules, load_rules
-from hazmon.site import load_site
-from hazmon.tag import TagIndex
 
 DATA = Path(__file__).parent / "data"
 S = 1_000_000

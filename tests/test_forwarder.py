@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from gateway_helpers import wait_for
-from hazmon.db import Database, connect
-from hazmon.forwarder import Forwarder
 from hazmon.reading import ReadingBatch
-from hazmon.store import ReadingStore
+from hazmon.storage.database import Database, connect
+from hazmon.storage.forwarder import Forwarder
+from hazmon.storage.store import ReadingStore
 from tcpproxy import TcpProxy
 
 
@@ -109,9 +109,9 @@ async def test_kill_9_then_restart_stores_everything_once(pg_url: str, tmp_path:
         f"""
         import asyncio, os, signal
         import numpy as np
-        from hazmon.forwarder import Forwarder
+        from hazmon.storage.forwarder import Forwarder
         from hazmon.reading import ReadingBatch
-        from hazmon.store import StoreUnavailable
+        from hazmon.storage.store import StoreUnavailable
 
         class Down:
             async def write(self, batch):

@@ -13,7 +13,7 @@ from gateway_helpers import Collector, OpcServer, wait_for
 from hazmon.cli import main
 from hazmon.gateways import open_gateway
 from hazmon.gateways.config import OpcUaGateway, load_gateway_config
-from hazmon.tag import TagIndex
+from hazmon.plant.tag import TagIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 

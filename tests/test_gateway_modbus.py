@@ -17,8 +17,8 @@ from hazmon.gateways import open_gateway
 from hazmon.gateways.base import ConnectionState
 from hazmon.gateways.config import ModbusType, parse_gateway_config
 from hazmon.gateways.modbus import decode_registers, encode_registers, plan_blocks
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import Quality
-from hazmon.tag import TagIndex
 
 DT = AsyncModbusTcpClient.DATATYPE
 UNIT = 3
@@ -198,8 +198,8 @@ def test_failure_codes_read_as_bad_quality_not_as_values() -> None:
     """An S7 analog card sends 32767 for a broken wire: that is a failed sensor, not a full tank."""
     from hazmon.gateways.config import ModbusDevice
     from hazmon.gateways.modbus import plan_blocks
+    from hazmon.plant.tag import TagIndex
     from hazmon.reading import Quality
-    from hazmon.tag import TagIndex
 
     device = ModbusDevice.model_validate(
         {

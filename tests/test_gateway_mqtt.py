@@ -16,8 +16,8 @@ from hazmon.gateways import open_gateway
 from hazmon.gateways.config import MqttGateway, MqttPayloadFormat, parse_gateway_config
 from hazmon.gateways.mqtt import PayloadDecoder
 from hazmon.gateways.quarantine import Quarantine
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import Quality
-from hazmon.tag import TagIndex
 
 TAGS = ["V101.LT", "V101.TT", "V102.LT", "GD01.GAS", "GD02.GAS"]
 POINTS = {

@@ -13,8 +13,8 @@ from gateway_helpers import EXAMPLE_NS, Collector, OpcServer, make_certificates,
 from hazmon.gateways import open_gateway
 from hazmon.gateways.config import OpcUaGateway, parse_gateway_config
 from hazmon.gateways.opcua import OpcUaGatewayImpl, status_to_quality
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import Quality
-from hazmon.tag import TagIndex
 from tcpproxy import TcpProxy
 
 

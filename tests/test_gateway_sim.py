@@ -12,9 +12,9 @@ import pytest
 from gateway_helpers import Collector, Mosquitto, wait_for
 from hazmon.gateways import open_gateway
 from hazmon.gateways.config import ModbusGateway, ModbusType, OpcUaGateway, load_gateway_config, tag_ids
+from hazmon.plant.site import Site, load_site
+from hazmon.plant.tag import TagIndex
 from hazmon.sim import Simulation, load_scenario, serve
-from hazmon.site import Site, load_site
-from hazmon.tag import TagIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 

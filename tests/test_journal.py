@@ -7,13 +7,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hazmon.alarm import AlarmState
-from hazmon.engine import AlarmEngine
-from hazmon.journal import JournalError, append_events, history, load_current, to_datetime
+from hazmon.alarms.alarm import AlarmState
+from hazmon.alarms.compiler import compile_rules, load_rules
+from hazmon.alarms.engine import AlarmEngine
+from hazmon.alarms.journal import JournalError, append_events, history, load_current, to_datetime
+from hazmon.plant.site import load_site
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch
-from hazmon.rules import compile_rules, load_rules
-from hazmon.site import load_site
-from hazmon.tag import TagIndex
 
 DATA = Path(__file__).parent / "data"
 S = 1_000_000

@@ -9,11 +9,11 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from hazmon.alarm import AlarmEvent, AlarmState, Priority
+from hazmon.alarms.alarm import AlarmEvent, AlarmState, Priority
+from hazmon.alarms.journal import append_events, to_datetime
+from hazmon.alarms.kpi import compute_kpis
 from hazmon.cli import main
 from hazmon.commands.alarms import duration, render
-from hazmon.journal import append_events, to_datetime
-from hazmon.kpi import compute_kpis
 
 S = 1_000_000
 MIN = 60 * S

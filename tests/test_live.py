@@ -16,11 +16,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from api_helpers import SITE, Tokens, demo_runtime, ingest, make_tokens, serve
-from hazmon.alarm import Action, AlarmEvent, AlarmSnapshot, AlarmState, Priority
+from hazmon.alarms.alarm import Action, AlarmEvent, AlarmSnapshot, AlarmState, Priority
 from hazmon.live import Follow, LiveHub, SlowClient
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import US_PER_S, ReadingBatch
 from hazmon.runtime import Runtime
-from hazmon.tag import TagIndex
 
 TAGS = TagIndex(["A.LT", "A.PT", "B.LT"])
 SITE_OF = {"A.LT": "site-a", "A.PT": "site-a", "B.LT": "site-b", "plc-b": "site-b"}

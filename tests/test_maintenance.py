@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from hazmon.db import Database, connect
-from hazmon.maintenance import Maintenance, RetentionError, apply_retention, refresh_rollups
 from hazmon.reading import US_PER_S, ReadingBatch
-from hazmon.store import ReadingStore
+from hazmon.storage.database import Database, connect
+from hazmon.storage.maintenance import Maintenance, RetentionError, apply_retention, refresh_rollups
+from hazmon.storage.store import ReadingStore
 
 
 @pytest.fixture

@@ -8,17 +8,36 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from api_helpers import Tokens, demo_api, ingest
-from hazmon.metrics import Exposition, Histogram
 from hazmon.runtime import Runtime
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
 
 
-def parse(text: str) -> dict[str, float]:
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def canonical(sample: str) -> str:
+    """'name{b="2",a="1"}' -> 'name{a="1",b="2"}': label order carries no meaning in the format."""
+    name, _, rest = sample.partition("{")
+    if not rest:
+        return sample
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(LABEL.findall(rest))) + "}"
+
+
+class Samples(dict[str, float]):
+    def __getitem__(self, key: str) -> float:
+        return super().__getitem__(canonical(key))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(canonical(key))
+
+
+def parse(text: str) -> Samples:
     """Samples by 'name{labels}', checking every line against the exposition format."""
-    samples: dict[str, float] = {}
+    samples = Samples()
     typed: set[str] = set()
     for line in text.splitlines():
         if line.startswith("# TYPE "):
@@ -31,9 +50,9 @@ def parse(text: str) -> dict[str, float]:
             continue
         m = SAMPLE.match(line)
         assert m, f"not a sample line: {line!r}"
-        family = re.sub(r"_(bucket|sum|count)$", "", m.group(1))
+        family = re.sub(r"_(bucket|sum|count|total)$", "", m.group(1))
         assert m.group(1) in typed or family in typed, f"{m.group(1)} has no TYPE line"
-        samples[line.rsplit(" ", 1)[0]] = float(m.group(4).replace("+Inf", "inf"))
+        samples[canonical(line.rsplit(" ", 1)[0])] = float(m.group(4).replace("+Inf", "inf"))
     return samples
 
 
@@ -54,7 +73,7 @@ async def test_metrics_count_readings_alarms_devices_and_spool(env: tuple[Runtim
     m = parse(r.text)
     assert m["hazmon_readings_total"] - before["hazmon_readings_total"] == 3
     assert m["hazmon_batch_readings_count"] - before["hazmon_batch_readings_count"] == 1
-    assert m['hazmon_batch_readings_bucket{le="10"}'] - before['hazmon_batch_readings_bucket{le="10"}'] == 1
+    assert m['hazmon_batch_readings_bucket{le="10.0"}'] - before['hazmon_batch_readings_bucket{le="10.0"}'] == 1
     assert m["hazmon_engine_batch_seconds_count"] > before["hazmon_engine_batch_seconds_count"]
     assert m['hazmon_alarms{state="active_unack",priority="high"}'] == 2  # V101.GT1 H, V102.GT1 H
     assert m['hazmon_alarms{state="active_unack",priority="critical"}'] == 1  # V102.GT1 HH
@@ -77,16 +96,17 @@ async def test_metrics_need_a_system_role(env: tuple[Runtime, Tokens, httpx.Asyn
     assert (await c.get("/metrics", headers={"Authorization": f"Bearer {tokens.admin}"})).status_code == 200
 
 
-def test_histogram_and_label_escaping() -> None:
-    h = Histogram("t_seconds", "test", (0.1, 1))
+def test_histogram_buckets_and_label_escaping() -> None:
+    registry = CollectorRegistry()
+    h = Histogram("t_seconds", "test", buckets=(0.1, 1), registry=registry)
     for v in (0.05, 0.1, 0.5, 3):
         h.observe(v)
-    out = Exposition()
-    h.render(out)
-    out.metric("t_info", "gauge", 'a label with "quotes" and \\ and\nnewline', 1, {"v": 'a"b\\c\nd'})
-    m = parse(out.text())
+    info = Gauge("t_info", 'a label with "quotes" and \\ and\nnewline', ["v"], registry=registry)
+    info.labels('a"b\\c\nd').set(1)
+    text = generate_latest(registry).decode()
+    m = parse(text)
     assert m['t_seconds_bucket{le="0.1"}'] == 2  # le is inclusive
-    assert m['t_seconds_bucket{le="1"}'] == 3
+    assert m['t_seconds_bucket{le="1.0"}'] == 3
     assert m['t_seconds_bucket{le="+Inf"}'] == 4 and m["t_seconds_count"] == 4
     assert m["t_seconds_sum"] == pytest.approx(3.65)
-    assert 't_info{v="a\\"b\\\\c\\nd"} 1' in out.text()
+    assert 't_info{v="a\\"b\\\\c\\nd"} 1.0' in text

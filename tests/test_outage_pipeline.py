@@ -26,13 +26,13 @@ from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, M
 from pymodbus.server import ModbusTcpServer
 
 from gateway_helpers import EXAMPLE_NS, Mosquitto, OpcServer, free_port, wait_for
-from hazmon.db import connect
-from hazmon.forwarder import Forwarder
 from hazmon.gateways import Gateway, open_gateway
 from hazmon.gateways.config import parse_gateway_config
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import now_us
-from hazmon.store import ReadingStore
-from hazmon.tag import TagIndex
+from hazmon.storage.database import connect
+from hazmon.storage.forwarder import Forwarder
+from hazmon.storage.store import ReadingStore
 from tcpproxy import TcpProxy
 
 SLOW_OUTAGE_S = float(os.environ.get("HAZMON_OUTAGE_S", "30"))

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hazmon.alarm import PRIORITY_CODES, Priority
+from hazmon.alarms.alarm import PRIORITY_CODES, Priority
+from hazmon.alarms.compiler import check_rules, compile_rules, load_rules
+from hazmon.alarms.rules import BAD, FROZEN, HH, LL, STALE, STATE, H, L
 from hazmon.cli import main
 from hazmon.errors import InvalidFile
-from hazmon.rules import BAD, FROZEN, HH, LL, STALE, STATE, H, L, check_rules, compile_rules, load_rules
-from hazmon.site import load_site
-from hazmon.tag import TagIndex
+from hazmon.plant.site import load_site
+from hazmon.plant.tag import TagIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "alarm_rules").glob("*.yaml"))

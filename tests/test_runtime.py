@@ -10,12 +10,12 @@ from pathlib import Path
 
 import asyncpg
 
-from hazmon.alarm import AlarmState
+from hazmon.alarms.alarm import AlarmState
 from hazmon.config import load_settings
 from hazmon.gateways.config import ModbusGateway, load_gateway_config, tag_ids
+from hazmon.plant.site import load_site
 from hazmon.runtime import Runtime, run_runtime
 from hazmon.sim import parse_scenario, serve
-from hazmon.site import load_site
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "sites" / "demo-tank-farm.yaml"

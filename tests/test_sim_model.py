@@ -9,6 +9,7 @@ import pytest
 
 from hazmon.errors import InvalidFile
 from hazmon.gateways.config import load_gateway_config, tag_ids
+from hazmon.plant.site import Site, load_site
 from hazmon.reading import Quality
 from hazmon.sim import PlantModel, load_scenario, parse_scenario
 from hazmon.sim.physics import (
@@ -20,7 +21,6 @@ from hazmon.sim.physics import (
     sphere_height_fraction,
     vapour_pressure_kpa,
 )
-from hazmon.site import Site, load_site
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ["normal", "overfill", "leak", "heat", "sensor-faults", "comm-loss"]

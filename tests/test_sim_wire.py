@@ -26,8 +26,8 @@ from hazmon.gateways.config import (
     OpcUaGateway,
     load_gateway_config,
 )
+from hazmon.plant.site import Site, load_site
 from hazmon.sim import PlantModel, Simulation, load_scenario, serve
-from hazmon.site import Site, load_site
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER = ("127.0.0.1", 1883)

@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from hazmon.errors import InvalidFile
-from hazmon.hazard import grade
-from hazmon.site import TagKind, check_site, load_site
+from hazmon.plant.site import TagKind, check_site, load_site
+from hazmon.regulator.gb18218 import grade
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "sites" / "demo-tank-farm.yaml"

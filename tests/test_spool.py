@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hazmon.reading import ReadingBatch
-from hazmon.spool import Spool
+from hazmon.storage.spool import Spool
 
 
 def batch(i: int, n: int = 10) -> ReadingBatch:
@@ -121,7 +121,7 @@ def test_kill_9_loses_nothing_appended(tmp_path: Path) -> None:
         import os, signal, sys
         import numpy as np
         from hazmon.reading import ReadingBatch
-        from hazmon.spool import Spool
+        from hazmon.storage.spool import Spool
         sp = Spool(__import__("pathlib").Path({str(tmp_path)!r}), fsync_interval_s=3600)
         for i in range(500):
             sp.append(ReadingBatch.from_columns(np.arange(20), 1, np.full(20, float(i)), 0))

@@ -11,12 +11,12 @@ import asyncpg
 import numpy as np
 import pytest
 
-from hazmon.db import Database, connect
-from hazmon.migrate import discover, migrate
+from hazmon.plant.site import load_site
 from hazmon.reading import US_PER_S, Quality, ReadingBatch
-from hazmon.registry import RegistryError, list_sites, list_tags, tag_index, upsert_site
-from hazmon.site import load_site
-from hazmon.store import Aggregate, ReadingStore
+from hazmon.storage.database import Database, connect
+from hazmon.storage.migrate import discover, migrate
+from hazmon.storage.registry import RegistryError, list_sites, list_tags, tag_index, upsert_site
+from hazmon.storage.store import Aggregate, ReadingStore
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hazmon.alarm import AlarmEvent, AlarmSnapshot, AlarmState, split_alarm_id
+from hazmon.alarms.alarm import AlarmEvent, AlarmSnapshot, AlarmState, split_alarm_id
+from hazmon.plant.directory import Place
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch
-from hazmon.tag import TagIndex
 
 SiteOf = Callable[[str], "str | None"]  # tag or device id -> site id
 
@@ -356,3 +357,15 @@ class LiveHub:
         for sub in self._subs:
             if sub.value_keys.size:
                 sub.wake.set()
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmListView:
+    """The current alarms, located and serialised once, in list order; valid while ``key`` holds.
+
+    ``items`` are (snapshot, place, JSON text); the runtime keeps the newest view, the alarm routes
+    build it (see ``hazmon.api.routes.alarms.current_view``)."""
+
+    engine: object  # held, so that a view is never taken for another engine's
+    key: tuple[int, ...]
+    items: list[tuple[AlarmSnapshot, Place, str]]

@@ -28,23 +28,25 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hazmon import journal, metrics
-from hazmon.alarm import AlarmEvent
-from hazmon.alarm_spool import AlarmSpool
+from hazmon import metrics
+from hazmon.alarms import journal
+from hazmon.alarms.alarm import AlarmEvent
+from hazmon.alarms.compiler import compile_rules, load_rules
+from hazmon.alarms.engine import AlarmEngine
+from hazmon.alarms.pending import AlarmSpool
 from hazmon.config import Settings
-from hazmon.db import Database, open_database
-from hazmon.engine import AlarmEngine
-from hazmon.forwarder import Forwarder
 from hazmon.gateways import Gateway, open_gateway
 from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway, load_gateway_config
-from hazmon.live import LiveHub
-from hazmon.maintenance import Maintenance
+from hazmon.live import AlarmListView, LiveHub
+from hazmon.plant.directory import Directory, build_directory
+from hazmon.plant.site import Site, load_site
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch, now_us
-from hazmon.registry import tag_index, upsert_site
-from hazmon.rules import compile_rules, load_rules
-from hazmon.site import Site, load_site
-from hazmon.store import ReadingStore, StoreError, guarded
-from hazmon.tag import TagIndex
+from hazmon.storage.database import Database, open_database
+from hazmon.storage.forwarder import Forwarder
+from hazmon.storage.maintenance import Maintenance
+from hazmon.storage.registry import tag_index, upsert_site
+from hazmon.storage.store import ReadingStore, StoreError, guarded
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,19 @@ class Runtime:
     _last_drop_us: int | None = None
     _journal_busy: bool = False
     alarm_spool: AlarmSpool = field(default_factory=lambda: AlarmSpool(Path(".hazmon") / ALARM_SPOOL_FILE))
+    # the current alarms as the API lists them, serialised once per change (built by the alarm routes)
+    alarm_view: AlarmListView | None = None
+    _directory: tuple[object, object, object, tuple[int, int, int], Directory] | None = None
+
+    def directory(self) -> Directory:
+        """Where every tag and device is (site, installation, equipment), rebuilt when the sites change."""
+        size = (len(self.sites), len(self.site_of), len(self.tags))
+        hit = self._directory
+        if hit and hit[0] is self.site_of and hit[1] is self.sites and hit[2] is self.tags and hit[3] == size:
+            return hit[4]
+        d = build_directory(self.sites, self.site_of, self.tags)
+        self._directory = (self.site_of, self.sites, self.tags, size, d)
+        return d
 
     # ------------------------------------------------------------------ hot path
 
@@ -138,7 +153,7 @@ class Runtime:
         """Run an operator action on the engine; its events are journaled and published.
 
         ``action``: acknowledge, reset, shelve, unshelve, remove_from_service, return_to_service,
-        comment. Raises hazmon.alarm.UnknownAlarm / InvalidTransition from the engine.
+        comment. Raises hazmon.alarms.alarm.UnknownAlarm / InvalidTransition from the engine.
         """
         if self.engine is None:
             raise RuntimeError("no rule engine is configured")

@@ -26,7 +26,7 @@ from hazmon.api.routes import (
 from hazmon.auth import Permission
 from hazmon.config import Settings, load_settings
 from hazmon.runtime import Runtime, run_runtime
-from hazmon.store import StoreError, StoreUnavailable
+from hazmon.storage.store import StoreError, StoreUnavailable
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:

@@ -18,9 +18,9 @@ from fastapi import Depends, HTTPException, Request
 from starlette.requests import HTTPConnection
 
 from hazmon.auth import Permission, Principal, authenticate
-from hazmon.registry import get_tag
 from hazmon.runtime import Runtime
-from hazmon.store import guarded
+from hazmon.storage.registry import get_tag
+from hazmon.storage.store import guarded
 
 
 def get_runtime(request: HTTPConnection) -> Runtime:

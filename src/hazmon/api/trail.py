@@ -8,7 +8,7 @@ from typing import Any
 from hazmon import audit
 from hazmon.auth import Principal
 from hazmon.runtime import Runtime
-from hazmon.store import StoreError, guarded
+from hazmon.storage.store import StoreError, guarded
 
 log = logging.getLogger(__name__)
 

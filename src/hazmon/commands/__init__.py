@@ -1,2 +1,3 @@
-"""CLI verbs, one module per area. Each module defines ``register(subparsers)``; every parser it adds
+"""CLI verbs, one module per area: the outermost room, may import anything.
+Each module defines ``register(subparsers)``; every parser it adds
 sets ``handler`` (a function of the parsed args returning the exit code) with ``set_defaults``."""

@@ -40,9 +40,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _kpi(args: argparse.Namespace) -> int:
+    from hazmon.alarms.kpi import compute_kpis
     from hazmon.config import load_settings
-    from hazmon.db import open_database
-    from hazmon.kpi import compute_kpis
+    from hazmon.storage.database import open_database
 
     settings = load_settings()
 

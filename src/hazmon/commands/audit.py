@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _with_conn(fn: Any) -> int:
     from hazmon.config import load_settings
-    from hazmon.db import open_database
+    from hazmon.storage.database import open_database
 
     async def run() -> int:
         async with open_database(load_settings()) as db, db.pool.acquire() as conn:

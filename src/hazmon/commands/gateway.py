@@ -14,8 +14,8 @@ import yaml
 
 from hazmon.errors import InvalidFile
 from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway, load_gateway_config
-from hazmon.site import load_site
-from hazmon.tag import TagIndex
+from hazmon.plant.site import load_site
+from hazmon.plant.tag import TagIndex
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from hazmon.alarms.compiler import check_rules, load_rules
 from hazmon.errors import InvalidFile
-from hazmon.rules import check_rules, load_rules
-from hazmon.site import Site, load_site
+from hazmon.plant.site import Site, load_site
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from hazmon.db import open_database
     from hazmon.logs import setup_logging
+    from hazmon.storage.database import open_database
 
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
@@ -131,8 +131,8 @@ def _broker_up(port: int) -> bool:
 def _demo(args: argparse.Namespace) -> int:
     from hazmon.gateways.config import MqttGateway, load_gateway_config
     from hazmon.logs import setup_logging
+    from hazmon.plant.site import load_site
     from hazmon.sim import load_scenario, serve
-    from hazmon.site import load_site
 
     settings = load_settings(
         data_dir=args.data_dir,

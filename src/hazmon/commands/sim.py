@@ -45,9 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _sim(args: argparse.Namespace) -> int:
     from hazmon.gateways.config import MqttGateway, load_gateway_config
     from hazmon.logs import setup_logging
+    from hazmon.plant.site import load_site
     from hazmon.sim import SimError, load_scenario, serve
     from hazmon.sim.scale import scale_plant
-    from hazmon.site import load_site
 
     setup_logging("INFO")
     if args.scale:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from hazmon.errors import InvalidFile
-from hazmon.site import load_site
+from hazmon.plant.site import load_site
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,8 +41,8 @@ def _check(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace) -> int:
     from hazmon.config import load_settings
-    from hazmon.db import open_database
-    from hazmon.registry import upsert_site
+    from hazmon.storage.database import open_database
+    from hazmon.storage.registry import upsert_site
 
     site = load_site(args.file)
     settings = load_settings()

@@ -41,7 +41,7 @@ def _actor() -> str:
 
 def _run(fn: Callable[[Any], Awaitable[int]]) -> int:
     from hazmon.config import load_settings
-    from hazmon.db import open_database
+    from hazmon.storage.database import open_database
 
     async def run() -> int:
         async with open_database(load_settings()) as db, db.pool.acquire() as conn:

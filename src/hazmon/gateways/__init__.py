@@ -1,4 +1,5 @@
-"""Protocol gateways: OPC UA, Modbus TCP and MQTT sources of columnar reading batches.
+"""Gateways (OPC UA, Modbus TCP, MQTT): decode what PLCs send into columnar reading batches.
+May import hazmon.plant, hazmon.reading, hazmon.backoff and hazmon.errors; never alarms, storage, API, runtime.
 
 ``open_gateway(config, tag_index, data_dir=...)`` builds the gateway a configuration file
 describes; see ``hazmon.gateways.base`` for the interface and docs/gateways.md for the guide.
@@ -18,7 +19,7 @@ from hazmon.gateways.base import (
 )
 from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway
 from hazmon.gateways.quarantine import Quarantine, Reason
-from hazmon.tag import TagIndex
+from hazmon.plant.tag import TagIndex
 
 __all__ = [
     "ConnectionState",

@@ -14,20 +14,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hazmon.backoff import BackoffConfig as Backoff
 from hazmon.errors import InvalidFile, Problem, read_yaml, validate_model
-from hazmon.site import Ident, Site
+from hazmon.plant.site import Ident, Site
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Backoff(_Model):
-    """Reconnect delays: doubled after each failure from ``initial_s`` up to ``max_s``, with jitter."""
-
-    initial_s: float = Field(default=0.5, gt=0)
-    max_s: float = Field(default=30.0, gt=0)
-    jitter: float = Field(default=0.2, ge=0, le=1, description="± fraction of the delay")
 
 
 # ---------------------------------------------------------------- OPC UA

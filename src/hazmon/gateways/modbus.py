@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hazmon.gateways.backoff import Backoff
+from hazmon.backoff import Backoff
 from hazmon.gateways.base import ConnectionState, DeviceStats, Gateway, GatewayConfigError
 from hazmon.gateways.config import ModbusDevice, ModbusGateway, ModbusTable, ModbusType
 from hazmon.gateways.quarantine import Quarantine
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import Quality, ReadingBatch, now_us
-from hazmon.tag import TagIndex
 
 log = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hazmon.gateways.backoff import Backoff
+from hazmon.backoff import Backoff
 from hazmon.gateways.base import ConnectionState, DeviceStats, Gateway, GatewayConfigError
 from hazmon.gateways.config import MqttGateway, MqttPayloadFormat
 from hazmon.gateways.quarantine import Quarantine, Reason
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch, now_us
-from hazmon.tag import TagIndex
 
 BROKER_DEVICE = "broker"
 

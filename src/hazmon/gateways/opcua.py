@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hazmon.gateways.backoff import Backoff
+from hazmon.backoff import Backoff
 from hazmon.gateways.base import ConnectionState, DeviceStats, Gateway, GatewayConfigError
 from hazmon.gateways.config import Deadband, OpcUaGateway, OpcUaSecurityMode, OpcUaSecurityPolicy
 from hazmon.gateways.quarantine import Quarantine, Reason
+from hazmon.plant.tag import TagIndex
 from hazmon.reading import Quality, ReadingBatch, now_us
-from hazmon.tag import TagIndex
 
 SERVER_DEVICE = "server"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,6 +1,8 @@
-"""PLC simulators: the demo plant's process model served over OPC UA, Modbus TCP and MQTT.
+"""PLC simulators: the plant process model served over OPC UA, Modbus TCP and MQTT.
+May import hazmon.plant, hazmon.reading, hazmon.errors and the gateway files' schema (the tag maps they serve).
 
-- ``PlantModel`` (``hazmon.sim.model``): the deterministic process model, stepped by hand in tests;
+- ``PlantModel`` (``hazmon.sim.model``): the deterministic process model, stepped by hand in tests, over
+  its layout (``layout``), tag roles (``roles``), physics, instruments and weather;
 - ``load_scenario`` (``hazmon.sim.scenario``): scenario files from ``simulators/``;
 - ``serve`` (``hazmon.sim.service``): serves a site under a scenario on the endpoints that gateway
   configs describe, as an async context manager yielding a ``Simulation``;

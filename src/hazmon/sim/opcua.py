@@ -27,8 +27,8 @@ from asyncua import ua as _ua
 from asyncua.server.server import Server
 
 from hazmon.gateways.config import OpcUaGateway
+from hazmon.plant.site import Site, Tag
 from hazmon.reading import Quality
-from hazmon.site import Site, Tag
 
 log = logging.getLogger(__name__)
 ua: Any = _ua  # asyncua's generated type stubs are too loose for mypy --strict (NodeId(int), ...)

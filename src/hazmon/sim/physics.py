@@ -1,5 +1,6 @@
-"""Physical properties and geometry used by the plant model: liquefied-gas vapour pressure
-(Antoine equation, NIST coefficients) and the fill of a sphere."""
+"""Physical properties and geometry used by the plant model: the standard atmosphere, the substances
+stored (molar mass, explosive limit, density), liquefied-gas vapour pressure (Antoine equation, NIST
+coefficients) and the fill of a sphere."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 F64 = npt.NDArray[np.float64]
+
+P_ATM_KPA = 101.325  # standard atmosphere: gauge = absolute − P_ATM_KPA
 
 # ---------------------------------------------------------------- substances
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway, parse_gateway_config
+from hazmon.plant.site import Site, parse_site
 from hazmon.sim.scenario import Scenario, parse_scenario
-from hazmon.site import Site, parse_site
 
 TAGS_PER_TANK = 5
 TANKS_PER_UNIT = 100

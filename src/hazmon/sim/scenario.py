@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hazmon.errors import InvalidFile, Problem, problems_from_validation, read_yaml
-from hazmon.site import EquipmentType, Ident, Signal, Site, TagKind
+from hazmon.plant.site import EquipmentType, Ident, Signal, Site, TagKind
 
 
 class _Model(BaseModel):

@@ -24,13 +24,13 @@ from urllib.parse import urlsplit
 from hazmon.errors import InvalidFile, Problem
 from hazmon.gateways.config import ModbusDevice, ModbusGateway, MqttGateway, OpcUaGateway
 from hazmon.gateways.config import reference_problems as gateway_problems
+from hazmon.plant.site import Site
 from hazmon.reading import now_us
 from hazmon.sim.modbus import ModbusEndpoint
 from hazmon.sim.model import PlantModel
 from hazmon.sim.mqtt import MqttEndpoint, SimMqttError
 from hazmon.sim.opcua import OpcUaEndpoint
 from hazmon.sim.scenario import Scenario
-from hazmon.site import Site
 
 log = logging.getLogger(__name__)
 

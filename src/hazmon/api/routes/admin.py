@@ -12,9 +12,9 @@ from hazmon.api.deps import Admin, Configurer, RuntimeDep
 from hazmon.api.trail import record
 from hazmon.auth import AuthError, Role, create_token, list_tokens, revoke_token
 from hazmon.errors import InvalidFile
-from hazmon.registry import RegistryError, upsert_site
-from hazmon.site import parse_site
-from hazmon.store import guarded
+from hazmon.plant.site import parse_site
+from hazmon.storage.registry import RegistryError, upsert_site
+from hazmon.storage.store import guarded
 
 router = APIRouter(tags=["admin"])
 

@@ -9,23 +9,22 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from hazmon import journal, kpi
-from hazmon.alarm import AlarmSnapshot, AlarmState, InvalidTransition, Priority, UnknownAlarm
+from hazmon.alarms import journal, kpi
+from hazmon.alarms.alarm import AlarmSnapshot, AlarmState, InvalidTransition, Priority, UnknownAlarm
+from hazmon.alarms.engine import AlarmEngine
 from hazmon.api.deps import Operator, Reader, RuntimeDep, ensure_sees
 from hazmon.api.trail import record
 from hazmon.api.where import NOWHERE, Place, directory
 from hazmon.auth import Principal
-from hazmon.engine import AlarmEngine
-from hazmon.live import encode_json, event_dict, owner_of, snapshot_dict
+from hazmon.live import AlarmListView, encode_json, event_dict, owner_of, snapshot_dict
 from hazmon.runtime import Runtime
-from hazmon.store import guarded
+from hazmon.storage.store import guarded
 
 router = APIRouter(prefix="/alarms", tags=["alarms"])
 
@@ -124,24 +123,12 @@ async def current_alarms(
     return Response("[" + ",".join(parts) + "]", media_type="application/json")
 
 
-@dataclass(frozen=True, slots=True)
-class View:
-    """The current alarms, located and serialised once, newest first."""
-
-    engine: AlarmEngine  # held, so that its id cannot be reused by another engine
-    key: tuple[int, ...]
-    items: list[tuple[AlarmSnapshot, Place, str]]
-
-
-_views: dict[int, View] = {}
-
-
-def current_view(runtime: Runtime) -> View:
+def current_view(runtime: Runtime) -> AlarmListView:
     """Cached until the engine's state may have changed: every change of an alarm is an event
     published to the hub, and every batch may change the values shown."""
     engine = _engine(runtime)
     key = (engine.stats["batches"], runtime.hub.stats.events_published, len(runtime.site_of))
-    view = _views.get(id(runtime))
+    view = runtime.alarm_view
     if view is not None and view.engine is engine and view.key == key:
         return view
     where = places(runtime)
@@ -153,10 +140,8 @@ def current_view(runtime: Runtime) -> View:
         d["equipment"] = p.equipment
         items.append((s, p, encode_json(d)))
     items.sort(key=lambda item: (-item[0].since_us, item[0].alarm_id))
-    view = View(engine, key, items)
-    if len(_views) > 64:
-        _views.clear()
-    _views[id(runtime)] = view
+    view = AlarmListView(engine, key, items)
+    runtime.alarm_view = view
     return view
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from hazmon.alarm import split_alarm_id
+from hazmon.alarms.alarm import split_alarm_id
 from hazmon.api.deps import Reader, RuntimeDep, ensure_sees
 from hazmon.api.routes.alarms import parse_since
-from hazmon.compliance import handling_times, site_compliance
 from hazmon.reading import now_us
-from hazmon.store import guarded
+from hazmon.regulator.compliance import handling_times, site_compliance
+from hazmon.storage.store import guarded
 
 router = APIRouter(tags=["compliance"])
 

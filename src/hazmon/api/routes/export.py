@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
 
 from hazmon.api.deps import Reader, RuntimeDep, visible_tag
-from hazmon.store import guarded
+from hazmon.storage.store import guarded
 
 router = APIRouter(tags=["tags"])
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from hazmon import __version__
 from hazmon.api.deps import RuntimeDep
-from hazmon.store import StoreError, guarded
+from hazmon.storage.store import StoreError, guarded
 
 router = APIRouter(tags=["health"])
 

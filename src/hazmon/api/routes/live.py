@@ -35,7 +35,7 @@ from hazmon.api.where import directory
 from hazmon.auth import Permission, Principal
 from hazmon.live import Follow, SlowClient, Subscription
 from hazmon.runtime import Runtime
-from hazmon.store import StoreError
+from hazmon.storage.store import StoreError
 
 router = APIRouter(tags=["live"])
 log = logging.getLogger(__name__)

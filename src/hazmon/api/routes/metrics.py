@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from hazmon.api.deps import RuntimeDep, SystemUser
-from hazmon.metrics import CONTENT_TYPE, render
+from hazmon.api.exposition import CONTENT_TYPE, render
 
 router = APIRouter(tags=["metrics"])
 

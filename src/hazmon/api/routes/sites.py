@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from hazmon.api.deps import Reader, RuntimeDep
-from hazmon.registry import list_sites
-from hazmon.store import guarded
+from hazmon.storage.registry import list_sites
+from hazmon.storage.store import guarded
 
 router = APIRouter(tags=["sites"])
 

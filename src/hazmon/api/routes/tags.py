@@ -10,9 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 
 from hazmon.api.deps import Reader, RuntimeDep, ensure_sees, visible_tag
-from hazmon.registry import list_tags
-from hazmon.site import TagKind
-from hazmon.store import Aggregate, guarded
+from hazmon.plant.site import TagKind
+from hazmon.storage.registry import list_tags
+from hazmon.storage.store import Aggregate, guarded
 
 router = APIRouter(tags=["tags"])
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import asyncpg
 
-from hazmon.hazard import grade
-from hazmon.site import Site
-from hazmon.tag import TagIndex
+from hazmon.plant.site import Site
+from hazmon.plant.tag import TagIndex
+from hazmon.regulator.gb18218 import grade
 
 
 class RegistryError(Exception):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from hazmon.alarm import AlarmEvent, AlarmState, Priority
+from hazmon.alarms.alarm import AlarmEvent, AlarmState, Priority
 
 log = logging.getLogger(__name__)
 

@@ -47,11 +47,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from hazmon.gateways.backoff import Backoff
-from hazmon.gateways.config import Backoff as BackoffConfig
+from hazmon.backoff import Backoff, BackoffConfig
 from hazmon.reading import ReadingBatch
-from hazmon.spool import Spool, SpoolError, SpoolRecord, encode_record
-from hazmon.store import StoreError, StoreUnavailable
+from hazmon.storage.spool import Spool, SpoolError, SpoolRecord, encode_record
+from hazmon.storage.store import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

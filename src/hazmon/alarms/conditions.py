@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hazmon.engine_state import NONE_TS, TagState, column_bits
-from hazmon.rules import BAD, FROZEN, HH, LL, OUT_OF_RANGE, ROC_DOWN, ROC_UP, STATE, CompiledRules, H, L
+from hazmon.alarms.compiler import CompiledRules
+from hazmon.alarms.rules import BAD, FROZEN, HH, LL, OUT_OF_RANGE, ROC_DOWN, ROC_UP, STATE, H, L
+from hazmon.alarms.state import NONE_TS, TagState, column_bits
 
 I64 = npt.NDArray[np.int64]
 U16 = npt.NDArray[np.uint16]

@@ -10,7 +10,17 @@ from __future__ import annotations
 import asyncio
 import random
 
-from hazmon.gateways.config import Backoff as BackoffConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BackoffConfig(BaseModel):
+    """Reconnect delays: doubled after each failure from ``initial_s`` up to ``max_s``, with jitter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    initial_s: float = Field(default=0.5, gt=0)
+    max_s: float = Field(default=30.0, gt=0)
+    jitter: float = Field(default=0.2, ge=0, le=1, description="± fraction of the delay")
 
 
 class Backoff:

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from hazmon.alarm import AlarmEvent, AlarmSnapshot, AlarmState, Priority
+from hazmon.alarms.alarm import AlarmEvent, AlarmSnapshot, AlarmState, Priority
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SiteOf = Callable[[str], str | None]  # alarm owner (tag id or device id) -> site id

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from hazmon.config import Settings
-from hazmon.migrate import migrate
+from hazmon.storage.migrate import migrate
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ record is framed as::
               int32 tag[n] | int64 ts[n] | float64 value[n] | uint8 quality[n]      (little-endian)
 
 ``seq`` numbers records from 0 upwards across segments; ``group`` lets the forwarder merge
-consecutive records deterministically (see hazmon.forwarder). A record is written with one
+consecutive records deterministically (see hazmon.storage.forwarder). A record is written with one
 ``write()`` of the whole frame to a file opened ``O_APPEND``, so once ``append`` returns the record
 survives a crash of the process (``kill -9``): it is in the kernel's page cache.
 

@@ -2,7 +2,7 @@
 
 A *cell* is one condition column of one row (a tag, or a device appended after the tags). The
 boolean per-cell state is packed as bits of one uint16 per row (bit ``col`` = column ``col`` of
-:data:`hazmon.rules.COLUMNS`), so a batch touches one word per reading instead of eleven flags.
+:data:`hazmon.alarms.rules.COLUMNS`), so a batch touches one word per reading instead of eleven flags.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 import numpy.typing as npt
 
-from hazmon.alarm import PRIORITY_CODES, AlarmState, Priority
-from hazmon.rules import BAD, CompiledRules, K
+from hazmon.alarms.alarm import PRIORITY_CODES, AlarmState, Priority
+from hazmon.alarms.compiler import CompiledRules
+from hazmon.alarms.rules import BAD, K
 
 NONE_TS = np.iinfo(np.int64).min
 U16 = npt.NDArray[np.uint16]

@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from hazmon.config import MIN_RETENTION_DAYS
-from hazmon.db import Capabilities, Database
 from hazmon.reading import Quality
-from hazmon.store import StoreError, guarded
+from hazmon.storage.database import Capabilities, Database
+from hazmon.storage.store import StoreError, guarded
 
 log = logging.getLogger(__name__)
 

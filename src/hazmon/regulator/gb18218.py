@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hazmon.site import Chemical, Installation
+from hazmon.plant.site import Chemical, Installation
 
 # Table 1 (selection): critical quantity Q in tonnes for named chemicals.
 CRITICAL_QUANTITY_T: dict[str, float] = {

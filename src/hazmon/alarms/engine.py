@@ -1,6 +1,6 @@
 """The rule engine: reading batches in, alarm events out, vectorized over tags (ISA-18.2 lifecycle).
 
-State lives in arrays indexed by tag row. The eleven conditions of a row (:data:`hazmon.rules.COLUMNS`)
+State lives in arrays indexed by tag row. The eleven conditions of a row (:data:`hazmon.alarms.rules.COLUMNS`)
 are bits of one uint16 per row in ``cond`` (raw condition, after deadband), ``alarm`` (alarm
 active, after on/off-delay and latching), ``acked`` and the mask words (out of service, shelved,
 suppressed by design, suppressed by communication loss). A batch is evaluated column by column
@@ -34,7 +34,7 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
-from hazmon.alarm import (
+from hazmon.alarms.alarm import (
     PRIORITY_CODES,
     Action,
     AlarmEvent,
@@ -45,10 +45,9 @@ from hazmon.alarm import (
     UnknownAlarm,
     split_alarm_id,
 )
-from hazmon.engine_eval import Evaluator
-from hazmon.engine_state import CellState, TagState, bits_to_pairs, column_bits
-from hazmon.reading import ReadingBatch
-from hazmon.rules import (
+from hazmon.alarms.compiler import CompiledRules
+from hazmon.alarms.conditions import Evaluator
+from hazmon.alarms.rules import (
     BAD,
     HH,
     LL,
@@ -57,11 +56,12 @@ from hazmon.rules import (
     ROC_UP,
     STALE,
     STATE,
-    CompiledRules,
     H,
     K,
     L,
 )
+from hazmon.alarms.state import CellState, TagState, bits_to_pairs, column_bits
+from hazmon.reading import ReadingBatch
 
 COMM_LOSS = "comm.LOSS"
 _BAD_QUALITY = 128

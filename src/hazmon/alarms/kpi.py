@@ -13,8 +13,8 @@ from typing import Any
 
 import asyncpg
 
-from hazmon.alarm import Priority
-from hazmon.journal import JournalError
+from hazmon.alarms.alarm import Priority
+from hazmon.alarms.journal import JournalError
 
 INTERVAL = timedelta(minutes=10)
 FLOOD_ALARMS = 10

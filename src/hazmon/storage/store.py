@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import asyncpg
 import numpy as np
 
-from hazmon.db import Capabilities
 from hazmon.reading import Quality, ReadingBatch
+from hazmon.storage.database import Capabilities
 
 log = logging.getLogger(__name__)
 

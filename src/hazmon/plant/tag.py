@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from hazmon.site import Site
+from hazmon.plant.site import Site
 
 
 class UnknownTag(KeyError):

@@ -23,10 +23,10 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
-from hazmon.alarm import AlarmSnapshot, AlarmState, Priority
-from hazmon.hazard import grade
-from hazmon.site import Site
-from hazmon.tag import TagIndex
+from hazmon.alarms.alarm import AlarmSnapshot, AlarmState, Priority
+from hazmon.plant.site import Site
+from hazmon.plant.tag import TagIndex
+from hazmon.regulator.gb18218 import grade
 
 US = 1_000_000
 MIN_FRESH_S = 60.0
