@@ -27,8 +27,9 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
@@ -52,18 +53,40 @@ def _num(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-_ISO_CACHE: dict[int, str] = {}
+_ISO_CACHE: dict[tuple[int, str | None], str] = {}
 encode_json = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per call
+_ZONES: dict[str, tzinfo] = {}  # site id -> its time zone (the site file's ``timezone:``)
 
 
-def _iso(ts_us: int) -> str:
-    """ISO 8601 in UTC; memoised, since alarm times repeat from one listing to the next."""
-    text = _ISO_CACHE.get(ts_us)
+def set_site_timezone(site_id: str, zone: str) -> None:
+    """Times of this site's alarms are written in its local time, ISO 8601 with the UTC offset."""
+    try:
+        _ZONES[site_id] = ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        _ZONES.pop(site_id, None)
+    _ISO_CACHE.clear()
+
+
+def site_timezone(site_id: str | None) -> tzinfo:
+    return _ZONES.get(site_id, UTC) if site_id is not None else UTC
+
+
+def _iso(ts_us: int, site: str | None = None) -> str:
+    """ISO 8601 in the site's local time with its offset (``2026-11-30T18:42:07.125+08:00``), UTC with
+    ``Z`` for a site without a known zone; memoised, since alarm times repeat from one listing to the next."""
+    key = (ts_us, site)
+    text = _ISO_CACHE.get(key)
     if text is None:
         if len(_ISO_CACHE) > 100_000:
             _ISO_CACHE.clear()
-        text = _ISO_CACHE[ts_us] = datetime.fromtimestamp(ts_us / 1e6, UTC).isoformat().replace("+00:00", "Z")
+        t = datetime.fromtimestamp(ts_us / 1e6, site_timezone(site)).isoformat()
+        text = _ISO_CACHE[key] = t.replace("+00:00", "Z")
     return text
+
+
+def iso_local(ts_us: int | None, site: str | None) -> str | None:
+    """``_iso`` for optional times (None stays None)."""
+    return _iso(ts_us, site) if ts_us else None
 
 
 def owner_of(alarm_id: str, tag_id: str | None) -> str:
@@ -88,13 +111,16 @@ def event_dict(e: AlarmEvent, site: str | None) -> dict[str, Any]:
         "value": _num(e.value),
         "limit": _num(e.limit),
         "ts_us": e.ts_us,
-        "time": _iso(e.ts_us),
+        "time": _iso(e.ts_us, site),
+        "shelved_until_us": e.shelved_until_us,
+        "shelved_until": iso_local(e.shelved_until_us, site),
         "user": e.user,
         "comment": e.comment,
     }
 
 
 def snapshot_dict(s: AlarmSnapshot, site: str | None) -> dict[str, Any]:
+    activated: int | None = getattr(s, "activated_us", None)
     return {
         "alarm_id": s.alarm_id,
         "tag": s.tag_id,
@@ -106,9 +132,14 @@ def snapshot_dict(s: AlarmSnapshot, site: str | None) -> dict[str, Any]:
         "acked": s.acked,
         "value": _num(s.value),
         "limit": _num(s.limit),
+        # ``since`` is the last change of state (an acknowledge, a shelve, a comment); ``activated_at``
+        # is when the condition last became active and survives every operator action.
         "since_us": s.since_us,
-        "since": _iso(s.since_us) if s.since_us else None,
+        "since": iso_local(s.since_us, site),
+        "activated_us": activated,
+        "activated_at": iso_local(activated, site),
         "shelved_until_us": s.shelved_until_us,
+        "shelved_until": iso_local(s.shelved_until_us, site),
         "out_of_service": s.out_of_service,
         "suppressed": s.suppressed,
         "user": s.user,

@@ -37,7 +37,7 @@ from hazmon.alarms.pending import AlarmSpool
 from hazmon.config import Settings
 from hazmon.gateways import Gateway, open_gateway
 from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway, load_gateway_config
-from hazmon.live import AlarmListView, LiveHub
+from hazmon.live import AlarmListView, LiveHub, set_site_timezone
 from hazmon.plant.directory import Directory, build_directory
 from hazmon.plant.site import Site, load_site
 from hazmon.plant.tag import TagIndex
@@ -296,6 +296,7 @@ async def run_runtime(
             runtime.tags = await tag_index(conn)
         for site in runtime.sites:
             runtime.site_of.update({t.id: site.id for t in site.tags})
+            set_site_timezone(site.id, site.site.timezone)  # alarm times in the site's local time
         if settings.rules:
             compiled = compile_rules(load_rules(settings.rules, runtime.sites), runtime.sites, runtime.tags)
             runtime.engine = AlarmEngine(compiled)

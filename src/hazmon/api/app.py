@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from hazmon import __version__
 from hazmon.api.deps import require
@@ -42,12 +45,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             app.state.runtime = rt
             yield
 
-    app = FastAPI(
+    # /docs and /redoc with their JavaScript and CSS served from the package (fastapi-offline), so they
+    # work on a plant network without Internet access.
+    app = FastAPIOffline(
         title="hazmon",
         version=__version__,
         description="Real-time monitoring of major hazard installations of hazardous chemicals.",
         lifespan=lifespan,
+        static_url="/docs-assets",
     )
+    _declare_bearer(app)
 
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
@@ -73,3 +80,30 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(admin.router, prefix="/api/v1")
     app.include_router(live.router, prefix="/api/v1")
     return app
+
+
+def _declare_bearer(app: FastAPI) -> None:
+    """The OpenAPI document declares the API token as a bearer scheme required by every /api/v1 route,
+    so /docs offers "Authorize" and sends ``Authorization: Bearer hzm_…``."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "hzm_…",
+                "description": "an API token from `hazmon token create` (the demo prints one)",
+            }
+        }
+        for path, ops in schema.get("paths", {}).items():
+            if path.startswith("/api/v1/"):
+                for op in ops.values():
+                    if isinstance(op, dict):
+                        op.setdefault("security", [{"bearer": []}])
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

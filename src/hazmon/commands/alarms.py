@@ -9,6 +9,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hazmon.commands import DATABASE_HELP
+
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -31,7 +33,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     alarms = sub.add_parser("alarms", help="alarm journal reports").add_subparsers(
         dest="alarms_command", metavar="ACTION", required=True
     )
-    kpi = alarms.add_parser("kpi", help="alarm rate, floods, chattering and standing alarms, top 10, priority mix")
+    kpi = alarms.add_parser(
+        "kpi", help="alarm rate, floods, chattering and standing alarms, top 10, priority mix", epilog=DATABASE_HELP
+    )
     kpi.add_argument("--site", required=True, metavar="ID")
     kpi.add_argument("--since", type=duration, default=timedelta(days=30), metavar="DURATION", help="default 30d")
     kpi.add_argument("--until", type=timestamp, default=None, metavar="TIME", help="ISO 8601; default now")

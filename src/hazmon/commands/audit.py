@@ -8,13 +8,17 @@ import json
 import sys
 from typing import Any
 
+from hazmon.commands import DATABASE_HELP
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = sub.add_parser("audit", help="verify or list the audit trail").add_subparsers(
         dest="audit_command", metavar="ACTION", required=True
     )
     verify = audit.add_parser(
-        "verify", help="check the hash chain: exit 0 when untouched, 1 naming the first edited/inserted/deleted row"
+        "verify",
+        help="check the hash chain: exit 0 when untouched, 1 naming the first edited/inserted/deleted row",
+        epilog=DATABASE_HELP,
     )
     verify.add_argument(
         "--anchor",
@@ -24,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="a head printed by an earlier verify and kept elsewhere: also check that row still has that hash",
     )
     verify.set_defaults(handler=_verify)
-    lst = audit.add_parser("list", help="the newest entries, as JSON lines")
+    lst = audit.add_parser("list", help="the newest entries, as JSON lines", epilog=DATABASE_HELP)
     lst.add_argument("--limit", type=int, default=50)
     lst.add_argument("--site")
     lst.set_defaults(handler=_list)

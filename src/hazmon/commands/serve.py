@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from hazmon.commands import DATABASE_HELP
 from hazmon.config import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -29,15 +30,24 @@ log = logging.getLogger("hazmon.demo")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    mig = sub.add_parser("migrate", help="apply database migrations (a second run changes nothing)")
+    mig = sub.add_parser(
+        "migrate", help="apply database migrations (a second run changes nothing)", epilog=DATABASE_HELP
+    )
     mig.set_defaults(handler=_migrate)
-    serve = sub.add_parser("serve", help="run the configured site, gateways, rule engine, store and API")
+    serve = sub.add_parser(
+        "serve", help="run the configured site, gateways, rule engine, store and API", epilog=DATABASE_HELP
+    )
     serve.set_defaults(handler=_serve)
     demo = sub.add_parser(
         "demo", help="run the demo plant end to end: simulators, gateways, rule engine, embedded database, API"
     )
     demo.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
-    demo.add_argument("--data-dir", type=Path, default=ROOT / ".hazmon" / "demo")
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="embedded database, spool, quarantine (default: HAZMON_DATA_DIR, or .hazmon like every other command)",
+    )
     demo.add_argument("--scenario", type=Path, default=DEMO_SCENARIO, help="simulator scenario")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--opcua-port", type=int, default=None, help="simulator OPC UA port (default 4840; 0: any)")
@@ -78,8 +88,11 @@ async def serve_forever(
             base = f"http://{settings.api_host}:{settings.api_port}"
             print(
                 f"\nhazmon demo is running: API {base} (OpenAPI docs at {base}/docs)\n"
+                f"operator console: {base}/console (paste the token)\n"
                 f"operator token for site demo-tank-farm:\n  export HAZMON_TOKEN={token}\n"
                 f'  curl -s -H "Authorization: Bearer $HAZMON_TOKEN" {base}/api/v1/alarms\n'
+                f"the demo's database is in {settings.data_dir.resolve()}; other commands find it with\n"
+                f"  export HAZMON_DATA_DIR={settings.data_dir.resolve()}\n"
                 "alarms appear within a minute; stop with Ctrl-C\n",
                 flush=True,
             )
@@ -94,9 +107,14 @@ async def serve_forever(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.handle_exit, sig, None)
+        from hazmon import watchdog
+
+        dog = watchdog.from_environment(settings.api_host, settings.api_port)  # systemd Type=notify
         try:
             await server.serve()
         finally:
+            if dog is not None:
+                await asyncio.to_thread(dog.stop)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
@@ -134,8 +152,11 @@ def _demo(args: argparse.Namespace) -> int:
     from hazmon.plant.site import load_site
     from hazmon.sim import load_scenario, serve
 
+    # The demo keeps its data where every other command looks (HAZMON_DATA_DIR, default .hazmon), so
+    # `hazmon token create` beside a running demo writes to the demo's database, not to a fresh one.
+    overrides = {"data_dir": args.data_dir} if args.data_dir is not None else {}
     settings = load_settings(
-        data_dir=args.data_dir,
+        **overrides,
         site=DEMO_SITE,
         rules=DEMO_RULES,
         gateways=[],

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from hazmon.commands import DATABASE_HELP
 from hazmon.errors import InvalidFile
 from hazmon.plant.site import load_site
 
@@ -18,7 +19,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = site.add_parser("check", help="validate site files; every error is listed with its path")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
     check.set_defaults(handler=_check)
-    load = site.add_parser("load", help="validate and upsert a site file into the database, in one transaction")
+    load = site.add_parser(
+        "load", help="validate and upsert a site file into the database, in one transaction", epilog=DATABASE_HELP
+    )
     load.add_argument("file", type=Path, metavar="FILE")
     load.set_defaults(handler=_load)
 

@@ -10,13 +10,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hazmon.auth import AuthError, Role
+from hazmon.commands import DATABASE_HELP
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     token = sub.add_parser("token", help="create, list or revoke API tokens").add_subparsers(
         dest="token_command", metavar="ACTION", required=True
     )
-    create = token.add_parser("create", help="create a token; it is printed once and stored only hashed")
+    create = token.add_parser(
+        "create", help="create a token; it is printed once and stored only hashed", epilog=DATABASE_HELP
+    )
     create.add_argument("--role", required=True, choices=[r.value for r in Role])
     create.add_argument("--site", action="append", default=[], metavar="ID", help="a site in scope (repeatable)")
     create.add_argument(
@@ -24,10 +27,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     create.add_argument("--name", help="who or what uses it (recorded with every action)")
     create.set_defaults(handler=_create)
-    lst = token.add_parser("list", help="list tokens (never their secrets)")
+    lst = token.add_parser("list", help="list tokens (never their secrets)", epilog=DATABASE_HELP)
     lst.add_argument("--active", action="store_true", help="leave revoked tokens out")
     lst.set_defaults(handler=_list)
-    revoke = token.add_parser("revoke", help="revoke a token by id (or a unique prefix of it); effective at once")
+    revoke = token.add_parser(
+        "revoke", help="revoke a token by id (or a unique prefix of it); effective at once", epilog=DATABASE_HELP
+    )
     revoke.add_argument("token_id", metavar="ID_OR_PREFIX")
     revoke.set_defaults(handler=_revoke)
 

@@ -22,7 +22,7 @@ from hazmon.api.deps import Operator, Reader, RuntimeDep, ensure_sees
 from hazmon.api.trail import record
 from hazmon.api.where import NOWHERE, Place, directory
 from hazmon.auth import Principal
-from hazmon.live import AlarmListView, encode_json, event_dict, owner_of, snapshot_dict
+from hazmon.live import AlarmListView, encode_json, event_dict, iso_local, owner_of, snapshot_dict
 from hazmon.runtime import Runtime
 from hazmon.storage.store import guarded
 
@@ -94,7 +94,10 @@ def _json(body: Any) -> Response:
 # ---------------------------------------------------------------------- reads
 
 
-@router.get("", summary="Current alarms (not normal), filtered")
+@router.get(
+    "",
+    summary="Current alarms (not normal), filtered: priority first, then unacknowledged, then newest",
+)
 async def current_alarms(
     runtime: RuntimeDep,
     user: Reader,
@@ -139,10 +142,22 @@ def current_view(runtime: Runtime) -> AlarmListView:
         d["installation"] = p.installation
         d["equipment"] = p.equipment
         items.append((s, p, encode_json(d)))
-    items.sort(key=lambda item: (-item[0].since_us, item[0].alarm_id))
+    items.sort(key=list_order)
     view = AlarmListView(engine, key, items)
     runtime.alarm_view = view
     return view
+
+
+_PRIORITY_RANK = {p: i for i, p in enumerate(Priority)}  # critical first
+_UNACK = frozenset({AlarmState.ACTIVE_UNACK, AlarmState.RTN_UNACK})
+
+
+def list_order(item: tuple[AlarmSnapshot, Place, str]) -> tuple[int, int, int, str]:
+    """The alarm list's order (ISA-18.2 / ISA-101): priority, then unacknowledged before
+    acknowledged, then newest activation first."""
+    s = item[0]
+    activated: int | None = getattr(s, "activated_us", None)
+    return (_PRIORITY_RANK[s.priority], 0 if s.state in _UNACK else 1, -(activated or s.since_us), s.alarm_id)
 
 
 @router.get("/history", summary="The alarm journal over a time range, newest first, paged")
@@ -191,9 +206,10 @@ async def alarm_history(
 
 def _history_json(row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    site = row.get("site_id")
     for k, v in row.items():
         if isinstance(v, datetime):
-            out["time" if k == "ts" else k] = v.isoformat().replace("+00:00", "Z")
+            out["time" if k == "ts" else k] = iso_local(journal.to_us(v), site)  # the site's local time
             if k == "ts":
                 out["ts_us"] = journal.to_us(v)
         elif isinstance(v, float) and not math.isfinite(v):
