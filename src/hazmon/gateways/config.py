@@ -232,6 +232,9 @@ class MqttGateway(_Model):
     qos: Literal[0, 1, 2] = 1
     clean_start: bool = Field(default=False, description="False keeps a persistent session")
     max_future_s: float = Field(default=300.0, gt=0, description="reject timestamps further ahead than this")
+    max_payload_bytes: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="larger messages are quarantined (too_large) unparsed"
+    )
     stale_after_s: float = Field(default=30.0, gt=0)
     backoff: Backoff = Backoff()
     topics: list[MqttTopic] = Field(min_length=1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from datetime import datetime
 from typing import Any
@@ -38,6 +39,9 @@ from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch, now_us
 
 BROKER_DEVICE = "broker"
+MAX_TS_MS = 10**13  # epoch milliseconds beyond year 2286 are not timestamps
+
+log = logging.getLogger(__name__)
 
 
 class _Bad(Exception):
@@ -52,18 +56,33 @@ def _ts_us(t: Any) -> int:
     if isinstance(t, bool):
         raise _Bad(Reason.BAD_TIMESTAMP, f"timestamp {t!r} is a boolean")
     if isinstance(t, int | float):
-        if not math.isfinite(t):
-            raise _Bad(Reason.BAD_TIMESTAMP, f"timestamp {t!r}")
+        if not math.isfinite(t) or not 0 <= t < MAX_TS_MS:
+            raise _Bad(Reason.BAD_TIMESTAMP, f"timestamp {_short(t)} is not epoch milliseconds")
         return int(t * 1000)
     if isinstance(t, str):
         try:
             dt = datetime.fromisoformat(t)
         except ValueError:
-            raise _Bad(Reason.BAD_TIMESTAMP, f"timestamp {t!r} is not ISO 8601") from None
+            raise _Bad(Reason.BAD_TIMESTAMP, f"timestamp {_short(t)} is not ISO 8601") from None
         if dt.tzinfo is None:
             raise _Bad(Reason.BAD_TIMESTAMP, f"timestamp {t!r} has no time zone")
-        return int(dt.timestamp() * 1_000_000)
-    raise _Bad(Reason.BAD_TIMESTAMP, f"timestamp {t!r} is not a number or string")
+        try:
+            us = int(dt.timestamp() * 1_000_000)
+        except (OverflowError, ValueError):
+            raise _Bad(Reason.BAD_TIMESTAMP, f"timestamp {t!r} is out of range") from None
+        if not 0 <= us < MAX_TS_MS * 1000:
+            raise _Bad(Reason.BAD_TIMESTAMP, f"timestamp {t!r} is out of range")
+        return us
+    raise _Bad(Reason.BAD_TIMESTAMP, f"timestamp {_short(t)} is not a number or string")
+
+
+def _short(v: Any, limit: int = 80) -> str:
+    """``repr(v)`` cut to ``limit`` characters (a huge or deeply nested value stays one short line)."""
+    try:
+        text = repr(v)
+    except (RecursionError, ValueError):  # nested too deep; an int too long for repr
+        return f"<{type(v).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _ts_column(ts: Any, n: int, default_us: int) -> npt.NDArray[np.int64]:
@@ -72,11 +91,37 @@ def _ts_column(ts: Any, n: int, default_us: int) -> npt.NDArray[np.int64]:
     if isinstance(ts, list):
         if len(ts) != n:
             raise _Bad(Reason.MALFORMED, f"ts has {len(ts)} entries for {n} values")
-        arr = np.array(ts)
-        if arr.dtype.kind in "fi" and np.isfinite(arr).all():
+        arr = _array(ts)
+        if (
+            arr is not None
+            and arr.dtype.kind in "fi"
+            and arr.ndim == 1
+            and bool(np.isfinite(arr).all())
+            and bool(((arr >= 0) & (arr < MAX_TS_MS)).all())
+        ):
             return (arr * 1000).astype(np.int64)
         return np.fromiter((_ts_us(t) for t in ts), dtype=np.int64, count=n)
     return np.full(n, _ts_us(ts), dtype=np.int64)
+
+
+def _array(items: list[Any]) -> npt.NDArray[Any] | None:
+    """``np.array(items)`` (one conversion in C), or None where numpy refuses (ragged, too deep)."""
+    try:
+        return np.array(items)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        return None
+
+
+def _number(v: Any) -> float | None:
+    """A JSON number or boolean as float; None for anything else (a string, null, a list, an int beyond float)."""
+    if isinstance(v, bool | float):
+        return float(v)
+    if isinstance(v, int):
+        try:
+            return float(v)
+        except OverflowError:
+            return None
+    return None
 
 
 class PayloadDecoder:
@@ -84,16 +129,50 @@ class PayloadDecoder:
 
     def __init__(self, config: MqttGateway, tag_index: TagIndex, quarantine: Quarantine) -> None:
         self.max_future_us = int(config.max_future_s * 1_000_000)
+        self.max_payload_bytes = config.max_payload_bytes
         self.quarantine = quarantine
         self.keys: dict[str, int] = {point: tag_index.key(tag) for point, tag in config.points.items()}
         # per tag key: the source time of the last reading delivered, to drop a QoS 1 redelivery
         self._last_ts = np.full(max(self.keys.values(), default=-1) + 1, np.iinfo(np.int64).min, np.int64)
         self.repeated = 0
+        # what became of each message: at least one reading kept / wholly rejected (with a reason in
+        # the quarantine) / only repeats of readings already delivered. They always add up to the
+        # messages decoded: no payload vanishes without a trace.
+        self.outcomes: dict[str, int] = {"stored": 0, "quarantined": 0, "repeated": 0}
 
     def decode(self, topic: str, fmt: MqttPayloadFormat, payload: bytes) -> ReadingBatch | None:
+        """The readings of one message, or None; never raises (whatever the payload)."""
+        before = (self.quarantine.total, self.repeated)
+        try:
+            batch = self._decode(topic, fmt, payload)
+        except Exception as e:  # an input the decoder did not foresee: the message is rejected, not the gateway
+            log.exception("gateway %s: decoder failed on a message from %s", self.quarantine.gateway_id, topic)
+            self.quarantine.reject(Reason.UNDECODABLE, topic, f"decoder failed: {type(e).__name__}: {e}", payload)
+            batch = None
+        if batch is not None and len(batch):
+            self.outcomes["stored"] += 1
+        elif self.quarantine.total != before[0]:
+            self.outcomes["quarantined"] += 1
+        elif self.repeated != before[1]:
+            self.outcomes["repeated"] += 1
+        else:  # cannot happen by construction; if it ever does, it is counted, not silent
+            self.quarantine.reject(Reason.UNDECODABLE, topic, "message gave no reading and no reason", payload)
+            self.outcomes["quarantined"] += 1
+            batch = None
+        return batch
+
+    def _decode(self, topic: str, fmt: MqttPayloadFormat, payload: bytes) -> ReadingBatch | None:
         received = now_us()
+        if len(payload) > self.max_payload_bytes:
+            self.quarantine.reject(
+                Reason.TOO_LARGE, topic, f"{len(payload)} bytes, more than {self.max_payload_bytes}", payload
+            )
+            return None
         try:
             doc = json.loads(payload)
+        except RecursionError:
+            self.quarantine.reject(Reason.TOO_DEEP, topic, "JSON nested too deep", payload)
+            return None
         except (ValueError, UnicodeDecodeError) as e:
             self.quarantine.reject(Reason.MALFORMED, topic, f"not JSON: {e}", payload)
             return None
@@ -104,10 +183,13 @@ class PayloadDecoder:
                 points, values, ts, quality = self._batch(doc, received)
             else:
                 points, values, ts, quality = self._envelope(doc, received)
+            return self._check(topic, payload, points, values, ts, quality, received)
         except _Bad as e:
             self.quarantine.reject(e.reason, topic, e.detail, payload)
             return None
-        return self._check(topic, payload, points, values, ts, quality, received)
+        except RecursionError:
+            self.quarantine.reject(Reason.TOO_DEEP, topic, "JSON nested too deep", payload)
+            return None
 
     # -- the three formats, each giving columns: point keys, raw values, ts (µs), quality
 
@@ -173,25 +255,27 @@ class PayloadDecoder:
     ) -> ReadingBatch | None:
         n = len(values)
         if n == 0:
+            self.quarantine.reject(Reason.EMPTY, topic, "no readings in the message", payload)
             return None
         keys = np.fromiter(
             (self.keys.get(p, -1) if isinstance(p, str) else -1 for p in points), dtype=np.int64, count=n
         )
         ok = keys >= 0
         if not ok.all():
-            missing = [points[i] for i in np.flatnonzero(~ok)[:5]]
+            missing = [_short(points[i], 40) for i in np.flatnonzero(~ok)[:5]]
             self.quarantine.reject(Reason.UNMAPPED, topic, f"unmapped point(s) {missing}", payload, int((~ok).sum()))
-        arr = np.array(values)
-        if arr.dtype.kind in "fiub" and arr.ndim == 1:
+        arr = _array(values)
+        if arr is not None and arr.dtype.kind in "fiub" and arr.ndim == 1:  # the common case, in C
             vals = arr.astype(np.float64)
         else:  # mixed or wrong types: find them one by one
-            typed = np.array([isinstance(v, int | float) and not isinstance(v, str) for v in values], dtype=bool)
-            vals = np.array([float(v) if t else np.nan for v, t in zip(values, typed, strict=True)])
+            numbers = [_number(v) for v in values]
+            typed = np.fromiter((x is not None for x in numbers), dtype=bool, count=n)
+            vals = np.fromiter((np.nan if x is None else x for x in numbers), dtype=np.float64, count=n)
             wrong = ok & ~typed
             if wrong.any():
-                sample = [values[i] for i in np.flatnonzero(wrong)[:5]]
+                sample = [_short(values[i], 40) for i in np.flatnonzero(wrong)[:5]]
                 self.quarantine.reject(
-                    Reason.WRONG_TYPE, topic, f"values not numbers: {sample!r}", payload, int(wrong.sum())
+                    Reason.WRONG_TYPE, topic, f"values not numbers: {sample}", payload, int(wrong.sum())
                 )
             ok &= typed
         finite = np.isfinite(vals)
@@ -211,8 +295,8 @@ class PayloadDecoder:
             ok &= ~future
         q: Any = 0
         if quality is not None:
-            qa = np.array(quality)
-            if qa.dtype.kind not in "iu" or ((qa < 0) | (qa > 255)).any():
+            qa = _array(quality)
+            if qa is None or qa.dtype.kind not in "iu" or qa.ndim != 1 or ((qa < 0) | (qa > 255)).any():
                 self.quarantine.reject(Reason.WRONG_TYPE, topic, "quality must be integers 0..255", payload, n)
                 return None
             q = qa.astype(np.uint8)[ok] if not ok.all() else qa.astype(np.uint8)
@@ -342,7 +426,15 @@ class MqttGatewayImpl(Gateway):
             await asyncio.sleep(1.0)
 
     def _on_message(self, stats: DeviceStats, topic: Any, filters: list[Any], payload: Any) -> None:
+        """One message: decoded, or quarantined with a reason. No payload ends the session or the gateway."""
         self.messages += 1
+        try:
+            self._deliver(stats, topic, filters, payload)
+        except Exception as e:  # a bug, but one message must not stop monitoring: counted, logged, kept
+            self._log.exception("message on %s could not be handled", getattr(topic, "value", topic))
+            self.quarantine.reject(Reason.UNDECODABLE, str(getattr(topic, "value", topic)), f"{e!r}", None)
+
+    def _deliver(self, stats: DeviceStats, topic: Any, filters: list[Any], payload: Any) -> None:
         fmt = next((f for w, f in filters if topic.matches(w)), None)
         if fmt is None:  # a retained or queued message for a filter no longer configured
             self.quarantine.reject(Reason.UNMAPPED, topic.value, "topic matches no configured filter", None)

@@ -31,6 +31,10 @@ class Reason(StrEnum):
     NON_FINITE = "non_finite"  # NaN or ±infinity
     FUTURE_TIMESTAMP = "future_timestamp"  # further ahead than the gateway allows
     BAD_TIMESTAMP = "bad_timestamp"  # a timestamp that cannot be read
+    EMPTY = "empty"  # a well-formed message with no readings in it (e.g. a batch `[]`)
+    TOO_LARGE = "too_large"  # a payload larger than the gateway accepts
+    TOO_DEEP = "too_deep"  # JSON nested deeper than any payload format needs
+    UNDECODABLE = "undecodable"  # the decoder failed on it (a bug or an input it did not foresee)
 
 
 class Quarantine:
