@@ -100,7 +100,10 @@ class AlarmSnapshot:
     acked: bool
     value: float | None
     limit: float | None
-    since_us: int  # time of the last state change
+    since_us: int  # time of the last state change (an acknowledge, a comment, a shelve ...)
+    # time the alarm last became active, kept through acknowledge, comment, shelve, suppression and
+    # return to normal; None once the alarm is normal (or was never active since it last was)
+    activated_us: int | None = None
     shelved_until_us: int | None = None
     out_of_service: bool = False
     suppressed: bool = False

@@ -60,7 +60,7 @@ from hazmon.alarms.rules import (
     K,
     L,
 )
-from hazmon.alarms.state import CellState, TagState, bits_to_pairs, column_bits
+from hazmon.alarms.state import NONE_TS, CellState, TagState, bits_to_pairs, column_bits
 from hazmon.reading import ReadingBatch
 
 COMM_LOSS = "comm.LOSS"
@@ -206,6 +206,7 @@ class AlarmEngine:
                 c.alarm[rr] |= b[i]
                 c.acked[rr] &= ~b[i]
                 c.annunc_ts[rr, cc] = t
+                c.activated_ts[rr, cc] = t
                 events.append((rr, cc, self._event(rr, cc, prev, Action.ACTIVATE, t)))
             else:
                 events.append((rr, cc, self._set_alarm_off(rr, cc, Action.CLEAR, t)))
@@ -232,6 +233,8 @@ class AlarmEngine:
         comment: str | None = None,
     ) -> AlarmEvent:
         new = self._display(r, col)
+        if new is AlarmState.NORMAL:
+            self.cells.activated_ts[r, col] = NONE_TS
         value, limit = self._value_limit(r, col)
         owner = self._owner[r]
         self._meta[(r, col)] = (t, user, comment)
@@ -507,17 +510,20 @@ class AlarmEngine:
         value, limit = self._value_limit(r, col)
         since, user, comment = self._meta.get((r, col), (0, None, None))
         owner = self._owner[r]
+        state = self._display(r, col)
+        activated = int(c.activated_ts[r, col])
         return AlarmSnapshot(
             alarm_id=f"{owner}:{self._condition(r, col)}",
             tag_id=owner if r < self.n_tags else None,
             condition=self._condition(r, col),
             priority=Priority(PRIORITY_CODES[c.priority[r, col]]),
-            state=self._display(r, col),
+            state=state,
             active=bool(int(c.alarm[r]) & b),
             acked=bool(int(c.acked[r]) & b),
             value=value,
             limit=limit,
             since_us=since,
+            activated_us=None if activated == NONE_TS or state is AlarmState.NORMAL else activated,
             shelved_until_us=self._shelved_until.get((r, col)),
             out_of_service=bool(int(c.oos[r]) & b),
             suppressed=bool(int(c.supd[r] | c.supc[r]) & b),
@@ -546,6 +552,7 @@ class AlarmEngine:
                 arr[r] = (arr[r] | b) if on else (arr[r] & ~b)
             c.cond_ts[r, col] = s.since_us
             c.annunc_ts[r, col] = s.since_us
+            c.activated_ts[r, col] = NONE_TS if s.activated_us is None else s.activated_us
             if s.out_of_service:
                 c.oos[r] |= b
             if s.shelved_until_us is not None or s.state is AlarmState.SHELVED:

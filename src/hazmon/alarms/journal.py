@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from hazmon.alarms.alarm import AlarmEvent, AlarmSnapshot, AlarmState, Priority
+from hazmon.alarms.alarm import AlarmEvent, AlarmSnapshot, AlarmState, Priority, split_alarm_id
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SiteOf = Callable[[str], str | None]  # alarm owner (tag id or device id) -> site id
@@ -82,7 +82,7 @@ async def append_events(conn: asyncpg.Connection, events: Sequence[AlarmEvent], 
     """
     if not events:
         return 0
-    sites = {e.alarm_id: site_of(e.tag_id if e.tag_id is not None else e.alarm_id.rpartition(":")[0]) for e in events}
+    sites = {e.alarm_id: site_of(e.tag_id if e.tag_id is not None else split_alarm_id(e.alarm_id)[0]) for e in events}
     journal = [
         (
             to_datetime(e.ts_us),
@@ -119,10 +119,24 @@ async def append_events(conn: asyncpg.Connection, events: Sequence[AlarmEvent], 
     return len(events)
 
 
+_LAST_ACTIVATION = """SELECT DISTINCT ON (j.alarm_id) j.alarm_id, j.ts FROM alarm_journal j
+    WHERE j.alarm_id = ANY($1::text[]) AND j.action = 'activate'
+      AND NOT EXISTS (SELECT 1 FROM alarm_journal k WHERE k.alarm_id = j.alarm_id AND k.new_state = 'normal'
+                      AND (k.ts, k.id) > (j.ts, j.id))
+    ORDER BY j.alarm_id, j.ts DESC, j.id DESC"""
+
+
 async def load_current(conn: asyncpg.Connection) -> list[AlarmSnapshot]:
-    """Every alarm whose state is not normal, as snapshots for ``AlarmEngine.restore``."""
+    """Every alarm whose state is not normal, as snapshots for ``AlarmEngine.restore``.
+
+    ``activated_us`` comes from the journal: the last activation not followed by a return to the
+    normal state (None when the alarm has been normal since its last activation).
+    """
     try:
         rows = await conn.fetch("SELECT * FROM alarm_state WHERE state <> 'normal' ORDER BY alarm_id")
+        activated = {
+            r["alarm_id"]: to_us(r["ts"]) for r in await conn.fetch(_LAST_ACTIVATION, [r["alarm_id"] for r in rows])
+        }
     except (asyncpg.PostgresError, OSError) as e:
         raise JournalError(f"cannot read the alarm state: {e}") from e
     return [
@@ -137,6 +151,7 @@ async def load_current(conn: asyncpg.Connection) -> list[AlarmSnapshot]:
             value=r["value"],
             limit=r["limit"],
             since_us=to_us(r["since"]),
+            activated_us=activated.get(r["alarm_id"]),
             shelved_until_us=to_us(r["shelved_until"]) if r["shelved_until"] is not None else None,
             out_of_service=r["out_of_service"],
             suppressed=r["suppressed"],

@@ -63,6 +63,7 @@ class CellState:
     supc: U16  # suppressed by communication loss
     cond_ts: I64  # (rows, K) time the raw condition last changed
     annunc_ts: I64  # (rows, K) time of the last (re-)annunciation
+    activated_ts: I64  # (rows, K) time the alarm last became active; NONE_TS once it is normal
 
     @classmethod
     def from_rules(cls, rc: CompiledRules) -> CellState:
@@ -87,6 +88,7 @@ class CellState:
             supc=np.zeros(n, np.uint16),
             cond_ts=np.zeros((n, K), np.int64),
             annunc_ts=np.zeros((n, K), np.int64),
+            activated_ts=np.full((n, K), NONE_TS, np.int64),
         )
 
     def add_device_row(self) -> int:
@@ -101,6 +103,8 @@ class CellState:
             if f.name == "priority":
                 extra[:] = -1
                 extra[0, BAD] = PRIORITY_CODES.index(Priority.HIGH)
+            elif f.name == "activated_ts":
+                extra[:] = NONE_TS
             elif f.name in grow:
                 extra[:] = grow[f.name]
             setattr(self, f.name, np.concatenate([arr, extra]))
