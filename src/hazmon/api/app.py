@@ -19,6 +19,7 @@ from hazmon.api.routes import (
     compliance,
     console,
     export,
+    findings,
     gateways,
     health,
     live,
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     # Every route but /healthz needs a token; each route checks its role and the site scope.
     read = [Depends(require(Permission.READ))]
     app.include_router(health.router)
+    app.include_router(findings.page_router)  # /console/findings, before the console's /console/{name}
     app.include_router(console.router)
     app.include_router(metrics.router)
     app.include_router(sites.router, prefix="/api/v1", dependencies=read)
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(alarms.router, prefix="/api/v1")
     app.include_router(gateways.router, prefix="/api/v1")
     app.include_router(compliance.router, prefix="/api/v1")
+    app.include_router(findings.router, prefix="/api/v1")
     app.include_router(admin.router, prefix="/api/v1")
     app.include_router(live.router, prefix="/api/v1")
     return app
