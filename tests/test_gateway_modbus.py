@@ -212,8 +212,8 @@ def test_failure_codes_read_as_bad_quality_not_as_values() -> None:
         }
     )  # fmt: skip
     (block,) = plan_blocks(device, TagIndex(["a", "b"]))["default"]
-    values, quality = block.decode([32767, 32767], "big", "big")
+    values, quality = block.decode([32767, 32767])
     assert list(quality) == [Quality.BAD_SENSOR, Quality.GOOD]
     assert np.isnan(values[0]) and values[1] > 16  # without bad_raw the code reads as a value
-    values, quality = block.decode([13824, 0], "big", "big")
+    values, quality = block.decode([13824, 0])
     assert list(quality) == [0, 0] and values[0] == 8.0

@@ -122,13 +122,25 @@ REGISTER_WIDTH = {
 }
 
 
+ByteOrder = Literal["big", "little"]
+
+
 class ModbusTag(_Model):
     tag: Ident
     table: ModbusTable = ModbusTable.HOLDING
     address: int = Field(ge=0, le=65535, description="protocol address, 0-based")
     type: ModbusType = ModbusType.FLOAT32
+    byte_order: ByteOrder | None = Field(default=None, description="bytes within a register; default: the device's")
+    word_order: ByteOrder | None = Field(
+        default=None, description="registers within a 32/64-bit value (little: CDAB); default: the device's"
+    )
     raw_range: tuple[float, float] | None = Field(default=None, description="linear scaling: raw [lo, hi] ...")
     eng_range: tuple[float, float] | None = Field(default=None, description="... to engineering units [lo, hi]")
+    scale: float | None = Field(default=None, description="engineering = raw × scale + offset")
+    offset: float | None = Field(default=None, description="engineering = raw × scale + offset")
+    bit: int | None = Field(
+        default=None, ge=0, le=15, description="one bit of a 16-bit register (0: least significant), as 0/1"
+    )
     group: str = "default"
     bad_raw: list[float] = Field(
         default_factory=list,
@@ -146,6 +158,12 @@ class ModbusTag(_Model):
             raise ValueError("raw_range and eng_range go together")
         if self.raw_range is not None and self.raw_range[0] == self.raw_range[1]:
             raise ValueError("raw_range: low and high must differ")
+        if self.raw_range is not None and (self.scale is not None or self.offset is not None):
+            raise ValueError("scale/offset or raw_range/eng_range, not both")
+        if self.scale == 0:
+            raise ValueError("scale: must not be 0")
+        if self.bit is not None and self.type not in (ModbusType.INT16, ModbusType.UINT16):
+            raise ValueError("bit: only in a 16-bit register (type int16 or uint16)")
         if self.address + REGISTER_WIDTH[self.type] - 1 > 65535:
             raise ValueError("address: value runs past register 65535")
         return self
@@ -154,27 +172,107 @@ class ModbusTag(_Model):
     def width(self) -> int:
         return REGISTER_WIDTH[self.type]
 
-    def scale(self) -> tuple[float, float]:
+    def linear(self) -> tuple[float, float]:
         """(gain, offset) such that eng = raw * gain + offset."""
         if self.raw_range is None or self.eng_range is None:
-            return 1.0, 0.0
+            return (1.0 if self.scale is None else self.scale), (0.0 if self.offset is None else self.offset)
         (r0, r1), (e0, e1) = self.raw_range, self.eng_range
         gain = (e1 - e0) / (r1 - r0)
         return gain, e0 - r0 * gain
 
+    def orders(self, device: ModbusDevice) -> tuple[str, str]:
+        """(byte order, word order) of this tag: its own, else the device's."""
+        return self.byte_order or device.byte_order, self.word_order or device.word_order
+
+
+class ModbusTemplate(_Model):
+    """A block of registers as many tags: tag ``pattern.format(n=first + i)`` at ``address + i × stride``."""
+
+    tag: str = Field(min_length=1, description="tag id pattern with {n}, e.g. T{n:03d}.LT")
+    count: int = Field(ge=1, le=65536)
+    first: int = Field(default=1, description="n of the first tag")
+    address: int = Field(ge=0, le=65535)
+    stride: int | None = Field(default=None, ge=1, description="registers between two tags; default: the type's width")
+    model_config = ConfigDict(extra="allow", frozen=True)  # the other fields are ModbusTag's
+
+    def expand(self) -> list[dict[str, Any]]:
+        extra = dict(self.model_extra or {})
+        unknown = set(extra) - set(ModbusTag.model_fields) - {"tag", "address"}
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        width = REGISTER_WIDTH[ModbusType(extra.get("type", ModbusType.FLOAT32))]
+        stride = self.stride or width
+        out = []
+        for i in range(self.count):
+            try:
+                tag = self.tag.format(n=self.first + i)
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"tag pattern {self.tag!r}: {e!r} (use {{n}}, e.g. T{{n:03d}}.LT)") from None
+            out.append({**extra, "tag": tag, "address": self.address + i * stride})
+        return out
+
+
+class ModbusSerial(_Model):
+    """An RS-485/RS-232 line for ``transport: rtu``."""
+
+    port: str = Field(min_length=1, description="serial device, e.g. /dev/ttyUSB0")
+    baudrate: int = Field(default=9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
 
 class ModbusDevice(_Model):
     id: Ident
+    transport: Literal["tcp", "rtu"] = "tcp"
     host: str = "127.0.0.1"
     port: int = Field(default=502, ge=1, le=65535)
+    serial: ModbusSerial | None = Field(default=None, description="the serial line, for transport: rtu")
     unit: int = Field(default=1, ge=0, le=255)
     timeout_s: float = Field(default=1.0, gt=0)
     retries: int = Field(default=1, ge=0, le=10)
-    byte_order: Literal["big", "little"] = "big"
-    word_order: Literal["big", "little"] = "big"
+    pipeline: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="requests in flight on the endpoint's shared connection (1: one at a time; more: pipelined "
+        "by transaction id, for devices that allow it). Devices on one endpoint use the smallest value",
+    )
+    byte_order: ByteOrder = "big"
+    word_order: ByteOrder = "big"
     max_registers_per_read: int = Field(default=125, ge=1, le=125)
     max_gap: int = Field(default=8, ge=0, description="unused registers a coalesced read may span")
-    tags: list[ModbusTag] = Field(min_length=1)
+    tags: list[ModbusTag] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_templates(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "templates" not in data:
+            return data
+        templates = data.get("templates")
+        if not isinstance(templates, list):
+            raise ValueError("templates: must be a list")
+        tags = list(data.get("tags") or [])
+        for i, raw in enumerate(templates):
+            try:
+                tags.extend(ModbusTemplate.model_validate(raw).expand())
+            except ValueError as e:  # pydantic's ValidationError is a ValueError
+                raise ValueError(f"templates[{i}]: {e}") from None
+        return {**{k: v for k, v in data.items() if k != "templates"}, "tags": tags}
+
+    @model_validator(mode="after")
+    def _transport(self) -> ModbusDevice:
+        if not self.tags:
+            raise ValueError("tags: a device needs at least one tag (or a template)")
+        if (self.transport == "rtu") != (self.serial is not None):
+            raise ValueError("serial: required with transport: rtu, and only then")
+        return self
+
+    def endpoint(self) -> str:
+        """The connection this device is reached through (devices on one endpoint share it)."""
+        if self.serial is not None:
+            return f"rtu:{self.serial.port}"
+        return f"tcp:{self.host}:{self.port}"
 
 
 class ModbusGateway(_Model):
@@ -278,7 +376,7 @@ def reference_problems(config: OpcUaGateway | ModbusGateway | MqttGateway, site:
     elif isinstance(config, ModbusGateway):
         mapped: set[str] = set()
         for d_i, d in enumerate(config.devices):
-            used: dict[tuple[str, int], str] = {}
+            used: dict[tuple[str, str], str] = {}
             for t_i, mt in enumerate(d.tags):
                 path = f"devices[{d_i}].tags[{t_i}]"
                 if mt.tag in mapped:
@@ -287,11 +385,19 @@ def reference_problems(config: OpcUaGateway | ModbusGateway | MqttGateway, site:
                 if known is not None and mt.tag not in known:
                     problems.append(Problem(f"{path}.tag", f"unknown tag {mt.tag!r}"))
                 for reg in range(mt.address, mt.address + mt.width):
-                    other = used.get((mt.table, reg))
+                    # bits of one register may be separate tags; a whole register only once
+                    slot = f"{reg}.{mt.bit}" if mt.bit is not None else str(reg)
+                    other = used.get((mt.table, slot))
                     if other is not None:
-                        problems.append(Problem(f"{path}.address", f"{mt.table} {reg} already used by {other}"))
+                        problems.append(Problem(f"{path}.address", f"{mt.table} {slot} already used by {other}"))
                         break
-                    used[(mt.table, reg)] = mt.tag
+                    used[(mt.table, slot)] = mt.tag
+        endpoints: dict[str, set[int]] = {}
+        for d_i, d in enumerate(config.devices):
+            units = endpoints.setdefault(d.endpoint(), set())
+            if d.unit in units:
+                problems.append(Problem(f"devices[{d_i}].unit", f"unit {d.unit} twice on {d.endpoint()}"))
+            units.add(d.unit)
     else:
         for i, device in enumerate(config.devices):
             if not any(key.startswith(f"{device}/") for key in config.points):

@@ -53,14 +53,17 @@ _INT_LIMITS = {
 
 @dataclass(slots=True)
 class _Group:
-    """Tags of one device sharing a table and a type, encoded together."""
+    """Tags of one device sharing a table, a type and a byte/word order (or bits of registers), encoded together."""
 
     table: ModbusTable
     type: ModbusType
     model_index: npt.NDArray[np.int64]
-    address: npt.NDArray[np.int64]  # (n, width) register addresses, or (n,) bit addresses
+    address: npt.NDArray[np.int64]  # (n, width) register addresses, or (n,) bit / packed-register addresses
     gain: F64
     offset: F64
+    byte_order: str = "big"
+    word_order: str = "big"
+    bit: npt.NDArray[np.int64] | None = None  # a bit of a register per tag (packed status words)
 
 
 @dataclass(slots=True)
@@ -80,34 +83,51 @@ class ProcessImage:
         for table, size in sizes.items():
             bits = table in (ModbusTable.COIL, ModbusTable.DISCRETE_INPUT)
             image.tables[table] = np.zeros(size, dtype=bool if bits else np.uint16)
-        keys = dict.fromkeys((t.table, t.type) for t in device.tags)
-        for table, typ in keys:
-            tags = [t for t in device.tags if t.table is table and t.type is typ]
+        keys = dict.fromkeys((t.table, t.type, *t.orders(device), t.bit is not None) for t in device.tags)
+        for table, typ, byte_order, word_order, packed in keys:
+            tags = [
+                t
+                for t in device.tags
+                if t.table is table
+                and t.type is typ
+                and t.orders(device) == (byte_order, word_order)
+                and (t.bit is not None) == packed
+            ]
             width = tags[0].width
             address = np.array([[t.address + j for j in range(width)] for t in tags], dtype=np.int64)
-            scales = [t.scale() for t in tags]
+            scales = [t.linear() for t in tags]
             image.groups.append(
                 _Group(
                     table,
                     typ,
                     np.array([index[t.tag] for t in tags], dtype=np.int64),
-                    address[:, 0] if typ is ModbusType.BOOL else address,
+                    address[:, 0] if typ is ModbusType.BOOL or packed else address,
                     np.array([s[0] for s in scales]),
                     np.array([s[1] for s in scales]),
+                    byte_order,
+                    word_order,
+                    np.array([t.bit for t in tags], dtype=np.int64) if packed else None,
                 )
             )
         return image
 
     def update(self, values: F64, quality: U8) -> None:
         """Encodes the model's values into the process image (vectorized per group)."""
-        swap_words = self.device.word_order == "little"
-        swap_bytes = self.device.byte_order == "little"
         for g in self.groups:
             v = values[g.model_index]
             bad = quality[g.model_index] >= Quality.BAD
             table = self.tables[g.table]
             if g.type is ModbusType.BOOL:
                 table[g.address] = v >= 0.5
+                continue
+            if g.bit is not None:  # bits of packed status words: clear, then set, register by register
+                raw_bits = ((v - g.offset) / g.gain >= 0.5).astype(np.uint16)
+                words = table.view(np.uint16) if table.dtype == np.uint16 else table
+                shift = g.bit.astype(np.uint16)
+                if g.byte_order == "little":  # the register's bytes are swapped on the wire
+                    shift = (shift + 8) % 16
+                np.bitwise_and.at(words, g.address, ~(np.uint16(1) << shift))
+                np.bitwise_or.at(words, g.address, raw_bits << shift)
                 continue
             raw = (v - g.offset) / g.gain
             if g.type in _INT_LIMITS:
@@ -116,10 +136,10 @@ class ProcessImage:
             else:
                 raw = np.where(bad, np.nan, raw)
             words = np.asarray(raw).astype(_BIG_ENDIAN_DTYPE[g.type]).view(">u2").reshape(len(v), -1)
-            if swap_words:
+            if g.word_order == "little":
                 words = words[:, ::-1]
             words = words.astype(np.uint16)
-            if swap_bytes:
+            if g.byte_order == "little":
                 words = words.byteswap()
             table[g.address] = words
 
