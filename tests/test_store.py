@@ -82,6 +82,72 @@ async def test_same_batch_twice_is_stored_once(db: Database) -> None:
     assert await store.count() == 60
 
 
+async def test_a_restart_sending_the_same_readings_again_stores_them_once(db: Database) -> None:
+    """Issue 11, item 10: after a restart an OPC UA subscription delivers every unchanged value again,
+    in a new batch (new batch_id). Those rows are already stored: none is added, the rest are."""
+    store = ReadingStore(db.pool, db.caps)
+    first = _batch(4, 10)
+    assert await store.write(first) == 40
+    for _restart in range(3):
+        again = ReadingBatch(first.tag.copy(), first.ts.copy(), first.value.copy(), first.quality.copy(), uuid.uuid4())
+        assert await store.write(again) == 0
+    # a batch that overlaps: half of it stored before, half new (and a duplicate within the batch)
+    tags = np.array([0, 1, 0, 1, 1], dtype=np.int32)
+    ts = np.array([T0_US, T0_US, T0_US + 100 * US_PER_S, T0_US + 100 * US_PER_S, T0_US + 100 * US_PER_S])
+    mixed = ReadingBatch.from_columns(tags, ts, np.arange(5.0), np.zeros(5, dtype=np.uint8))
+    assert await store.write(mixed) == 2
+    assert await store.count() == 42
+    async with db.pool.acquire() as conn:
+        dupes = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM readings GROUP BY tag, time HAVING count(*) > 1) d"
+        )
+        assert dupes == 0
+        # the first value stored is kept (a restart does not rewrite history)
+        assert await conn.fetchval("SELECT value FROM readings WHERE tag = 0 AND time = $1", T0) == first.value[0]
+
+
+async def test_migration_040_removes_duplicates_left_by_earlier_restarts(db_url: str, tmp_path: Path) -> None:
+    """A database written before the unique key holds up to three copies of a row; the migration keeps one."""
+    before = tmp_path / "before"
+    before.mkdir()
+    for mig in discover():
+        if mig.version < 40:
+            (before / f"{mig.version:03d}_{mig.name}.sql").write_text(mig.sql, encoding="utf-8")
+    name = db_url.rpartition("/")[2]
+    base = db_url.rpartition("/")[0]
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        old = f"{name}_old"
+        await admin.execute(f'CREATE DATABASE "{old}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(f"{base}/{old}")
+    try:
+        await migrate(conn, before)
+        await conn.execute(
+            "INSERT INTO readings (time, tag, value, quality) "
+            "SELECT $1::timestamptz + make_interval(secs => s), t, s, 0 "
+            "FROM generate_series(0, 9) s, generate_series(0, 3) t, generate_series(1, 3) copies "
+            "WHERE copies <= 1 + t % 3",
+            T0,
+        )
+        assert await conn.fetchval("SELECT count(*) FROM readings") == 10 * (1 + 2 + 3 + 1)
+        applied = await migrate(conn)
+        assert 40 in [m.version for m in applied]
+        assert await conn.fetchval("SELECT count(*) FROM readings") == 40
+        unique = await conn.fetchval(
+            "SELECT indisunique FROM pg_index WHERE indexrelid = 'readings_tag_time'::regclass"
+        )
+        assert unique
+    finally:
+        await conn.close()
+        admin = await asyncpg.connect(f"{base}/postgres")
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{old}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
 async def test_downsampled_series_in_minute_buckets(db: Database) -> None:
     store = ReadingStore(db.pool, db.caps)
     batch = _batch(1, 180)  # three minutes of 1 Hz data for tag 0

@@ -1,9 +1,14 @@
 """The readings store: columnar batches in by binary COPY, series and latest values out.
 
-Writes are idempotent by ``batch_id``: the id is recorded in ``ingest_batches`` in the same
-transaction as the COPY, so a batch retried after an ambiguous failure is stored once, and the
-normal path stays a single COPY. Every asyncpg/OS error is translated here into ``StoreError``
-(``StoreUnavailable`` when the database cannot be reached and the write may be retried).
+Writes are idempotent twice over. By ``batch_id``: the id is recorded in ``ingest_batches`` in the
+same transaction as the rows, so a batch retried after an ambiguous failure is stored once. And by
+(tag, time), across restarts, through the unique index ``readings_tag_time`` (migrations/040): a
+batch is COPYed straight into ``readings``; if one of its (tag, time) is stored already (a value a
+gateway sends again after a restart, like an OPC UA subscription's initial values), that transaction
+is rolled back and the batch is COPYed into a per-connection staging table and inserted from it with
+``ON CONFLICT DO NOTHING``, so only the new rows are stored. The usual path stays a single COPY.
+Every asyncpg/OS error is translated here into ``StoreError`` (``StoreUnavailable`` when the
+database cannot be reached and the write may be retried).
 """
 
 from __future__ import annotations
@@ -43,6 +48,17 @@ _ROW = np.dtype(
     ]
 )
 _ROW_TEMPLATE = np.array([(4, 8, 0, 4, 0, 8, 0.0, 2, 0)], dtype=_ROW)
+# Per connection, emptied at each commit; created on first use (a no-op afterwards).
+_STAGE = "readings_stage"
+_CREATE_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
+    "(time timestamptz NOT NULL, tag integer NOT NULL, value double precision, quality smallint NOT NULL) "
+    "ON COMMIT DELETE ROWS"
+)
+_INSERT_STAGED = (
+    f"INSERT INTO readings (time, tag, value, quality) SELECT time, tag, value, quality FROM {_STAGE} "
+    "ON CONFLICT DO NOTHING"
+)
 
 
 class StoreError(Exception):
@@ -119,7 +135,8 @@ class ReadingStore:
     # ------------------------------------------------------------------ write
 
     async def write(self, batch: ReadingBatch) -> int:
-        """Store a batch; returns the rows stored, 0 when this batch_id was stored before."""
+        """Store a batch; returns the rows stored: 0 when this batch_id was stored before, and rows
+        whose (tag, time) is already stored are left out."""
         if len(batch) == 0:
             return 0
         payload = encode_copy(batch)
@@ -127,20 +144,38 @@ class ReadingStore:
         async def source() -> AsyncIterator[bytes]:
             yield payload
 
+        async def ledger(conn: asyncpg.Connection) -> bool:
+            fresh = await conn.fetchval(
+                "INSERT INTO ingest_batches (batch_id, rows) VALUES ($1, $2) "
+                "ON CONFLICT (batch_id) DO NOTHING RETURNING true",
+                batch.batch_id,
+                len(batch),
+            )
+            return bool(fresh)
+
         async def op() -> int:
-            async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn, conn.transaction():
-                fresh = await conn.fetchval(
-                    "INSERT INTO ingest_batches (batch_id, rows) VALUES ($1, $2) "
-                    "ON CONFLICT (batch_id) DO NOTHING RETURNING true",
-                    batch.batch_id,
-                    len(batch),
-                )
-                if not fresh:
-                    return 0
-                await conn.copy_to_table(
-                    "readings", source=source(), columns=["time", "tag", "value", "quality"], format="binary"
-                )
-                return len(batch)
+            async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+                # The usual case, readings never seen: one COPY straight into the table.
+                try:
+                    async with conn.transaction():
+                        if not await ledger(conn):
+                            return 0
+                        await conn.copy_to_table(
+                            "readings", source=source(), columns=["time", "tag", "value", "quality"], format="binary"
+                        )
+                        return len(batch)
+                except asyncpg.UniqueViolationError:
+                    pass  # some (tag, time) is stored already (a restart resending values): nothing was written
+                # Through the staging table: the rows not stored yet are inserted, the others left out.
+                async with conn.transaction():
+                    if not await ledger(conn):
+                        return 0
+                    await conn.execute(_CREATE_STAGE)
+                    await conn.copy_to_table(
+                        _STAGE, source=source(), columns=["time", "tag", "value", "quality"], format="binary"
+                    )
+                    status = await conn.execute(_INSERT_STAGED)
+                    return int(status.rsplit(" ", 1)[1])
 
         return await guarded(op, "write readings")
 
