@@ -153,7 +153,7 @@ def gas_site(n_tags: int) -> dict[str, Any]:
         for i in range(n_tags)
     ]
     return {
-        "enterprise": {"id": "bench", "name": "Bench Co.", "uscc": "91320500MA1XK7Q21P"},
+        "enterprise": {"id": "bench", "name": "Bench Co.", "uscc": "91320500MA1XK7Q24A"},
         "site": {"id": SITE_ID, "name": "Bench gas detectors"},
         "installations": [
             {

@@ -35,7 +35,7 @@ async def test_regulator_sees_data_alarms_handling_and_grades(env: tuple[Runtime
     r = await client.get("/api/v1/compliance", params={"enterprise": "ecs", "since": "1d"}, headers=headers)
     assert r.status_code == 200, r.text
     (site,) = r.json()
-    assert site["site"] == SITE and site["enterprise"]["uscc"] == "91320500MA1XK7Q21P"
+    assert site["site"] == SITE and site["enterprise"]["uscc"] == "91320500MA1XK7Q211"
     inst = {i["id"]: i for i in site["installations"]}
     assert inst["HI-02"]["gb18218"] == {"major_hazard": True, "r": 1440.0, "grade": 1}
     assert inst["HI-03"]["gb18218"]["grade"] == 3

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from hazmon.errors import InvalidFile
-from hazmon.plant.site import TagKind, check_site, load_site
+from hazmon.plant.site import TagKind, cas_check_ok, check_site, load_site, uscc_check_char
 from hazmon.regulator.gb18218 import grade
+from hazmon.regulator.sitecheck import load_graded_site
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "sites" / "demo-tank-farm.yaml"
@@ -84,3 +88,96 @@ def test_cli_site_check_exit_codes(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "installations[2].chemicals[0].quantity_t: must be > 0" in bad.stderr
+
+
+def _with(tmp_path: Path, name: str, edit: Any) -> Path:
+    doc = yaml.safe_load(DEMO.read_text(encoding="utf-8"))
+    edit(doc)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_demo_unified_social_credit_code_passes_gb32100_and_a_typo_fails(tmp_path: Path) -> None:
+    assert load_site(DEMO).enterprise.uscc == "91320500MA1XK7Q211"
+    assert uscc_check_char("91320500MA1XK7Q21") == "1"
+
+    def typo(doc: dict[str, Any]) -> None:
+        doc["enterprise"]["uscc"] = "91320500MA1XK7Q21P"  # the old demo code: right shape, wrong check character
+
+    problems = [str(p) for p in check_site(_with(tmp_path, "uscc.yaml", typo))]
+    assert any(p.startswith("enterprise.uscc:") and "check character" in p for p in problems), problems
+
+
+def test_cas_check_digit_is_verified_with_the_path(tmp_path: Path) -> None:
+    assert cas_check_ok("7664-41-7") and not cas_check_ok("7664-41-8")
+
+    def typo(doc: dict[str, Any]) -> None:
+        doc["installations"][1]["chemicals"][0]["cas"] = "7664-41-8"
+
+    problems = [str(p) for p in check_site(_with(tmp_path, "cas.yaml", typo))]
+    assert any(p.startswith("installations[1].chemicals[0].cas:") and "check digit" in p for p in problems)
+
+
+def _chinese(doc: dict[str, Any]) -> None:
+    names = {"liquefied petroleum gas": "液化石油气", "ammonia": "氨", "methanol": "甲醇", "propylene": "丙烯"}
+    for inst in doc["installations"]:
+        for chem in inst["chemicals"]:
+            chem["name"] = names[chem["name"]]
+    for eq in doc["equipment"]:
+        if eq.get("chemical"):
+            eq["chemical"] = names[eq["chemical"]]
+
+
+def test_chinese_names_grade_like_english_ones(tmp_path: Path) -> None:
+    english = {i.id: grade(i) for i in load_site(DEMO).installations}
+    path = _with(tmp_path, "zh.yaml", _chinese)
+    site, _warnings = load_graded_site(path)
+    chinese = {i.id: grade(i) for i in site.installations}
+    assert {k: (g.r_exact, g.level) for k, g in chinese.items()} == {
+        k: (g.r_exact, g.level) for k, g in english.items()
+    }
+    ok = subprocess.run([sys.executable, "-m", "hazmon", "site", "check", str(path)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_an_unknown_chemical_is_a_site_check_error_naming_its_path_not_a_load_traceback(tmp_path: Path) -> None:
+    def unknown(doc: dict[str, Any]) -> None:
+        doc["installations"][0]["chemicals"][1] = {"name": "丙烯", "quantity_t": 1000}  # propylene: not in Table 1
+
+    path = _with(tmp_path, "unknown.yaml", unknown)
+    assert check_site(path) == []  # the structure is fine; the grading is not
+    bad = subprocess.run([sys.executable, "-m", "hazmon", "site", "check", str(path)], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "installations[0].chemicals[1].name:" in bad.stderr and "Table 1" in bad.stderr
+    load = subprocess.run(
+        [sys.executable, "-m", "hazmon", "site", "load", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HAZMON_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+    )
+    assert load.returncode == 2 and "Traceback" not in load.stderr
+    assert "installations[0].chemicals[1].name:" in load.stderr
+
+
+def test_a_cas_number_and_a_name_that_disagree_are_an_error(tmp_path: Path) -> None:
+    def clash(doc: dict[str, Any]) -> None:
+        doc["installations"][1]["chemicals"][0]["cas"] = "7782-50-5"  # chlorine's CAS, named ammonia
+
+    with pytest.raises(InvalidFile) as e:
+        load_graded_site(_with(tmp_path, "clash.yaml", clash))
+    (problem,) = e.value.problems
+    assert problem.path == "installations[1].chemicals[0].cas" and "氯" in problem.message
+
+
+def test_missing_required_monitoring_is_a_site_check_warning(tmp_path: Path) -> None:
+    def no_sis(doc: dict[str, Any]) -> None:
+        doc["tags"] = [t for t in doc["tags"] if t.get("signal") != "sis_trip" and not t["id"].startswith("V101.LT")]
+
+    path = _with(tmp_path, "nosis.yaml", no_sis)
+    r = subprocess.run([sys.executable, "-m", "hazmon", "site", "check", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "warning: installations[1]: HI-02: no independent safety instrumented system (SIS)" in r.stderr
+    assert "warning: equipment[0]: HI-01: no level tag (液位) — required for sphere V101" in r.stderr
+    clean = subprocess.run([sys.executable, "-m", "hazmon", "site", "check", str(DEMO)], capture_output=True, text=True)
+    assert "warning" not in clean.stderr

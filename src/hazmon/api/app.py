@@ -22,6 +22,7 @@ from hazmon.api.routes import (
     findings,
     gateways,
     health,
+    installations,
     live,
     metrics,
     sites,
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(alarms.router, prefix="/api/v1")
     app.include_router(gateways.router, prefix="/api/v1")
     app.include_router(compliance.router, prefix="/api/v1")
+    app.include_router(installations.router, prefix="/api/v1")
     app.include_router(findings.router, prefix="/api/v1")
     app.include_router(admin.router, prefix="/api/v1")
     app.include_router(live.router, prefix="/api/v1")

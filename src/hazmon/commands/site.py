@@ -9,14 +9,17 @@ from pathlib import Path
 
 from hazmon.commands import DATABASE_HELP
 from hazmon.errors import InvalidFile
-from hazmon.plant.site import load_site
+from hazmon.regulator.sitecheck import load_graded_site
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     site = sub.add_parser("site", help="check or load a site description").add_subparsers(
         dest="site_command", metavar="ACTION", required=True
     )
-    check = site.add_parser("check", help="validate site files; every error is listed with its path")
+    check = site.add_parser(
+        "check",
+        help="validate site files; every error is listed with its path, missing required monitoring as warnings",
+    )
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
     check.set_defaults(handler=_check)
     load = site.add_parser(
@@ -30,11 +33,13 @@ def _check(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
         try:
-            site = load_site(path)
+            site, warnings = load_graded_site(path)
         except InvalidFile as e:
             failed = True
             print(e, file=sys.stderr)
             continue
+        for w in warnings:
+            print(f"{path}: warning: {w}", file=sys.stderr)
         print(
             f"{path}: ok — site {site.id}, {len(site.installations)} installations, "
             f"{len(site.equipment)} equipment, {len(site.tags)} tags"
@@ -47,7 +52,9 @@ def _load(args: argparse.Namespace) -> int:
     from hazmon.storage.database import open_database
     from hazmon.storage.registry import upsert_site
 
-    site = load_site(args.file)
+    site, warnings = load_graded_site(args.file)
+    for w in warnings:
+        print(f"{args.file}: warning: {w}", file=sys.stderr)
     settings = load_settings()
 
     async def run() -> None:

@@ -18,6 +18,22 @@ from hazmon.errors import InvalidFile, Problem, read_yaml, validate_model
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 Ident = Annotated[str, Field(min_length=1, max_length=80, pattern=ID_PATTERN)]
 USCC_RE = re.compile(r"^[0-9A-HJ-NPQRTUWXY]{2}\d{6}[0-9A-HJ-NPQRTUWXY]{10}$")
+USCC_CHARS = "0123456789ABCDEFGHJKLMNPQRTUWXY"  # GB 32100-2015: 31 characters, no I, O, S, V, Z
+CAS_RE = re.compile(r"^\d{2,7}-\d{2}-\d$")
+
+
+def uscc_check_char(code17: str) -> str:
+    """GB 32100-2015 check character of the first 17 characters: weights 3^i mod 31."""
+    total = sum(USCC_CHARS.index(c) * pow(3, i, 31) for i, c in enumerate(code17[:17]))
+    return USCC_CHARS[(31 - total % 31) % 31]
+
+
+def cas_check_ok(cas: str) -> bool:
+    """CAS registry number check digit: the other digits, right to left, weighted 1, 2, 3 …, modulo 10."""
+    if not CAS_RE.match(cas):
+        return False
+    digits = cas.replace("-", "")
+    return sum(i * int(d) for i, d in enumerate(reversed(digits[:-1]), start=1)) % 10 == int(digits[-1])
 
 
 class _Model(BaseModel):
@@ -76,6 +92,8 @@ class Enterprise(_Model):
     def _uscc(cls, v: str) -> str:
         if not USCC_RE.match(v):
             raise ValueError("must be an 18-character unified social credit code")
+        if v[17] != uscc_check_char(v):
+            raise ValueError(f"check character is {v[17]!r}, GB 32100 gives {uscc_check_char(v)!r}: a mistyped code")
         return v
 
 
@@ -90,7 +108,7 @@ class SiteInfo(_Model):
 
 class Chemical(_Model):
     name: str = Field(min_length=1)
-    cas: str | None = Field(default=None, pattern=r"^\d{2,7}-\d{2}-\d$")
+    cas: str | None = Field(default=None, description="CAS registry number, e.g. 7664-41-7 (check digit verified)")
     quantity_t: float = Field(gt=0, description="maximum quantity present, tonnes")
     critical_quantity_t: float | None = Field(
         default=None, gt=0, description="GB 18218 Q; looked up from the standard's table when omitted"
@@ -102,6 +120,18 @@ class Chemical(_Model):
 class Installation(_Model):
     id: Ident
     name: str = Field(min_length=1)
+    @field_validator("cas")
+    @classmethod
+    def _cas(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not CAS_RE.match(v):
+            raise ValueError("must be a CAS registry number like 7664-41-7")
+        if not cas_check_ok(v):
+            raise ValueError(f"{v}: the check digit is wrong (a mistyped CAS number)")
+        return v
+
     kind: InstallationKind
     people_within_500m: int = Field(ge=0)
     chemicals: list[Chemical] = Field(min_length=1)

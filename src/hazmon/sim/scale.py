@@ -47,7 +47,7 @@ def _site(n: int) -> dict[str, Any]:
              "signal": "sis_trip", "states": {0: "normal", 1: "tripped"}},
         ]  # fmt: skip
     return {
-        "enterprise": {"id": "scale", "name": "Scale test", "uscc": "91320500MA1XK7Q21P"},
+        "enterprise": {"id": "scale", "name": "Scale test", "uscc": "91320500MA1XK7Q224"},
         "site": {"id": "scale-farm", "name": f"Synthetic tank farm ({n} tanks)"},
         "installations": [
             {

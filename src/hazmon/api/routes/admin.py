@@ -12,7 +12,7 @@ from hazmon.api.deps import Admin, Configurer, RuntimeDep
 from hazmon.api.trail import record
 from hazmon.auth import AuthError, Role, create_token, list_tokens, revoke_token
 from hazmon.errors import InvalidFile
-from hazmon.plant.site import parse_site
+from hazmon.regulator.sitecheck import parse_graded_site
 from hazmon.storage.registry import RegistryError, upsert_site
 from hazmon.storage.store import guarded
 
@@ -112,7 +112,7 @@ async def put_site(runtime: RuntimeDep, user: Configurer, site_id: str, body: di
     The running rule engine and gateways keep the configuration they started with until restart.
     """
     try:
-        site = parse_site(body, f"<PUT /api/v1/sites/{site_id}>")
+        site, _warnings = parse_graded_site(body, f"<PUT /api/v1/sites/{site_id}>")
     except InvalidFile as e:
         raise HTTPException(422, str(e)) from None
     if site.id != site_id:
