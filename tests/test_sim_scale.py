@@ -6,6 +6,8 @@ receives data from every one of them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import signal
 import socket
@@ -32,7 +34,7 @@ def test_layout_spreads_tanks_over_parts_one_protocol_each() -> None:
     assert [p.port for p in opcua] == list(range(4840, 4850)) and [p.port for p in modbus] == [5020, 5021]
     covered = sorted((p.first, p.last) for p in layout.parts)
     assert covered[0][0] == 0 and covered[-1][1] == 20_000
-    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:], strict=False))  # no gap, no overlap
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))  # no gap, no overlap
 
 
 def test_write_config_writes_files_that_load(tmp_path: Path) -> None:
@@ -77,22 +79,20 @@ async def test_serve_reads_every_simulator_process_from_the_written_files(pg_url
     opcua_base, modbus_base = _free_base(2), _free_base(1)
     out = tmp_path / "sim.log"
     # 300 tanks: 150 over OPC UA in two processes (100 + 50 tanks), 150 over Modbus in one
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "hazmon", "sim", "--scale", "300", "--write-config", str(tmp_path / "plant"),
-         "--opcua-tags-per-process", "500", "--modbus-tags-per-process", "1000",
-         "--opcua-port", str(opcua_base), "--modbus-port", str(modbus_base)],
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hazmon", "sim", "--scale", "300", "--write-config", str(tmp_path / "plant"),
+        "--opcua-tags-per-process", "500", "--modbus-tags-per-process", "1000",
+        "--opcua-port", str(opcua_base), "--modbus-port", str(modbus_base),
         stdout=out.open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while out.read_text().count("tags)") < 3:  # each process prints its endpoint once it serves
-            assert sim.poll() is None, out.read_text()
+            assert sim.returncode is None, out.read_text()
             assert time.monotonic() < deadline, f"simulators not up in 60 s:\n{out.read_text()}"
             await asyncio.sleep(0.2)
         assert "300 tanks over 3 simulator processes" in out.read_text()
-        env = dict(
-            line.split("=", 1) for line in (tmp_path / "plant" / "serve.env").read_text().splitlines() if line
-        )
+        env = dict(line.split("=", 1) for line in (tmp_path / "plant" / "serve.env").read_text().splitlines() if line)
         settings = load_settings(
             database_url=pg_url,
             data_dir=tmp_path / "data",
@@ -104,9 +104,7 @@ async def test_serve_reads_every_simulator_process_from_the_written_files(pg_url
             assert len(rt.gateways) == 3 and rt.engine is not None
             deadline = time.monotonic() + 60
             while True:
-                per_gateway = {
-                    gw.id: sum(d.readings_total for d in gw.health().devices.values()) for gw in rt.gateways
-                }
+                per_gateway = {gw.id: sum(d.readings_total for d in gw.health().devices.values()) for gw in rt.gateways}
                 if all(n > 0 for n in per_gateway.values()):
                     break
                 assert time.monotonic() < deadline, f"no data from every simulator process: {per_gateway}"
@@ -115,8 +113,9 @@ async def test_serve_reads_every_simulator_process_from_the_written_files(pg_url
     finally:
         sim.send_signal(signal.SIGTERM)
         try:
-            sim.wait(20)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait()
+            await asyncio.wait_for(sim.wait(), 20)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                sim.kill()
+            await sim.wait()
     assert sim.returncode == 0, out.read_text()
