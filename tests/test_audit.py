@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from conftest import create_database, drop_database
 from hazmon import audit
 from hazmon.cli import main
+from hazmon.storage.migrate import discover, migrate
 
 pytestmark = pytest.mark.asyncio
 
@@ -59,13 +62,15 @@ async def test_untouched_log_verifies(
     conn: asyncpg.Connection, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, text = await _cli_verify(pg_url, monkeypatch, capsys)
-    assert code == 0 and "empty" in text
+    assert code == 0 and "ok: 1 rows" in text, text  # the genesis row written by the migration
+    genesis = (await audit.recent(conn))[0]
+    assert (genesis.seq, genesis.action, genesis.prev_hash) == (1, audit.GENESIS_ACTION, audit.GENESIS)
     await _fill(conn)
     result = await audit.verify(conn)
-    assert result.ok and result.rows == 5 and result.head_seq == 5
+    assert result.ok and result.rows == 6 and result.head_seq == 6
     code, text = await _cli_verify(pg_url, monkeypatch, capsys)
     assert code == 0, text
-    assert "ok: 5 rows" in text
+    assert "ok: 6 rows" in text
     head = text.strip().rsplit("head ", 1)[1]
     code, text = await _cli_verify(pg_url, monkeypatch, capsys, "--anchor", head)
     assert code == 0, text
@@ -126,7 +131,7 @@ async def test_deleted_last_rows_are_caught_against_the_head(conn: asyncpg.Conne
     await _tamper(conn, "DELETE FROM audit_log WHERE seq >= 4")
     finding = (await audit.verify(conn)).finding
     assert finding is not None and (finding.seq, finding.kind) == (4, "deleted")
-    assert "seq 4..5" in finding.message
+    assert "seq 4..6" in finding.message
 
 
 async def test_renumbered_deletion_is_caught(conn: asyncpg.Connection) -> None:
@@ -140,7 +145,7 @@ async def test_renumbered_deletion_is_caught(conn: asyncpg.Connection) -> None:
 
 async def test_inserted_row_is_named(conn: asyncpg.Connection) -> None:
     """A forged row appended with a correctly computed hash still does not match the head."""
-    await _fill(conn, 3)
+    await _fill(conn, 2)
     last = await conn.fetchrow("SELECT * FROM audit_log WHERE seq = 3")
     forged = dict(last)
     forged.update(seq=4, actor="mallory", prev_hash=last["hash"])
@@ -198,6 +203,45 @@ async def test_concurrent_appends_build_one_chain(pg_url: str, conn: asyncpg.Con
     finally:
         await pool.close()
     result = await audit.verify(conn)
-    assert result.ok and result.rows == 40
+    assert result.ok and result.rows == 41  # and the genesis row
     rows = await audit.recent(conn, limit=5)
-    assert [r.seq for r in rows] == [40, 39, 38, 37, 36]
+    assert [r.seq for r in rows] == [41, 40, 39, 38, 37]
+
+
+async def test_emptied_log_with_its_head_deleted_is_tampering(
+    conn: asyncpg.Connection, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 11, item 12: deleting every row and the head used to verify as "ok: empty"."""
+    await _fill(conn, 3)
+    await _tamper(conn, "DELETE FROM audit_log")
+    await conn.execute("DELETE FROM audit_head")
+    result = await audit.verify(conn)
+    assert result.finding is not None and (result.finding.seq, result.finding.kind) == (1, "deleted")
+    code, text = await _cli_verify(pg_url, monkeypatch, capsys)
+    assert code == 1 and "BROKEN" in text and "empty" in text and "ok" not in text.split("BROKEN")[0]
+
+
+async def test_genesis_row_deleted_with_the_rest_renumbered_is_caught(conn: asyncpg.Connection) -> None:
+    await _fill(conn, 2)
+    await _tamper(conn, "DELETE FROM audit_log WHERE seq = 1")
+    finding = (await audit.verify(conn)).finding
+    assert finding is not None and (finding.seq, finding.kind) == (1, "deleted")
+
+
+async def test_a_log_with_rows_before_the_genesis_migration_keeps_them(pg_admin_url: str, tmp_path: Path) -> None:
+    """A database whose trail already has rows when migration 041 runs gets no genesis row in the middle."""
+    url = await create_database(pg_admin_url, migrated=False)
+    c = await asyncpg.connect(url)
+    try:
+        for mig in discover():
+            if mig.version < 41:
+                (tmp_path / f"{mig.version:03d}_{mig.name}.sql").write_text(mig.sql, encoding="utf-8")
+        await migrate(c, tmp_path)
+        await _fill(c, 2)
+        await migrate(c)
+        result = await audit.verify(c)
+        assert result.ok and result.rows == 2
+        assert await c.fetchval("SELECT count(*) FROM audit_log WHERE action = $1", audit.GENESIS_ACTION) == 0
+    finally:
+        await c.close()
+        await drop_database(pg_admin_url, url)

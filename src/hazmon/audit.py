@@ -8,7 +8,9 @@ actor, token, role, action, target, site and detail. ``audit_head`` holds the la
 - **edited**: the row's stored hash does not match its content;
 - **inserted**: rows past the end recorded in ``audit_head`` (or rows without any head);
 - **deleted**: the seq jumps (a row is missing), or the log ends before ``audit_head`` says it does;
-- a row that no longer chains onto its predecessor was rewritten with a recomputed hash.
+- a row that no longer chains onto its predecessor was rewritten with a recomputed hash;
+- an **empty** log: migration 041 writes a genesis row (seq 1, action ``audit.genesis``) when the
+  database is created, so a log with no rows at all had them deleted, head and genesis included.
 
 Someone who recomputes the whole chain and the head defeats any unkeyed chain: anchor the head
 (``hazmon audit verify`` prints it; ``--anchor SEQ:HASH`` checks a recorded one) outside the database.
@@ -27,6 +29,7 @@ from typing import Any
 import asyncpg
 
 GENESIS = "0" * 64
+GENESIS_ACTION = "audit.genesis"  # row 1 of every log created since migrations/041_audit_genesis.sql
 _LOCK_KEY = 0x6A7A6D61756474  # "hzmaudt"
 
 
@@ -228,7 +231,12 @@ async def verify(conn: asyncpg.Connection, *, chunk: int = 5_000) -> VerifyResul
     if head is None:
         if rows:
             return result(1, "inserted", "rows present but no head recorded: rows were inserted by hand")
-        return VerifyResult(0, 0, None)
+        return result(
+            1,
+            "deleted",
+            "the audit trail is empty: every row was deleted, its head and the genesis row written when the "
+            "database was created included",
+        )
     if prev_seq < head_seq:
         missing = f"seq {head_seq}" if prev_seq + 1 == head_seq else f"seq {prev_seq + 1}..{head_seq}"
         return result(
