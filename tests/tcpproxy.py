@@ -6,6 +6,7 @@
     await proxy.come_up()            # listening again on the same port
     proxy.cut()                      # reset existing connections only (a network glitch)
     proxy.silence = True             # keep connections but forward nothing (a hung peer)
+    TcpProxy(..., max_connections=2) # a device that accepts at most 2 connections: more are closed
     await proxy.stop()
 
 It runs in the test's event loop: no threads, no processes.
@@ -19,9 +20,15 @@ import socket
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int, *, listen_port: int = 0) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, listen_port: int = 0, max_connections: int | None = None
+    ) -> None:
         self.target = (target_host, target_port)
         self.port = listen_port
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.peak_connections = 0  # most connections open at once
+        self.over_limit = 0  # connections closed at once because max_connections were open
         self._flowing = asyncio.Event()
         self._flowing.set()
         self.connections = 0  # accepted so far
@@ -84,6 +91,18 @@ class TcpProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self.max_connections is not None and self.open_connections >= self.max_connections:
+            self.over_limit += 1  # as a PLC with all its connection slots taken: closed at once
+            writer.transport.abort()
+            return
+        self.open_connections += 1
+        self.peak_connections = max(self.peak_connections, self.open_connections)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.open_connections -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:

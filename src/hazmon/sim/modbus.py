@@ -150,6 +150,7 @@ class _Datastore:
     def __init__(self, images: dict[int, ProcessImage]) -> None:
         self.images = images
         self.silent: set[int] = set()
+        self.mute: set[tuple[int, int]] = set()  # (unit, function code) never answered: a half-working RTU bridge
         self.requests = 0
 
     def device_ids(self) -> list[int]:
@@ -160,7 +161,7 @@ class _Datastore:
     ) -> list[int] | list[bool] | ExcCodes:
         self.requests += 1
         image = self.images.get(device_id)
-        if image is None or device_id in self.silent:
+        if image is None or device_id in self.silent or (device_id, func_code) in self.mute:
             # with ignore_missing_devices the server sends nothing: the PLC is silent
             raise NoSuchIdException(f"unit {device_id} does not answer")
         table = _READ_TABLE.get(func_code)
