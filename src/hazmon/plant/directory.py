@@ -1,10 +1,14 @@
 """Where things are: the site, installation and equipment of every tag and device, and the tag keys of
 each site, for scope checks and filters. Built from the sites, the tag/device -> site map and the tag
-index; the runtime keeps one and rebuilds it when those change."""
+index; the runtime keeps one and rebuilds it when those change.
+
+A system alarm (``hazmon.storage``, a supervised component, a gateway) belongs to no one site but
+*affects* some: ``Place.sites`` lists them, and whoever sees one of them sees the alarm
+(``Place.seen_by``). A tag's place affects its own site only."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +23,16 @@ class Place:
     site: str | None
     installation: str | None
     equipment: str | None
+    affects: frozenset[str] = frozenset()  # further sites a system alarm affects
+
+    @property
+    def sites(self) -> frozenset[str]:
+        """Every site this place belongs to or affects."""
+        return self.affects | {self.site} if self.site is not None else self.affects
+
+    def seen_by(self, sees: Callable[[str | None], bool]) -> bool:
+        """Whether a caller who ``sees`` sites (``Principal.sees``) sees what is here."""
+        return sees(self.site) or any(sees(s) for s in self.affects)
 
 
 NOWHERE = Place(None, None, None)
@@ -34,8 +48,17 @@ class Directory:
         return self.places.get(owner, NOWHERE)
 
 
-def build_directory(sites: Sequence[Site], site_of: Mapping[str, str], tags: TagIndex) -> Directory:
+def build_directory(
+    sites: Sequence[Site],
+    site_of: Mapping[str, str],
+    tags: TagIndex,
+    system: Mapping[str, Iterable[str]] | None = None,
+) -> Directory:
+    """``system``: owners of system alarms -> the sites each affects."""
     places: dict[str, Place] = {owner: Place(site_id, None, None) for owner, site_id in site_of.items()}
+    for owner, affected in (system or {}).items():
+        known = places.get(owner, NOWHERE)
+        places[owner] = Place(known.site, None, None, frozenset(s for s in affected if s != known.site))
     for site in sites:
         equipment = {e.id: e for e in site.equipment}
         for t in site.tags:

@@ -26,8 +26,21 @@ Design (write-ahead, always)::
 * fsync: the spool is fsynced every ``fsync_interval_s`` (in a worker thread), so a power cut loses
   at most about that much; a process crash loses nothing that ``put`` accepted.
 * A batch the store refuses for another reason (``StoreError`` other than unavailable, e.g. a value
-  the database rejects) is retried ``max_refusals`` times, then set aside in
-  ``spool_dir/rejected/`` and counted, so one poison batch cannot stall the pipeline.
+  the database rejects) is retried ``max_refusals`` times; then what can be stored of it is stored
+  (the group is split, and a refused batch halved, down to the refused readings), and only the
+  refused readings are set aside in ``spool_dir/rejected/``: so one poison batch cannot stall the
+  pipeline, nor take good readings merged with it down. Refused readings are counted as dropped
+  (reason ``refused_by_store``). If even the set-aside file cannot be written, the records stay in
+  the spool and the drain fails (the runtime's supervisor restarts it with backoff, under an alarm):
+  nothing is acknowledged that is not kept somewhere.
+* Losses are counted by reason (``stats().dropped_by_reason``: ``spool_full``, ``spool_unwritable``,
+  ``spool_corrupt``, ``refused_by_store``) and, where the readings are known, by tag
+  (``dropped_for(keys)``), so each gateway can show what of its data did not reach the database.
+* A batch that cannot be written to the spool (disk failing) goes straight to the store instead;
+  only if that fails too is it lost (``spool_unwritable``).
+* ``run()`` is restartable: a drain that failed (a disk error, a bug) is started again from the
+  oldest unacknowledged record. The runtime runs it under its supervisor; ``start()``/``stop()``
+  (and ``async with``) run it on a task of its own.
 
 Use::
 
@@ -42,10 +55,13 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from hazmon.backoff import Backoff, BackoffConfig
 from hazmon.reading import ReadingBatch
@@ -55,10 +71,23 @@ from hazmon.storage.store import StoreError, StoreUnavailable
 log = logging.getLogger(__name__)
 
 _GROUP_NS = uuid.UUID("6f1c3f0e-6c1b-4d33-9c55-2f9f0a4c1e11")
+_PART_NS = uuid.UUID("0d7a4c3e-2b61-4f0e-8f4a-5f3f2d1e9c07")
+MAX_REFUSED_PARTS = 64  # halving a refused batch stops here: the rest is set aside whole
+
+# why readings did not reach the database
+SPOOL_FULL = "spool_full"
+SPOOL_UNWRITABLE = "spool_unwritable"
+SPOOL_CORRUPT = "spool_corrupt"
+REFUSED_BY_STORE = "refused_by_store"
+LOSS_REASONS = (SPOOL_FULL, SPOOL_UNWRITABLE, SPOOL_CORRUPT, REFUSED_BY_STORE)
 
 
 class Writer(Protocol):
     async def write(self, batch: ReadingBatch) -> int: ...
+
+
+class SetAsideFailed(SpoolError):
+    """Refused readings could not be kept in ``rejected/``: they stay in the spool."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +100,7 @@ class ForwarderStats:
     pending_batches: int  # in the spool, not yet confirmed by the store
     pending_readings: int
     spool_bytes: int
-    dropped_batches: int  # lost to a full spool (oldest first) or a failing spool
+    dropped_batches: int  # lost to a full, failing or corrupt spool, or refused by the store
     dropped_readings: int
     rejected_batches: int  # refused by the store, set aside in spool/rejected/
     store_available: bool
@@ -80,6 +109,10 @@ class ForwarderStats:
     last_error: str | None
     oldest_pending_age_s: float | None
     spool_sync_errors: int = 0  # fsync failures: spooled data safe from a crash, not from a power cut
+    rejected_readings: int = 0  # readings set aside in spool/rejected/ (also in dropped_by_reason)
+    spool_errors: int = 0  # disk errors of the spool (write, fsync, cursor, segment removal)
+    bypassed_readings: int = 0  # written straight to the store because the spool could not take them
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)  # reason -> readings
 
 
 class Forwarder:
@@ -95,10 +128,13 @@ class Forwarder:
         fsync_interval_s: float = 1.0,
         max_refusals: int = 5,
         close_timeout_s: float = 5.0,
+        segment_bytes: int | None = None,
     ) -> None:
         self.store = store
         self.spool_dir = Path(spool_dir)
-        self.spool = Spool(self.spool_dir, max_bytes=max_bytes, fsync_interval_s=fsync_interval_s)
+        self.spool = Spool(
+            self.spool_dir, max_bytes=max_bytes, segment_bytes=segment_bytes, fsync_interval_s=fsync_interval_s
+        )
         self.max_batch_rows = max_batch_rows
         self.write_timeout_s = write_timeout_s
         self.retry = retry or BackoffConfig(initial_s=0.2, max_s=5.0, jitter=0.2)
@@ -116,9 +152,12 @@ class Forwarder:
         self._already = 0
         self._writes = 0
         self._rejected = 0
+        self._rejected_readings = 0
         self._sync_errors = 0
-        self._spool_failures_readings = 0
-        self._spool_failures_batches = 0
+        self._bypassed = 0
+        self._lost_batches: dict[str, int] = {}  # reason -> batches (the spool counts its own)
+        self._lost_readings: dict[str, int] = {}  # reason -> readings
+        self._lost_by_tag: dict[str, npt.NDArray[np.int64]] = {}  # reason -> readings per tag key
         self._available = True
         self._outages = 0
         self._store_errors = 0
@@ -132,10 +171,36 @@ class Forwarder:
                 self.spool.pending_readings(),
             )
 
+    # ------------------------------------------------------------ losses
+
+    def _lose(self, reason: str, batch: ReadingBatch | None, readings: int, batches: int = 1) -> None:
+        self._lost_batches[reason] = self._lost_batches.get(reason, 0) + batches
+        self._lost_readings[reason] = self._lost_readings.get(reason, 0) + readings
+        if batch is not None and len(batch):
+            counts = np.bincount(batch.tag[batch.tag >= 0].astype(np.int64))
+            have = self._lost_by_tag.get(reason, np.zeros(0, np.int64))
+            if have.size < counts.size:
+                have = np.concatenate([have, np.zeros(counts.size - have.size, np.int64)])
+            have[: counts.size] += counts
+            self._lost_by_tag[reason] = have
+
+    def dropped_for(self, keys: npt.ArrayLike) -> dict[str, int]:
+        """Readings of these tag keys that did not reach the database, by reason (where known: a
+        full spool's and a corrupt record's readings are counted in total only)."""
+        k = np.asarray(keys, dtype=np.int64)
+        out = {}
+        for reason, per_tag in self._lost_by_tag.items():
+            inside = k[(k >= 0) & (k < per_tag.size)]
+            out[reason] = int(per_tag[inside].sum())
+        return out
+
     # ------------------------------------------------------------ input
 
     async def put(self, batch: ReadingBatch) -> None:
-        """Accept a batch: it is on disk (safe from a process crash) when this returns."""
+        """Accept a batch: it is on disk (safe from a process crash) when this returns.
+
+        If the spool cannot take it (a failing disk) the batch is written to the store directly;
+        only when that fails too is it lost, and counted (``spool_unwritable``)."""
         if len(batch) == 0:
             return
         self._received_batches += 1
@@ -147,20 +212,35 @@ class Forwarder:
         try:
             seq = self.spool.append(batch, self._open_group)
         except SpoolError as e:
-            self._spool_failures_batches += 1
-            self._spool_failures_readings += len(batch)
+            self._open_group = None
             self._last_error = str(e)
-            log.error("forwarder: batch of %d readings lost: %s", len(batch), e)
+            await self._bypass(batch, e)
             return
         if len(self._put_times) < 100_000:
             self._put_times[seq] = time.monotonic()
         self._idle.clear()
         self._event.set()
 
+    async def _bypass(self, batch: ReadingBatch, spool_error: SpoolError) -> None:
+        try:
+            stored = await asyncio.wait_for(self.store.write(batch), self.write_timeout_s)
+        except (TimeoutError, StoreError) as e:
+            self._lose(SPOOL_UNWRITABLE, batch, len(batch))
+            log.error("forwarder: batch of %d readings lost: %s; and the store: %s", len(batch), spool_error, e)
+            return
+        self._bypassed += len(batch)
+        self._writes += 1
+        self._stored += stored
+        log.warning("forwarder: %s; batch of %d readings written to the store directly", spool_error, len(batch))
+
     # ------------------------------------------------------------ drain
 
     async def run(self) -> None:
-        """Write spooled batches to the store until cancelled."""
+        """Write spooled batches to the store until cancelled. Raises when the drain cannot go on
+        (a disk error reading the spool, refused readings that cannot be set aside); run it again
+        to resume from the oldest unacknowledged record."""
+        self._carry = None
+        self.spool.rewind()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._sync_loop())
             await self._drain()
@@ -212,51 +292,100 @@ class Forwarder:
             refusals = 0
             while True:
                 try:
-                    stored = await asyncio.wait_for(self.store.write(batch), self.write_timeout_s)
-                except (TimeoutError, StoreUnavailable) as e:
-                    self._store_errors += 1
-                    self._last_error = str(e) or type(e).__name__
-                    if self._available:
-                        self._available = False
-                        self._outages += 1
-                        log.warning("forwarder: store unavailable, spooling to disk: %s", self._last_error)
+                    stored = await self._write(batch)
+                except (TimeoutError, StoreUnavailable):
                     await backoff.wait()
                     continue
                 except StoreError as e:
-                    self._store_errors += 1
-                    self._last_error = str(e)
                     refusals += 1
                     if refusals < self.max_refusals:
                         log.warning("forwarder: store refused a batch (%d/%d): %s", refusals, self.max_refusals, e)
                         await backoff.wait()
                         continue
-                    self._set_aside(recs, e)
+                    try:
+                        await self._salvage(recs, e)
+                    except (TimeoutError, StoreUnavailable):
+                        await backoff.wait()
+                        continue
                     break
-                self._writes += 1
                 if stored:
                     self._stored += stored
                 else:
                     self._already += len(batch)
-                if not self._available:
-                    self._available = True
-                    log.info("forwarder: store available again; %d batches spooled", len(self.spool))
                 backoff.reset()
                 break
             self.spool.ack(recs[-1].seq)
             for r in recs:
                 self._put_times.pop(r.seq, None)
 
-    def _set_aside(self, recs: list[SpoolRecord], error: Exception) -> None:
-        self._rejected += len(recs)
-        path = self.spool_dir / "rejected" / f"{recs[0].group}.rec"
+    async def _write(self, batch: ReadingBatch) -> int:
+        """One write to the store, with the availability bookkeeping; raises what the store raises."""
+        try:
+            stored = await asyncio.wait_for(self.store.write(batch), self.write_timeout_s)
+        except (TimeoutError, StoreUnavailable) as e:
+            self._store_errors += 1
+            self._last_error = str(e) or type(e).__name__
+            if self._available:
+                self._available = False
+                self._outages += 1
+                log.warning("forwarder: store unavailable, spooling to disk: %s", self._last_error)
+            raise
+        except StoreError as e:
+            self._store_errors += 1
+            self._last_error = str(e)
+            raise
+        self._writes += 1
+        if not self._available:
+            self._available = True
+            log.info("forwarder: store available again; %d batches spooled", len(self.spool))
+        return stored
+
+    async def _salvage(self, recs: list[SpoolRecord], error: StoreError) -> None:
+        """A group the store keeps refusing: store what it takes, set aside only what it refuses.
+
+        Each record alone, then a refused record halved (at most MAX_REFUSED_PARTS refused parts);
+        every part has a batch id derived from its record and range, so a replay is idempotent."""
+        refused: list[tuple[SpoolRecord, ReadingBatch]] = []
+        for r in recs:
+            queue = [(0, len(r.batch))]
+            while queue:
+                lo, hi = queue.pop()
+                part = _part(r, lo, hi)
+                try:
+                    stored = await self._write(part)
+                except (TimeoutError, StoreUnavailable):
+                    raise
+                except StoreError as e:
+                    error = e
+                    if hi - lo > 1 and len(refused) + len(queue) < MAX_REFUSED_PARTS:
+                        mid = (lo + hi) // 2
+                        queue += [(mid, hi), (lo, mid)]
+                    else:
+                        refused.append((r, part))
+                    continue
+                if stored:
+                    self._stored += stored
+                else:
+                    self._already += len(part)
+        if refused:
+            self._set_aside(refused, error)
+
+    def _set_aside(self, refused: list[tuple[SpoolRecord, ReadingBatch]], error: Exception) -> None:
+        path = self.spool_dir / "rejected" / f"{refused[0][0].group}.rec"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("wb") as f:
-                for r in recs:
-                    f.write(encode_record(r.seq, r.group, r.batch))
+            with path.open("ab") as f:
+                for r, part in refused:
+                    f.write(encode_record(r.seq, r.group, part))
         except OSError as e:
-            log.error("forwarder: cannot keep rejected batch in %s: %s", path, e)
-        log.error("forwarder: store refused %d batch(es), set aside in %s: %s", len(recs), path, error)
+            self._last_error = f"cannot keep refused readings in {path}: {e}"
+            raise SetAsideFailed(f"forwarder: {self._last_error} (they stay in the spool)") from e
+        n = sum(len(p) for _, p in refused)
+        self._rejected += len(refused)
+        self._rejected_readings += n
+        for _, part in refused:
+            self._lose(REFUSED_BY_STORE, part, len(part))
+        log.error("forwarder: store refused %d readings, set aside in %s: %s", n, path, error)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -289,6 +418,10 @@ class Forwarder:
                 if current is not None and current.cancelling():
                     raise
             self._task = None
+        self.close()
+
+    def close(self) -> None:
+        """Close the spool (after the drain has stopped)."""
         self.spool.close()
 
     async def __aenter__(self) -> Forwarder:
@@ -303,6 +436,11 @@ class Forwarder:
     def stats(self) -> ForwarderStats:
         st = self.spool.stats()
         oldest = min(self._put_times.values(), default=None) if self._put_times else None
+        by_reason = dict.fromkeys(LOSS_REASONS, 0)
+        by_reason[SPOOL_FULL] = st.dropped_readings
+        by_reason[SPOOL_CORRUPT] = st.corrupt_readings
+        for reason, n in self._lost_readings.items():
+            by_reason[reason] += n
         return ForwarderStats(
             received_batches=self._received_batches,
             received_readings=self._received_readings,
@@ -312,13 +450,28 @@ class Forwarder:
             pending_batches=st.pending_batches,
             pending_readings=st.pending_readings,
             spool_bytes=st.bytes,
-            dropped_batches=st.dropped_batches + self._spool_failures_batches,
-            dropped_readings=st.dropped_readings + self._spool_failures_readings,
+            dropped_batches=st.dropped_batches + st.corrupt_records + sum(self._lost_batches.values()),
+            dropped_readings=sum(by_reason.values()),
             rejected_batches=self._rejected,
             store_available=self._available,
             outages=self._outages,
             store_errors=self._store_errors,
-            last_error=self._last_error,
+            last_error=self._last_error or st.last_error,
             oldest_pending_age_s=time.monotonic() - oldest if oldest is not None else None,
             spool_sync_errors=self._sync_errors,
+            rejected_readings=self._rejected_readings,
+            spool_errors=st.disk_errors + self._sync_errors,
+            bypassed_readings=self._bypassed,
+            dropped_by_reason=by_reason,
         )
+
+
+def _part(rec: SpoolRecord, lo: int, hi: int) -> ReadingBatch:
+    """Rows lo..hi of a spooled record, with a batch id derived from the record and the range."""
+    b = rec.batch
+    if lo == 0 and hi == len(b):
+        part = ReadingBatch(b.tag, b.ts, b.value, b.quality, b.batch_id)
+    else:
+        part = ReadingBatch(b.tag[lo:hi], b.ts[lo:hi], b.value[lo:hi], b.quality[lo:hi], b.batch_id)
+    part.batch_id = uuid.uuid5(_PART_NS, f"{b.batch_id}:{lo}:{hi}")
+    return part

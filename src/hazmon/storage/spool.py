@@ -22,6 +22,16 @@ truncated and counted in ``corrupt_records``). The ``cursor`` file holds the seq
 to deliver; it is replaced atomically on ``ack`` but not fsynced: after a crash, records may be
 delivered again — the store's write is idempotent by batch id, so that is harmless.
 
+The offset of every record is kept, so the reader goes from record to record by position: a record
+found corrupt when read (a checksum that no longer matches, in any segment) is skipped alone, and
+its readings are counted as lost (``corrupt_records``, ``corrupt_readings``); the records after it
+are still delivered.
+
+Disk errors never pass unseen: ``append`` and ``read`` raise ``SpoolError``; errors after the data
+is safe — saving the cursor, removing a delivered segment, fsync — are counted in ``disk_errors``
+(with ``last_error``) and the spool goes on (a cursor not saved only means records replayed after a
+crash, which the store ignores).
+
 Bounded: when the segments exceed ``max_bytes``, the oldest segment is deleted whole and the
 records in it not yet delivered are counted as lost (``dropped_batches``, ``dropped_readings``).
 """
@@ -73,6 +83,7 @@ class _Segment:
     last_seq: int = -1
     # readings of every record (record i has seq first_seq + i), for loss accounting
     counts: array[int] = field(default_factory=lambda: array("I"))
+    offsets: array[int] = field(default_factory=lambda: array("Q"))  # byte offset of every record
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +95,9 @@ class SpoolStats:
     dropped_batches: int
     dropped_readings: int
     corrupt_records: int
+    corrupt_readings: int = 0  # readings of records found corrupt when read (lost)
+    disk_errors: int = 0  # cursor, segment removal and fsync failures (the spool went on)
+    last_error: str | None = None
 
 
 def encode_record(seq: int, group: uuid.UUID, batch: ReadingBatch) -> bytes:
@@ -145,6 +159,9 @@ class Spool:
         self.dropped_batches = 0
         self.dropped_readings = 0
         self.corrupt_records = 0
+        self.corrupt_readings = 0
+        self.disk_errors = 0
+        self.last_error: str | None = None
         self._segments: list[_Segment] = []
         self._fd: int | None = None
         self._fd_lock = threading.Lock()  # guards _fd against sync() in a worker thread
@@ -189,6 +206,7 @@ class Spool:
                     seq, _g, _b, n = _HEAD.unpack_from(payload)
                     if seq != first + seg.records:
                         break
+                    seg.offsets.append(valid_end)
                     valid_end = f.tell()
                     seg.records += 1
                     seg.readings += n
@@ -219,9 +237,14 @@ class Spool:
             if seg is None or self._fd is None or (seg.size > 0 and seg.size + len(frame) > self.segment_bytes):
                 seg = self._open_segment(seq)
             assert self._fd is not None
-            os.write(self._fd, frame)
+            written = os.write(self._fd, frame)
+            if written != len(frame):  # a full disk: the short tail is cut at the next open
+                raise OSError(f"short write ({written} of {len(frame)} bytes)")
         except OSError as e:
+            if self._fd is not None and self._segments:  # write the next record at a fresh segment
+                self._close_writer()
             raise SpoolError(f"spool {self.dir}: cannot write: {e}") from e
+        seg.offsets.append(seg.size)
         seg.size += len(frame)
         seg.records += 1
         seg.readings += len(batch)
@@ -230,17 +253,32 @@ class Spool:
         self._next_seq = seq + 1
         self._dirty = True
         if self.fsync_interval_s == 0:
-            self.sync()
+            try:
+                self.sync()
+            except SpoolError as e:
+                self._disk_error(str(e))
         self._enforce_limit()
         return seq
 
+    def _disk_error(self, message: str) -> None:
+        self.disk_errors += 1
+        self.last_error = message
+        log.error("%s", message)
+
+    def _close_writer(self) -> None:
+        with self._fd_lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                if self._dirty:
+                    os.fsync(fd)
+            except OSError as e:
+                self._disk_error(f"spool {self.dir}: fsync failed: {e}")
+            finally:
+                os.close(fd)
+
     def _open_segment(self, first_seq: int) -> _Segment:
-        if self._fd is not None:
-            if self._dirty:
-                os.fsync(self._fd)
-            with self._fd_lock:
-                os.close(self._fd)
-                self._fd = None
+        self._close_writer()
         last = self._segments[-1] if self._segments else None
         if last is not None and last.records == 0:
             seg = last  # an empty segment left from before: reuse
@@ -268,30 +306,38 @@ class Spool:
                 )
             if self._read_seg is seg:
                 self._close_reader()
-            seg.path.unlink(missing_ok=True)
+            self._remove(seg)
             nxt = self._segments[0].first_seq
             self._cursor = max(self._cursor, nxt)
             self._read_seq = max(self._read_seq, nxt)
 
+    def _remove(self, seg: _Segment) -> None:
+        try:
+            seg.path.unlink(missing_ok=True)
+        except OSError as e:  # left on disk: removed (or replayed, harmlessly) at the next open
+            self._disk_error(f"spool {self.dir}: cannot remove {seg.path.name}: {e}")
+
     def sync(self) -> None:
-        """fsync the open segment if anything was written since the last sync.
+        """fsync the open segment if anything was written since the last sync; raises SpoolError.
 
         Safe to call from a worker thread while the event loop appends: it fsyncs a duplicate of
         the descriptor, so a segment rotation closing the original does not disturb it.
         """
-        with self._fd_lock:
-            if self._fd is None or not self._dirty:
-                self._last_sync = time.monotonic()
-                return
-            self._dirty = False  # before the fsync: an append during it marks the spool dirty again
-            fd = os.dup(self._fd)
+        fd: int | None = None
         try:
+            with self._fd_lock:
+                if self._fd is None or not self._dirty:
+                    self._last_sync = time.monotonic()
+                    return
+                self._dirty = False  # before the fsync: an append during it marks the spool dirty again
+                fd = os.dup(self._fd)
             os.fsync(fd)
         except OSError as e:
             self._dirty = True
             raise SpoolError(f"spool {self.dir}: fsync failed: {e}") from e
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         self._last_sync = time.monotonic()
 
     def sync_due(self) -> bool:
@@ -320,26 +366,49 @@ class Spool:
         return out
 
     def _read_one(self) -> SpoolRecord | None:
+        """The record at the read position; None when caught up. Raises SpoolError when a segment
+        cannot be read (nothing is skipped: the next read tries again)."""
         while True:
             if self._read_seg is None:
                 seg = next((s for s in self._segments if s.last_seq >= self._read_seq), None)
                 if seg is None:
                     return None
+                try:
+                    self._read_file = seg.path.open("rb")
+                except OSError as e:
+                    raise SpoolError(f"spool {self.dir}: cannot read {seg.path.name}: {e}") from e
                 self._read_seg = seg
-                self._read_file = seg.path.open("rb")
-            f = self._read_file
+            seg, f = self._read_seg, self._read_file
             assert f is not None
-            pos = f.tell()
-            payload = _read_frame(f)
-            if payload is None:
-                if self._read_seg is self._segments[-1]:
-                    f.seek(pos)  # caught up with the writer: wait here
-                    return None
+            i = self._read_seq - seg.first_seq
+            if i >= seg.records:
+                if seg is self._segments[-1]:
+                    return None  # caught up with the writer
                 self._close_reader()
                 continue
-            rec = decode_payload(payload)
-            if rec.seq < self._read_seq:
-                continue  # delivered before: skip forward within the segment
+            offset = seg.offsets[i]
+            try:
+                if f.tell() != offset:
+                    f.seek(offset)
+                payload = _read_frame(f)
+            except OSError as e:
+                self._close_reader()
+                raise SpoolError(f"spool {self.dir}: cannot read {seg.path.name}: {e}") from e
+            rec: SpoolRecord | None = None
+            if payload is not None:
+                try:
+                    rec = decode_payload(payload)
+                except (ValueError, struct.error):
+                    rec = None
+            if rec is None or rec.seq != self._read_seq:
+                # written whole, now unreadable (bit rot, an edited file): this record is lost
+                self.corrupt_records += 1
+                self.corrupt_readings += seg.counts[i]
+                self.last_error = f"spool {self.dir}: corrupt record {self._read_seq} in {seg.path.name}"
+                log.error("%s: %d readings lost", self.last_error, seg.counts[i])
+                self._read_seq += 1
+                self._close_reader()  # re-open: the buffered position is unknown
+                continue
             self._read_seq = rec.seq + 1
             return rec
 
@@ -354,13 +423,16 @@ class Spool:
             return
         self._cursor = seq + 1
         tmp = self.dir / "cursor.tmp"
-        tmp.write_text(str(self._cursor))
-        os.replace(tmp, self.dir / "cursor")
+        try:
+            tmp.write_text(str(self._cursor))
+            os.replace(tmp, self.dir / "cursor")
+        except OSError as e:  # delivered all the same; after a crash it is replayed (idempotent)
+            self._disk_error(f"spool {self.dir}: cannot save the cursor: {e}")
         while len(self._segments) > 1 and self._segments[0].last_seq < self._cursor:
             seg = self._segments.pop(0)
             if self._read_seg is seg:
                 self._close_reader()
-            seg.path.unlink(missing_ok=True)
+            self._remove(seg)
 
     # ------------------------------------------------------------ state
 
@@ -388,13 +460,11 @@ class Spool:
             dropped_batches=self.dropped_batches,
             dropped_readings=self.dropped_readings,
             corrupt_records=self.corrupt_records,
+            corrupt_readings=self.corrupt_readings,
+            disk_errors=self.disk_errors,
+            last_error=self.last_error,
         )
 
     def close(self) -> None:
         self._close_reader()
-        if self._fd is not None:
-            try:
-                self.sync()
-            finally:
-                os.close(self._fd)
-                self._fd = None
+        self._close_writer()
