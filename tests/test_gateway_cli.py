@@ -103,3 +103,33 @@ async def test_discover_writes_a_skeleton_that_works(tmp_path: Path) -> None:
     )
     _, err = await proc.communicate()
     assert proc.returncode == 1 and b"cannot browse" in err
+
+
+def test_check_shows_the_tags_a_template_expands_to(tmp_path: Path, capsys: object) -> None:
+    f = tmp_path / "tanks.yaml"
+    f.write_text(
+        """
+gateway:
+  id: tank-gauges
+  protocol: modbus
+  site: x
+  devices:
+  - id: RTU-BRIDGE
+    host: 10.0.0.7
+    unit: 7
+    word_order: little
+    templates:
+    - {tag: "T{n:03d}.LT", count: 100, address: 0, type: float32}
+    tags:
+    - {tag: GDS.CH03, address: 300, type: uint16, bit: 3}
+    - {tag: FT1.FQ, address: 302, type: int32, scale: 0.01, word_order: big}
+"""
+    )
+    assert main(["gateway", "check", str(f)]) == 0
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert "102 tags in 3 reads per cycle" in out and "on 1 connection(s)" in out
+    lines = out.splitlines()
+    assert any(line.split()[:5] == ["T001.LT", "holding", "0", "float32", "CDAB"] for line in lines)
+    assert any(line.split()[:4] == ["T100.LT", "holding", "198", "float32"] for line in lines)
+    assert any(line.split()[:6] == ["GDS.CH03", "holding", "300", "uint16", "bit", "3"] for line in lines)
+    assert any(line.split()[:6] == ["FT1.FQ", "holding", "302", "int32", "ABCD", "x0.01+0"] for line in lines)

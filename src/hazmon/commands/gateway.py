@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = gw.add_parser("check", help="validate gateway files; every error is listed with its path")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
     check.add_argument("--site", type=Path, help="site file: also check that every mapped tag exists")
+    check.add_argument(
+        "--tags", action="store_true", help="Modbus: list every tag as read (shown anyway when templates are used)"
+    )
     check.set_defaults(handler=_check)
     disc = gw.add_parser("discover", help="browse an OPC UA server and write a tag-map skeleton")
     disc.add_argument("endpoint", metavar="opc.tcp://HOST:PORT")
@@ -45,7 +48,11 @@ def _summary(config: OpcUaGateway | ModbusGateway | MqttGateway) -> str:
         tags = [t.tag for d in config.devices for t in d.tags]
         index = TagIndex(list(dict.fromkeys(tags)))
         reads = sum(len(blocks) for d in config.devices for blocks in plan_blocks(d, index).values())
-        return f"Modbus TCP, {len(config.devices)} devices, {len(tags)} tags in {reads} reads per cycle"
+        endpoints = len({d.endpoint() for d in config.devices})
+        return (
+            f"Modbus, {len(config.devices)} devices on {endpoints} connection(s), "
+            f"{len(tags)} tags in {reads} reads per cycle"
+        )
     return (
         f"MQTT {config.broker.host}:{config.broker.port}, {len(config.topics)} topic filters, "
         f"{len(config.points)} points"
@@ -63,7 +70,46 @@ def _check(args: argparse.Namespace) -> int:
             print(e, file=sys.stderr)
             continue
         print(f"{path}: ok — gateway {config.id}: {_summary(config)}")
+        if isinstance(config, ModbusGateway) and (args.tags or _has_templates(path)):
+            for line in modbus_tag_lines(config):
+                print(line)
     return 1 if failed else 0
+
+
+def _has_templates(path: Path) -> bool:
+    try:
+        return "templates:" in path.read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
+def modbus_tag_lines(config: ModbusGateway) -> list[str]:
+    """Every tag of every device as the gateway reads it (templates expanded), one line each."""
+    lines = []
+    for d in config.devices:
+        where = (
+            f"{d.serial.port} {d.serial.baudrate} {d.serial.parity}{d.serial.stopbits}" if d.serial else d.endpoint()
+        )
+        lines.append(f"  device {d.id}: unit {d.unit} on {where}, {len(d.tags)} tags")
+        for t in d.tags:
+            byte_order, word_order = t.orders(d)
+            order = ""
+            if t.width > 1 or byte_order != "big":
+                order = {("big", "big"): "ABCD", ("big", "little"): "CDAB", ("little", "big"): "BADC"}.get(
+                    (byte_order, word_order), "DCBA"
+                )
+            gain, offset = t.linear()
+            parts = [f"    {t.tag:<24} {t.table:<14} {t.address:>5}", str(t.type)]
+            if t.bit is not None:
+                parts.append(f"bit {t.bit}")
+            if order:
+                parts.append(order)
+            if (gain, offset) != (1.0, 0.0):
+                parts.append(f"x{gain:g}{offset:+g}")
+            if t.group != "default":
+                parts.append(f"group {t.group}")
+            lines.append(" ".join(parts))
+    return lines
 
 
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
