@@ -16,14 +16,23 @@ admin      everything, everywhere, including token management
 Every role but admin is scoped: a token lists sites and/or enterprises, and it sees the listed
 sites plus every site of the listed enterprises (resolved when the token is used, so a site
 added to an enterprise later is covered).
+
+Verification goes through a :class:`TokenCache`: a token checked less than ``TOKEN_TTL_S`` ago is
+not looked up again (so a revocation takes effect within that time), and a token seen before keeps
+working while the database is unreachable — operators keep their alarm list through an outage.
+:class:`AuthThrottle` counts failed authentications per client address and refuses further
+attempts (HTTP 429) once an address has used up its allowance.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import re
 import secrets
+import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +43,7 @@ import asyncpg
 
 TOKEN_PREFIX = "hzm_"
 _TOKEN_RE = re.compile(r"^hzm_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
+TOKEN_TTL_S = 2.0  # a revocation takes effect within this (plus one lookup) while the database is up
 DEMO_TOKEN_NAME = "demo-operator"
 
 
@@ -272,3 +282,112 @@ async def ensure_demo_token(conn: asyncpg.Connection, site_id: str = "demo-tank-
         )
         new = await create_token(conn, Role.OPERATOR, sites=[site_id], name=DEMO_TOKEN_NAME, created_by="demo")
     return new.secret
+
+
+def token_label(token: str | None) -> str:
+    """How a token is named in logs: its public id, never its secret."""
+    if not token:
+        return "no token"
+    m = _TOKEN_RE.match(token)
+    if m:
+        return f"token {m.group(1)}"
+    return "a malformed token"
+
+
+# ---------------------------------------------------------------------- verification cache
+
+
+@dataclass(slots=True)
+class _Checked:
+    principal: Principal | None  # None: unknown or revoked
+    at: float  # time.monotonic() of the database lookup
+
+
+class TokenCache:
+    """Results of token lookups by the token's SHA-256: fresh for ``ttl_s``, kept (bounded) beyond
+    that to answer while the database is unreachable."""
+
+    def __init__(self, ttl_s: float = TOKEN_TTL_S, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[bytes, _Checked] = {}
+        self.served_stale = 0  # answers given from the cache because the database was unreachable
+
+    def get(self, key: bytes) -> tuple[Principal | None, bool] | None:
+        """(principal, fresh) for a token looked up before, or None."""
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        return hit.principal, time.monotonic() - hit.at < self.ttl_s
+
+    def put(self, key: bytes, principal: Principal | None) -> None:
+        self._entries.pop(key, None)
+        if len(self._entries) >= self.max_entries:
+            self._entries.pop(next(iter(self._entries)))  # the oldest lookup
+        self._entries[key] = _Checked(principal, time.monotonic())
+
+    def forget(self, token_id: str) -> None:
+        """Drop a token (revoked in this process): the next use looks it up again."""
+        for key in [k for k, v in self._entries.items() if v.principal and v.principal.token_id == token_id]:
+            del self._entries[key]
+
+    def stale(self, key: bytes) -> Principal | None:
+        """The principal a token stood for when last looked up, however long ago (database unreachable)."""
+        hit = self._entries.get(key)
+        if hit is None or hit.principal is None:
+            return None
+        self.served_stale += 1
+        return hit.principal
+
+
+# ---------------------------------------------------------------------- throttling failures
+
+
+class AuthThrottle:
+    """Failed authentications per client address, as a token bucket: ``burst`` failures at once, then
+    one more every ``1 / refill_per_s`` seconds. An address without allowance left is refused (429)
+    before its token is even looked at. Bounded: at most ``max_addresses`` addresses are tracked."""
+
+    def __init__(self, burst: int = 10, refill_per_s: float = 0.2, max_addresses: int = 100_000) -> None:
+        self.burst = burst
+        self.refill_per_s = refill_per_s
+        self.max_addresses = max_addresses
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (allowance, at)
+        self.rejections: Counter[str] = Counter()  # reason -> count (missing, malformed, invalid, throttled)
+
+    def _allowance(self, address: str, now: float) -> float:
+        allowance, at = self._buckets.get(address, (float(self.burst), now))
+        return min(float(self.burst), allowance + (now - at) * self.refill_per_s)
+
+    def retry_after(self, address: str) -> float | None:
+        """Seconds until ``address`` may try again, or None when it may try now."""
+        if address not in self._buckets:
+            return None
+        allowance = self._allowance(address, time.monotonic())
+        if allowance >= 1.0:
+            return None
+        return (1.0 - allowance) / self.refill_per_s
+
+    def failed(self, address: str, reason: str) -> None:
+        """Count one failure of ``address`` (``reason``: missing, malformed, invalid)."""
+        now = time.monotonic()
+        self.rejections[reason] += 1
+        allowance = self._allowance(address, now) - 1.0
+        self._buckets.pop(address, None)
+        if len(self._buckets) >= self.max_addresses:
+            self._prune(now)
+        self._buckets[address] = (allowance, now)
+
+    def throttled(self) -> None:
+        self.rejections["throttled"] += 1
+
+    def _prune(self, now: float) -> None:
+        full = [a for a in self._buckets if self._allowance(a, now) >= self.burst]
+        for a in full:
+            del self._buckets[a]
+        while len(self._buckets) >= self.max_addresses:
+            self._buckets.pop(next(iter(self._buckets)))
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))

@@ -27,6 +27,46 @@ class JournalError(Exception):
     """The journal could not be written or read (the database refused or went away)."""
 
 
+class JournalUnavailable(JournalError):
+    """The database could not be reached or is overloaded: the same write may succeed later."""
+
+
+class JournalRefused(JournalError):
+    """The database refused the write for what it holds (a NUL in a comment, a constraint): the
+    same write will never succeed, so it must not be retried forever."""
+
+
+# SQLSTATE classes that say nothing about the data: connection, resources, operator intervention,
+# system errors, serialization failures and deadlocks. Any other refusal is about the content.
+_TRANSIENT_CLASSES = {"08", "40", "53", "55", "57", "58"}
+_OUTAGE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+def classify(e: BaseException, what: str) -> JournalError:
+    """A ``JournalUnavailable`` for an outage, a ``JournalRefused`` for anything about the data."""
+    if isinstance(e, JournalError):
+        return e
+    if isinstance(e, _OUTAGE):
+        return JournalUnavailable(f"{what}: database unavailable: {e}")
+    if isinstance(e, asyncpg.PostgresError):
+        state = str(getattr(e, "sqlstate", "") or "")
+        if state[:2] in _TRANSIENT_CLASSES:
+            return JournalUnavailable(f"{what}: {e}")
+        return JournalRefused(f"{what}: refused by the database ({state}): {e}")
+    if isinstance(e, asyncpg.InterfaceError) and not isinstance(e, ValueError):
+        # connection closed under the query, pool closing, ...
+        return JournalUnavailable(f"{what}: {e}")
+    # asyncpg.DataError, UnicodeEncodeError (a lone surrogate), ValueError, TypeError, ...: the data
+    return JournalRefused(f"{what}: cannot encode: {type(e).__name__}: {e}")
+
+
 def to_datetime(ts_us: int) -> datetime:
     return EPOCH + timedelta(microseconds=ts_us)
 
@@ -114,8 +154,8 @@ async def append_events(conn: asyncpg.Connection, events: Sequence[AlarmEvent], 
         async with conn.transaction():
             await conn.executemany(_INSERT, journal)
             await conn.executemany(_UPSERT, states)
-    except (asyncpg.PostgresError, OSError) as e:
-        raise JournalError(f"cannot write {len(events)} alarm events: {e}") from e
+    except Exception as e:  # every failure is classified: outage or refusal
+        raise classify(e, f"cannot write {len(events)} alarm events") from e
     return len(events)
 
 
