@@ -1,9 +1,12 @@
-"""A plain, reading-by-reading reference implementation of the engine's semantics (for tests).
+"""A plain, reading-by-reading reference of the whole engine: conditions, lifecycle, operators, masks.
 
 Written for clarity, not speed: one Python object per alarm cell, one reading at a time, in time
-order. The rules and their meaning are those stated in the docstring of ``hazmon.alarms.engine``; the
-compiled rule arrays are read one scalar at a time. The differential tests require the vectorized
-engine to produce exactly the events this produces.
+order. When a condition is active is decided by the per-condition state machines of
+``isa182_reference`` (written from ISA-18.2 and docs/alarms.md); this module adds what the
+lifecycle table of docs/alarms.md says happens to the alarm: activation and clearing when the
+condition changes, latching, acknowledgement, re-alarm, shelving, suppression, out of service and
+communication loss. The differential tests require the vectorized engine to produce exactly the
+events this produces.
 """
 
 from __future__ import annotations
@@ -13,31 +16,15 @@ from dataclasses import dataclass, replace
 
 from hazmon.alarms.alarm import PRIORITY_CODES, AlarmEvent, AlarmState, InvalidTransition, Priority
 from hazmon.alarms.compiler import CompiledRules
-from hazmon.alarms.rules import (
-    BAD,
-    COLUMNS,
-    FROZEN,
-    HH,
-    LL,
-    OUT_OF_RANGE,
-    ROC_DOWN,
-    ROC_UP,
-    STALE,
-    STATE,
-    H,
-    K,
-    L,
-)
+from hazmon.alarms.rules import BAD, COLUMNS, ROC_DOWN, ROC_UP, STALE, STATE, K
 from hazmon.reading import ReadingBatch
-
-VALUE_COLUMNS = (HH, H, L, LL, ROC_UP, ROC_DOWN, STATE, OUT_OF_RANGE, FROZEN)
+from isa182_reference import ConditionReference, Machine
 
 
 @dataclass
 class Cell:
     enabled: bool
-    cond: bool = False
-    cond_ts: int = 0
+    machine: Machine | None = None  # the condition (a device's communication: set directly)
     alarm: bool = False
     acked: bool = True
     annunc_ts: int = 0
@@ -45,6 +32,10 @@ class Cell:
     shelved_until: int | None = None
     supd: bool = False  # suppressed by design
     supc: bool = False  # suppressed by communication loss
+
+    @property
+    def cond(self) -> bool:
+        return self.machine is not None and self.machine.active
 
     @property
     def masked(self) -> bool:
@@ -62,26 +53,16 @@ class Cell:
         return AlarmState.NORMAL if self.acked else AlarmState.RTN_UNACK
 
 
-@dataclass
-class TagHistory:
-    last_ts: int | None = None
-    seen_ts: int | None = None
-    last_v: float = math.nan
-    rate: float = math.nan
-    frz_ref: float = math.nan
-    frz_ts: int = 0
-    anchor: tuple[int, float] | None = None
-    candidate: tuple[int, float] | None = None
-
-
 class ReferenceEngine:
     def __init__(self, rules: CompiledRules, max_shelve_s: float = 8 * 3600) -> None:
         self.r = rules
         self.max_shelve_us = round(max_shelve_s * 1_000_000)
+        self.conditions = ConditionReference(rules)
         self.cells = [[Cell(enabled=bool(rules.priority[row, c] >= 0)) for c in range(K)] for row in range(rules.rows)]
         self.owners: list[str | None] = list(rules.tag_ids)
         self.devices: dict[str, tuple[int, list[int]]] = {}  # device -> (row, tag rows)
-        self.hist = [TagHistory() for _ in range(rules.rows)]
+        self.last_v = [math.nan] * rules.rows  # last good value of each tag
+        self.last_t: list[int | None] = [None] * rules.rows
         self.epoch: int | None = None
         self.old_readings = 0
         self.in_service = [-1] * len(rules.in_service_rows)
@@ -100,12 +81,13 @@ class ReferenceEngine:
                 f"{device}:comm.LOSS", None, "comm.LOSS", Priority.HIGH, prev, cell.display(), None, None, t,
                 user, comment, action,
             )  # fmt: skip
-        h = self.hist[row]
         value: float | None
         if col in (BAD, STALE):
             value = None
         else:
-            value = h.rate if col in (ROC_UP, ROC_DOWN) else h.last_v
+            tags = self.conditions.tags
+            rate = math.nan if tags is None else tags[row].rate
+            value = rate if col in (ROC_UP, ROC_DOWN) else self.last_v[row]
             if not math.isfinite(value):
                 value = None
         limit = float(self.r.limit[row, col]) if col <= STATE else None
@@ -126,16 +108,16 @@ class ReferenceEngine:
         )
 
     def _lifecycle(self, row: int, col: int, t: int) -> list[AlarmEvent]:
+        """The alarm follows its condition (unless masked; a latched alarm waits for a reset)."""
         cell = self.cells[row][col]
         if cell.masked or not cell.enabled:
             return []
-        held = t - cell.cond_ts
-        if cell.cond and not cell.alarm and held >= self._delay("on_delay_us", row, col):
+        if cell.cond and not cell.alarm:
             prev = cell.display()
             cell.alarm, cell.acked, cell.annunc_ts = True, False, t
             return [self._event(row, col, prev, "activate", t)]
         latch = row < self.r.rows and bool(self.r.latch[row, col])
-        if not cell.cond and cell.alarm and not latch and held >= self._delay("off_delay_us", row, col):
+        if not cell.cond and cell.alarm and not latch:
             prev = cell.display()
             cell.alarm = False
             return [self._event(row, col, prev, "clear", t)]
@@ -144,8 +126,16 @@ class ReferenceEngine:
     def _start(self, t: int) -> None:
         if self.epoch is None:
             self.epoch = t
-            for h in self.hist:
-                h.seen_ts = t
+            tags = self.conditions._start(t)
+            for row, tag in enumerate(tags):
+                for col, machine in tag.machines.items():
+                    self.cells[row][col].machine = machine
+
+    def _follow(self, transitions: list[tuple[int, str, str]]) -> list[AlarmEvent]:
+        events = []
+        for t, alarm_id, _ in transitions:
+            events += self._lifecycle(*self._cell(alarm_id), t)
+        return events
 
     # -- readings
     def process(self, batch: ReadingBatch) -> list[AlarmEvent]:
@@ -164,71 +154,19 @@ class ReferenceEngine:
         return events
 
     def _reading(self, row: int, ts: int, v: float, q: int) -> list[AlarmEvent]:
-        h = self.hist[row]
-        if h.last_ts is not None and ts < h.last_ts:
+        last = self.last_t[row]
+        if last is not None and ts < last:
             self.old_readings += 1
             return []
-        h.last_ts = ts
-        h.seen_ts = ts if h.seen_ts is None else max(h.seen_ts, ts)
-        cells = self.cells[row]
-        valid = q < 128 and math.isfinite(v)
-        new = [c.cond for c in cells]
-        if valid:
-            new = self._evaluate(row, ts, v, [c.cond for c in cells])
-            h.last_v = v
-        else:
-            new = [cells[c].cond if c in VALUE_COLUMNS else False for c in range(K)]
-            new[BAD] = True
-        new[STALE] = False
-        for col in range(K):
-            cond = new[col] and cells[col].enabled
-            if cond != cells[col].cond:
-                cells[col].cond = cond
-                cells[col].cond_ts = ts
-        events = []
-        for col in range(K):
-            if cells[col].cond != cells[col].alarm:
-                events.extend(self._lifecycle(row, col, ts))
-        return events
-
-    def _evaluate(self, row: int, ts: int, v: float, was: list[bool]) -> list[bool]:
-        r, h = self.r, self.hist[row]
-        lim = [float(x) for x in r.limit[row]]
-        db = [float(x) for x in r.deadband[row]]
-        new = [False] * K
-        for col in (HH, H):
-            new[col] = v >= lim[col] - (db[col] if was[col] else 0.0)
-        for col in (L, LL):
-            new[col] = v <= lim[col] + (db[col] if was[col] else 0.0)
-        rate = math.nan
-        window = int(r.roc_window_us[row])
-        if window > 0:
-            if h.anchor is None:
-                h.anchor = h.candidate = (ts, v)
-            else:
-                assert h.candidate is not None
-                if ts - h.candidate[0] >= window:
-                    h.anchor, h.candidate = h.candidate, (ts, v)
-                span = ts - h.anchor[0]
-                if span >= window:
-                    rate = (v - h.anchor[1]) * 60_000_000.0 / float(span)
-            h.rate = rate
-        new[ROC_UP] = rate >= lim[ROC_UP] - (db[ROC_UP] if was[ROC_UP] else 0.0)
-        new[ROC_DOWN] = -rate >= lim[ROC_DOWN] - (db[ROC_DOWN] if was[ROC_DOWN] else 0.0)
-        new[STATE] = v == lim[STATE]
-        new[OUT_OF_RANGE] = v < float(r.oor_lo[row]) or v > float(r.oor_hi[row])
-        after = int(r.frozen_us[row])
-        if after > 0:
-            same = abs(v - h.frz_ref) <= float(r.frozen_tol[row])
-            if not same:
-                h.frz_ref, h.frz_ts = v, ts
-            new[FROZEN] = same and ts - h.frz_ts >= after
-        return new
+        self.last_t[row] = ts
+        if q < 128 and math.isfinite(v):
+            self.last_v[row] = v
+        return self._follow(self.conditions.sample(row, ts, v, q))
 
     def _design_suppression(self) -> list[AlarmEvent]:
         events = []
         for e, is_row in enumerate(self.r.in_service_rows.tolist()):
-            v = self.hist[is_row].last_v
+            v = self.last_v[is_row]
             if math.isnan(v):
                 continue
             state = int(v != 0)
@@ -236,7 +174,7 @@ class ReferenceEngine:
                 continue
             was_out = self.in_service[e] == 0
             self.in_service[e] = state
-            t = self.hist[is_row].last_ts
+            t = self.last_t[is_row]
             assert t is not None
             deps = self.r.dependents[self.r.dependents_ptr[e] : self.r.dependents_ptr[e + 1]].tolist()
             for row in sorted(deps):
@@ -288,18 +226,7 @@ class ReferenceEngine:
                 until = self.cells[row][col].shelved_until
                 if until is not None and until <= now:
                     events.extend(self._unmask(row, col, "shelf", "unshelve", now, None, "shelving expired"))
-        for row in range(self.r.rows):
-            after = int(self.r.stale_us[row])
-            cell = self.cells[row][STALE]
-            seen = self.hist[row].seen_ts
-            assert seen is not None
-            if after > 0 and cell.enabled and not cell.cond and now - seen >= after:
-                cell.cond, cell.cond_ts = True, now
-        for row in range(len(self.cells)):
-            for col in range(K):
-                cell = self.cells[row][col]
-                if cell.cond != cell.alarm:
-                    events.extend(self._lifecycle(row, col, now))
+        events += self._follow(self.conditions.tick(now))
         for row in range(len(self.cells)):
             for col in range(K):
                 cell = self.cells[row][col]
@@ -375,7 +302,7 @@ class ReferenceEngine:
     # -- devices
     def register_device(self, device: str, tag_rows: list[int]) -> None:
         row = len(self.cells)
-        self.cells.append([Cell(enabled=(c == BAD)) for c in range(K)])
+        self.cells.append([Cell(enabled=(c == BAD), machine=Machine(0, 0) if c == BAD else None) for c in range(K)])
         self.owners.append(device)
         self.devices[device] = (row, sorted(set(tag_rows)))
 
@@ -383,11 +310,16 @@ class ReferenceEngine:
         self._start(now)
         row, tags = self.devices[device]
         cell = self.cells[row][BAD]
+        assert cell.machine is not None
         if cell.cond == (not ok):
             return []
-        cell.cond, cell.cond_ts = not ok, now
+        cell.machine.active = not ok
         events = self._lifecycle(row, BAD, now)
+        assert self.conditions.tags is not None
         if not ok:
+            for r in tags:  # the tags' input is lost: their delays start afresh from new readings
+                for machine in self.conditions.tags[r].machines.values():
+                    machine.restart()
             for r in tags:
                 for col in range(K):
                     if self.cells[r][col].enabled:
@@ -399,9 +331,11 @@ class ReferenceEngine:
         for r in tags:
             if r in still_lost:
                 continue
-            h = self.hist[r]
-            h.seen_ts = now if h.seen_ts is None else max(h.seen_ts, now)
-            self.cells[r][STALE].cond, self.cells[r][STALE].cond_ts = False, now
+            tag = self.conditions.tags[r]
+            tag.seen = max(tag.seen, now)  # stale counting restarts; a stale condition is over
+            stale = tag.machines.get(STALE)
+            if stale is not None:
+                stale.active, stale.run_start = False, None
         for r in tags:
             if r in still_lost:
                 continue

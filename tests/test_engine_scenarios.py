@@ -107,10 +107,11 @@ def test_discrete_state_and_quality_alarms(engine: AlarmEngine) -> None:
         ("TK.PT:pressure.HH", "activate", "normal", "active_unack"),
         ("TK.PT:quality.OUT_OF_RANGE", "activate", "normal", "active_unack"),
     ]
-    assert brief(feed(engine, 3, "TK.PT", 5.0, quality=130)) == [
-        ("TK.PT:pressure.H", "activate", "normal", "active_unack"),  # held through the bad reading: 1 s passed
-    ]  # BAD itself waits for its 1 s on-delay
+    # H's 1 s on-delay began at 2 s; a bad reading completes no delay (and BAD waits for its own 1 s)
+    assert brief(feed(engine, 3, "TK.PT", 5.0, quality=130)) == []
     assert brief(engine.tick(4 * S)) == [("TK.PT:quality.BAD", "activate", "normal", "active_unack")]
+    assert engine.get("TK.PT:pressure.H").state is N  # nor does the clock, on the strength of bad data
+    assert engine.get("TK.PT:pressure.HH").state is A  # and bad data clears nothing
     nan = feed(engine, 5, "TK.LT", float("nan"))
     assert nan == []
     assert engine.get("TK.LT:quality.BAD").state is N  # pending its on-delay

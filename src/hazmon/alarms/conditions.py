@@ -1,8 +1,10 @@
 """Condition kernels of the engine: vectorized evaluation of one round of readings (one per tag).
 
-``quiet_band`` precomputes, per tag, the open interval of values that set no limit, state or
-range condition; ``Evaluator`` computes the condition bits for rate of change, freezing, and (for
-readings outside the quiet band) limits, discrete state, range and quality.
+Each kernel says, per reading and condition, whether the reading *counts toward activation* (``on``
+bits) and whether it *counts toward clearing* (``off`` bits); the engine's state machines
+(docs/alarms.md, "Condition semantics") turn these into activations and clearances after the
+delays. Bad readings count toward nothing but the quality alarm. ``quiet_band`` precomputes, per
+tag, the open interval of values that count toward no limit, state or range activation.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import numpy as np
 import numpy.typing as npt
 
 from hazmon.alarms.compiler import CompiledRules
-from hazmon.alarms.rules import BAD, FROZEN, HH, LL, OUT_OF_RANGE, ROC_DOWN, ROC_UP, STATE, H, L
-from hazmon.alarms.state import NONE_TS, TagState, column_bits
+from hazmon.alarms.rules import BAD, FROZEN, HH, LL, OUT_OF_RANGE, ROC_DOWN, ROC_UP, STALE, STATE, H, L
+from hazmon.alarms.state import NONE_TS, TagState
 
 I64 = npt.NDArray[np.int64]
 U16 = npt.NDArray[np.uint16]
-HELD_BITS = column_bits(HH, H, L, LL, ROC_UP, ROC_DOWN, STATE, OUT_OF_RANGE, FROZEN)
 AUX_FROZEN, AUX_ROC = 1, 2
 _US_PER_MIN = 60_000_000.0
+_GOOD_OFF = np.uint16((1 << BAD) | (1 << STALE))  # a good reading counts toward clearing these
+
+
+def _bits(flags: Any, col: int) -> U16:
+    out: U16 = flags.astype(np.uint16) << np.uint16(col)
+    return out
 
 
 class Evaluator:
@@ -37,28 +44,33 @@ class Evaluator:
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in (self.limit, self.deadband, self.aux, self.qlo, self.qhi))
 
-    def full(
-        self, r: npt.NDArray[np.intp], v: npt.NDArray[np.float64], oc: U16, valid: Any, new: U16, enabled: U16
-    ) -> U16:
-        """Limit, state, range and quality bits for readings that are not quiet."""
+    def full(self, r: npt.NDArray[np.intp], v: npt.NDArray[np.float64], valid: Any, enabled: U16) -> tuple[U16, U16]:
+        """(on, off) bits of limits, state, range, quality and staleness for readings that are not quiet."""
         lim, db, rc = self.limit, self.deadband, self.rules
-        one = np.uint16(1)
+        on = np.zeros(len(r), np.uint16)
+        off = np.zeros(len(r), np.uint16)
         for col in (HH, H):
-            was = (oc >> np.uint16(col)) & one
-            new |= (v >= lim[r, col] - db[r, col] * was).astype(np.uint16) << np.uint16(col)
+            x = lim[r, col]
+            on |= _bits(v >= x, col)
+            off |= _bits(v < x - db[r, col], col)
         for col in (L, LL):
-            was = (oc >> np.uint16(col)) & one
-            new |= (v <= lim[r, col] + db[r, col] * was).astype(np.uint16) << np.uint16(col)
-        new |= (v == lim[r, STATE]).astype(np.uint16) << np.uint16(STATE)
-        new |= ((v < rc.oor_lo[r]) | (v > rc.oor_hi[r])).astype(np.uint16) << np.uint16(OUT_OF_RANGE)
-        bad = (enabled & np.uint16(1 << BAD)) | (oc & HELD_BITS)
-        result: U16 = np.where(valid, new, bad).astype(np.uint16)
-        return result
+            x = lim[r, col]
+            on |= _bits(v <= x, col)
+            off |= _bits(v > x + db[r, col], col)
+        x = lim[r, STATE]
+        on |= _bits(v == x, STATE)
+        off |= _bits(v != x, STATE)
+        outside = (v < rc.oor_lo[r]) | (v > rc.oor_hi[r])
+        on |= _bits(outside, OUT_OF_RANGE)
+        off |= _bits(~outside, OUT_OF_RANGE) | _GOOD_OFF
+        on_out: U16 = np.where(valid, on, enabled & np.uint16(1 << BAD)).astype(np.uint16)
+        off_out: U16 = np.where(valid, off, np.uint16(0)).astype(np.uint16)
+        return on_out, off_out
 
     def rate(
-        self, rows: npt.NDArray[np.intp], ts: I64, v: npt.NDArray[np.float64], valid: Any, aux: Any, oc: U16, new: U16
+        self, rows: npt.NDArray[np.intp], ts: I64, v: npt.NDArray[np.float64], valid: Any, aux: Any, on: U16, off: U16
     ) -> None:
-        """Rate-of-change bits for the readings of tags with a ROC rule (endpoints over the window)."""
+        """Rate-of-change bits for the good readings of tags with a ROC rule (endpoints over the window)."""
         sel = np.flatnonzero(valid & ((aux & AUX_ROC) != 0))
         if len(sel) == 0:
             return
@@ -76,16 +88,17 @@ class Evaluator:
         ok = span >= w
         rate = np.where(ok, (vv - va) * _US_PER_MIN / np.where(ok, span, 1).astype(np.float64), np.nan)
         t.rate[r] = rate
-        o = oc[sel]
-        bits = np.zeros(len(sel), np.uint16)
+        on_bits = np.zeros(len(sel), np.uint16)
+        off_bits = np.zeros(len(sel), np.uint16)
         for col, sign in ((ROC_UP, 1.0), (ROC_DOWN, -1.0)):
-            was = (o >> np.uint16(col)) & np.uint16(1)
-            thr = self.limit[r, col] - self.deadband[r, col] * was
-            bits |= (sign * rate >= thr).astype(np.uint16) << np.uint16(col)
-        new[sel] |= bits
+            x = self.limit[r, col]
+            on_bits |= _bits(sign * rate >= x, col)  # no rate yet (NaN): neither
+            off_bits |= _bits(sign * rate < x - self.deadband[r, col], col)
+        on[sel] |= on_bits
+        off[sel] |= off_bits
 
     def frozen(
-        self, rows: npt.NDArray[np.intp], ts: I64, v: npt.NDArray[np.float64], valid: Any, aux: Any, new: U16
+        self, rows: npt.NDArray[np.intp], ts: I64, v: npt.NDArray[np.float64], valid: Any, aux: Any, on: U16, off: U16
     ) -> None:
         sel = np.flatnonzero(valid & ((aux & AUX_FROZEN) != 0))
         if len(sel) == 0:
@@ -97,11 +110,14 @@ class Evaluator:
         t.frz_ref[r] = np.where(same, ref, vv)
         moved = ~same
         t.frz_ts[r[moved]] = tt[moved]
+        frozen = np.zeros(len(sel), np.bool_)
         still = np.flatnonzero(same)  # usually few: live signals move
         if len(still):
             rs = r[still]
-            frozen = still[tt[still] - t.frz_ts[rs] >= rc.frozen_us[rs]]
-            new[sel[frozen]] |= np.uint16(1 << FROZEN)
+            frozen[still] = tt[still] - t.frz_ts[rs] >= rc.frozen_us[rs]
+        fbit = np.uint16(1 << FROZEN)
+        on[sel[frozen]] |= fbit
+        off[sel[~frozen]] |= fbit
 
 
 def quiet_band(rc: CompiledRules) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:

@@ -1,27 +1,28 @@
 """The rule engine: reading batches in, alarm events out, vectorized over tags (ISA-18.2 lifecycle).
 
 State lives in arrays indexed by tag row. The eleven conditions of a row (:data:`hazmon.alarms.rules.COLUMNS`)
-are bits of one uint16 per row in ``cond`` (raw condition, after deadband), ``alarm`` (alarm
-active, after on/off-delay and latching), ``acked`` and the mask words (out of service, shelved,
+are bits of one uint16 per row in ``cond`` (condition active, after deadband and on/off-delays),
+``pend`` (a run of samples toward the other state is under way; its start in ``run_ts``), ``alarm``
+(alarm active, after latching and masking), ``acked`` and the mask words (out of service, shelved,
 suppressed by design, suppressed by communication loss). A batch is evaluated column by column
-over all its readings at once; the lifecycle then runs only on the few cells whose condition and
-alarm bits disagree. Semantics, stated once (the reference implementation in
-tests/alarm_reference.py follows them reading by reading):
+over all its readings at once; the state machines and the lifecycle then run only on the few cells
+with a run under way or a change. Semantics (docs/alarms.md, "Condition semantics"; the reference
+tests/isa182_reference.py is written from that text, not from this code):
 
 * Readings of a tag are taken in time order; one older than the tag's last reading is counted in
   ``stats["old_readings"]`` and ignored. When a tag repeats within a batch the batch runs in
   rounds (k-th reading of every tag), each round vectorized.
-* A reading is *valid* when its quality is below BAD (128) and its value is finite. Invalid
-  readings set ``quality.BAD`` and leave every value-based condition as it was.
-* High limits are active at ``value >= limit`` and clear below ``limit - deadband``; low limits
-  mirror this. Rate of change is ``(v - v_a) / (t - t_a)`` per minute against an anchor at least
-  ``window`` old (two anchors, shifted every window, so the span lies in [window, 2*window) with
-  steady data). Frozen: unchanged (within tolerance) for ``after``. Stale: no reading for
-  ``after``, evaluated by :meth:`tick`; a reading clears it.
-* On-delay / off-delay are measured from the time the raw condition last changed and checked at
-  readings of the tag and at ticks. Events carry the time of the reading or tick that decided them.
+* A reading is *good* when its quality is below BAD (128) and its value is finite. Each good
+  reading counts toward activating an inactive condition or toward clearing an active one, or
+  neither: high limits count toward activation at ``value >= limit`` and toward clearing below
+  ``limit - deadband`` (low limits mirror this). A condition changes state once its samples have
+  counted continuously for the on-delay (off-delay); a sample that does not count restarts it.
+* Bad readings count toward nothing but ``quality.BAD``: they restart every delay and never
+  activate or clear a value condition. Nor does stale input: a reading after a gap of the tag's
+  stale time, or a tick during one, restarts every delay. Ticks complete delays on the strength
+  of the last (good) reading. Events carry the time of the reading or tick that decided them.
 * Masking (shelve, out of service, suppression) resets the alarm to normal and stops its
-  lifecycle; the raw condition is still tracked. Unmasking re-evaluates the alarm at once.
+  lifecycle; the condition's state machine keeps running. Unmasking re-evaluates the alarm at once.
 * Suppression by design: after a batch, each equipment whose in-service tag's last valid value is
   0 has the alarms of its other tags suppressed, stamped with that tag's last reading time.
 """
@@ -69,6 +70,7 @@ I64 = npt.NDArray[np.int64]
 U16 = npt.NDArray[np.uint16]
 Pairs = tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], I64]
 _LOUD_BITS = column_bits(HH, H, L, LL, STATE, OUT_OF_RANGE, BAD, STALE)
+_NEVER = np.iinfo(np.int64).max
 
 
 class AlarmEngine:
@@ -83,6 +85,8 @@ class AlarmEngine:
         self.eval = Evaluator(compiled, self.tags)
         self.stats: dict[str, int] = {"batches": 0, "readings": 0, "old_readings": 0, "unknown_tags": 0}
         self._epoch: int | None = None
+        # stale time per tag; a tag without a stale rule never goes stale
+        self._stale_after = np.where(compiled.stale_us > 0, compiled.stale_us, _NEVER).astype(np.int64)
         self._row_of: dict[str, int] = {t: r for r, t in enumerate(compiled.tag_ids) if t is not None}
         self._owner: list[str | None] = list(compiled.tag_ids)
         self._devices: dict[str, int] = {}
@@ -136,7 +140,7 @@ class AlarmEngine:
     def _start_clock(self, now_us: int) -> None:
         if self._epoch is None:
             self._epoch = now_us
-            self.tags.stale_ref.fill(now_us)
+            self.tags.seen.fill(now_us)
 
     def _round(
         self,
@@ -155,38 +159,67 @@ class AlarmEngine:
             keep = ~old
             rows, ts, v, q = rows[keep], ts[keep], v[keep], q[keep]
         t.last_ts[rows] = ts
+        seen = t.seen[rows]
+        gap = ts - seen >= self._stale_after[rows]  # the input went stale since the last sign of life
+        if gap.any():
+            c.pend[rows[gap]] = 0
+        t.seen[rows] = np.maximum(seen, ts)
         good_q = q < _BAD_QUALITY
         valid = good_q & np.isfinite(v)
         all_valid = bool(valid.all())
         oc = c.cond[rows]
-        new = np.zeros(len(rows), np.uint16)
+        on = np.zeros(len(rows), np.uint16)
+        off = np.zeros(len(rows), np.uint16)
         ev = self.eval
         aux = ev.aux[rows]
-        ev.rate(rows, ts, v, valid, aux, oc, new)
-        ev.frozen(rows, ts, v, valid, aux, new)
+        ev.rate(rows, ts, v, valid, aux, on, off)
+        ev.frozen(rows, ts, v, valid, aux, on, off)
         quiet = ((oc & _LOUD_BITS) == 0) & (v > ev.qlo[rows]) & (v < ev.qhi[rows]) & good_q
         loud = np.flatnonzero(~quiet)
         if len(loud):
             lr = rows[loud]
-            new[loud] = ev.full(lr, v[loud], oc[loud], valid[loud], new[loud], c.enabled[lr])
-        changed = new ^ oc
-        c.cond[rows] = new
+            on_l, off_l = ev.full(lr, v[loud], valid[loud], c.enabled[lr])
+            on[loud] |= on_l
+            off[loud] |= off_l
         if all_valid:
             t.last_v[rows] = v
         else:
             t.last_v[rows] = np.where(valid, v, t.last_v[rows])
-        if changed.any():
-            ii, cols = bits_to_pairs(changed)
-            c.cond_ts[rows[ii], cols] = ts[ii]
-        todo = (new ^ c.alarm[rows]) & ~c.masked[rows]
-        if todo.any():
-            ii, cols = bits_to_pairs(todo)
-            for r, cc, event in self._lifecycle((rows[ii], cols, ts[ii])):
+        toward = (on & ~oc) | (off & oc)
+        pend = c.pend[rows]
+        work = toward | pend
+        if work.any():
+            for r, cc, event in self._advance(rows, ts, oc, toward, pend, work):
                 out.append((event.ts_us, r, k, cc, event))
+
+    def _advance(
+        self, rows: npt.NDArray[np.intp], ts: I64, oc: U16, toward: U16, pend: U16, work: U16
+    ) -> list[tuple[int, int, AlarmEvent]]:
+        """The state machines of the cells with a sample counting toward a change or a run under way."""
+        c = self.cells
+        nz = np.flatnonzero(work)
+        ii, cols = bits_to_pairs(work)
+        r, tt = rows[ii], ts[ii]
+        bit = (np.uint16(1) << cols.astype(np.uint16)).astype(np.uint16)
+        counts = (toward[ii] & bit) != 0
+        running = (pend[ii] & bit) != 0
+        start = np.where(running, c.run_ts[r, cols], tt)
+        tm = c.timing[r, cols]
+        delay = np.where((oc[ii] & bit) != 0, c.off_delay_us[tm], c.on_delay_us[tm])
+        done = counts & (tt - start >= delay)
+        begin = counts & ~running & ~done
+        c.run_ts[r[begin], cols[begin]] = tt[begin]
+        flip = np.zeros(len(rows), np.uint16)
+        np.bitwise_or.at(flip, ii[done], bit[done])
+        c.pend[rows[nz]] = toward[nz] & ~flip[nz]
+        if not done.any():
+            return []
+        c.cond[rows[nz]] = oc[nz] ^ flip[nz]
+        return self._lifecycle((r[done], cols[done], tt[done]))
 
     # ------------------------------------------------------------------ lifecycle
     def _lifecycle(self, pairs: Pairs) -> list[tuple[int, int, AlarmEvent]]:
-        """Activate or clear the given cells where their delays have passed; events in input order."""
+        """Activate or clear the alarms of the given cells to follow their conditions; events in input order."""
         r, col, now = pairs
         c = self.cells
         b = (np.uint16(1) << col.astype(np.uint16)).astype(np.uint16)
@@ -194,10 +227,8 @@ class AlarmEngine:
         alarm = (c.alarm[r] & b) != 0
         live = (c.masked[r] & b) == 0
         latch = (c.latch[r] & b) != 0
-        held = now - c.cond_ts[r, col]
-        tm = c.timing[r, col]
-        act = live & cond & ~alarm & (held >= c.on_delay_us[tm])
-        clr = live & ~cond & alarm & ~latch & (held >= c.off_delay_us[tm])
+        act = live & cond & ~alarm
+        clr = live & ~cond & alarm & ~latch
         events: list[tuple[int, int, AlarmEvent]] = []
         for i in np.flatnonzero(act | clr).tolist():
             rr, cc, t = int(r[i]), int(col[i]), int(now[i])
@@ -284,17 +315,27 @@ class AlarmEngine:
         for (r, col), until in sorted(self._shelved_until.items()):
             if until <= now_us:
                 events.extend(self._unmask(r, col, "shelf", Action.UNSHELVE, now_us, None, "shelving expired"))
-        n = self.n_tags
-        seen = np.maximum(t.last_ts, t.stale_ref)
-        stale = (self.rules.stale_us > 0) & (now_us - seen >= self.rules.stale_us)
-        sbit = np.uint16(1 << STALE)
-        newly = np.flatnonzero(stale & ((c.cond[:n] & sbit) == 0) & ((c.enabled[:n] & sbit) != 0))
-        c.cond[newly] |= sbit
-        c.cond_ts[newly, STALE] = now_us
-        todo = (c.cond ^ c.alarm) & ~c.masked
-        if todo.any():
-            rs, cs = bits_to_pairs(todo)
-            events.extend(e for _, _, e in self._lifecycle((rs, cs, np.full(len(rs), now_us, np.int64))))
+        stale = np.flatnonzero(now_us - t.seen >= self._stale_after)
+        if len(stale):
+            sbit = np.uint16(1 << STALE)
+            c.pend[stale] &= sbit  # nothing completes on stale input: every other run starts afresh
+            counts = (c.enabled[stale] & ~c.cond[stale] & sbit) != 0  # toward activating STALE
+            c.pend[stale[~counts]] = 0
+            begin = stale[counts & ((c.pend[stale] & sbit) == 0)]
+            c.run_ts[begin, STALE] = now_us
+            c.pend[begin] |= sbit
+        if c.pend.any():  # runs under way complete on the strength of the last (good) reading
+            rs, cs = bits_to_pairs(c.pend)
+            tm = c.timing[rs, cs]
+            bit = (np.uint16(1) << cs.astype(np.uint16)).astype(np.uint16)
+            delay = np.where((c.cond[rs] & bit) != 0, c.off_delay_us[tm], c.on_delay_us[tm])
+            done = now_us - c.run_ts[rs, cs] >= delay
+            if done.any():
+                rs, cs, bit = rs[done], cs[done], bit[done]
+                np.bitwise_xor.at(c.cond, rs, bit)
+                np.bitwise_and.at(c.pend, rs, ~bit)
+                pairs = (rs, cs, np.full(len(rs), now_us, np.int64))
+                events.extend(e for _, _, e in self._lifecycle(pairs))
         due = c.alarm & ~c.acked & ~c.masked & c.realarm
         if due.any():
             rs, cs = bits_to_pairs(due)
@@ -397,10 +438,10 @@ class AlarmEngine:
         if lost == (not ok):
             return []
         c.cond[r] ^= bad
-        c.cond_ts[r, BAD] = now_us
         events = [e for _, _, e in self._lifecycle((np.array([r]), np.array([BAD]), np.array([now_us], np.int64)))]
         tag_rows = self._device_tags[device_id]
         if not ok:
+            c.pend[tag_rows] = 0  # the tags' input is lost: every delay starts afresh from new readings
             return events + self._mask_rows(
                 tag_rows, "supc", Action.SUPPRESS, now_us, None, f"communication lost: {device_id}"
             )
@@ -411,22 +452,28 @@ class AlarmEngine:
             for x in rows
         }
         back = [int(x) for x in tag_rows if int(x) not in still_lost]
-        self.tags.stale_ref[back] = now_us
+        self.tags.seen[back] = np.maximum(self.tags.seen[back], now_us)
         sbit = np.uint16(1 << STALE)
         c.cond[back] &= ~sbit
-        c.cond_ts[back, STALE] = now_us
+        c.pend[back] &= ~sbit
         return events + self._unmask_rows(
             back, "supc", Action.UNSUPPRESS, now_us, None, f"communication restored: {device_id}"
         )
 
     def refresh_stale(self, tag_keys: npt.ArrayLike, now_us: int) -> None:
         """The source of these tags is alive although they sent nothing (an OPC UA subscription
-        reports changes only): they are not stale. A standing stale alarm clears at the next tick."""
-        keys = np.asarray(tag_keys, dtype=np.int64)
+        reports changes only): they are not stale. A standing stale alarm counts this toward clearing,
+        completed by the clock (at the next tick with no off-delay)."""
+        keys = np.unique(np.asarray(tag_keys, dtype=np.int64))
         t, c = self.tags, self.cells
-        t.stale_ref[keys] = np.maximum(t.stale_ref[keys], now_us)
+        self._start_clock(now_us)
+        t.seen[keys] = np.maximum(t.seen[keys], now_us)
         sbit = np.uint16(1 << STALE)
-        c.cond[keys] &= ~sbit
+        active = (c.cond[keys] & sbit) != 0
+        c.pend[keys[~active]] &= ~sbit
+        begin = keys[active & ((c.pend[keys] & sbit) == 0)]
+        c.run_ts[begin, STALE] = now_us
+        c.pend[begin] |= sbit
 
     # ------------------------------------------------------------------ operator operations
     def acknowledge(self, alarm_id: str, user: str, comment: str | None, now_us: int) -> list[AlarmEvent]:
@@ -550,7 +597,7 @@ class AlarmEngine:
             for word, on in (("alarm", s.active), ("acked", s.acked), ("cond", s.active)):
                 arr = getattr(c, word)
                 arr[r] = (arr[r] | b) if on else (arr[r] & ~b)
-            c.cond_ts[r, col] = s.since_us
+            c.pend[r] &= ~b  # a delay under way before the restart is not completed by it
             c.annunc_ts[r, col] = s.since_us
             c.activated_ts[r, col] = NONE_TS if s.activated_us is None else s.activated_us
             if s.out_of_service:

@@ -3,6 +3,10 @@
 A *cell* is one condition column of one row (a tag, or a device appended after the tags). The
 boolean per-cell state is packed as bits of one uint16 per row (bit ``col`` = column ``col`` of
 :data:`hazmon.alarms.rules.COLUMNS`), so a batch touches one word per reading instead of eleven flags.
+
+Each cell is the state machine of docs/alarms.md ("Condition semantics"): ``cond`` says whether the
+condition is active (after deadband and delays), ``pend`` whether a run of samples counting toward
+the other state is under way, and ``run_ts`` when that run began.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ class CellState:
     enabled: U16
     latch: U16
     realarm: U16  # cells with a re-alarm time
-    cond: U16  # raw condition (after deadband)
+    cond: U16  # condition active (after deadband and on/off-delays)
+    pend: U16  # a run toward the other state is under way (its start in run_ts)
     alarm: U16  # alarm active (after delays and latching)
     acked: U16
     masked: U16  # any of the four masks below
@@ -61,7 +66,7 @@ class CellState:
     shelf: U16
     supd: U16  # suppressed by design
     supc: U16  # suppressed by communication loss
-    cond_ts: I64  # (rows, K) time the raw condition last changed
+    run_ts: I64  # (rows, K) first sample of the pending run (meaningful where pend is set)
     annunc_ts: I64  # (rows, K) time of the last (re-)annunciation
     activated_ts: I64  # (rows, K) time the alarm last became active; NONE_TS once it is normal
 
@@ -79,6 +84,7 @@ class CellState:
             latch=_pack(rc.latch) & enabled,
             realarm=_pack(rc.realarm_us[rc.timing] > 0) & enabled,
             cond=np.zeros(n, np.uint16),
+            pend=np.zeros(n, np.uint16),
             alarm=np.zeros(n, np.uint16),
             acked=enabled.copy(),
             masked=np.zeros(n, np.uint16),
@@ -86,7 +92,7 @@ class CellState:
             shelf=np.zeros(n, np.uint16),
             supd=np.zeros(n, np.uint16),
             supc=np.zeros(n, np.uint16),
-            cond_ts=np.zeros((n, K), np.int64),
+            run_ts=np.zeros((n, K), np.int64),
             annunc_ts=np.zeros((n, K), np.int64),
             activated_ts=np.full((n, K), NONE_TS, np.int64),
         )
@@ -132,7 +138,7 @@ class TagState:
     """Per-tag signal history (rows of tags only, no devices)."""
 
     last_ts: I64  # last accepted reading, for ordering
-    stale_ref: I64  # stale counts from max(last_ts, stale_ref): engine start, communication restored
+    seen: I64  # last sign of life: a reading of any quality, engine start, communication restored
     last_v: F64  # last valid value
     rate: F64  # last rate of change, units per minute
     frz_ref: F64
@@ -146,7 +152,7 @@ class TagState:
 
     def __init__(self, n: int) -> None:
         self.last_ts = np.full(n, NONE_TS, np.int64)
-        self.stale_ref = np.full(n, NONE_TS, np.int64)
+        self.seen = np.full(n, NONE_TS, np.int64)
         self.last_v = np.full(n, np.nan)
         self.rate = np.full(n, np.nan)
         self.frz_ref = np.full(n, np.nan)
