@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,8 +26,59 @@ class ConfigError(Exception):
     """A setting is invalid; the message names every offending key."""
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+class UplinkSettings(BaseModel):
+    """The uplink to the provincial risk-monitoring platform (docs/uplink.md); off while ``endpoint`` is unset.
+
+    Environment: ``HAZMON_UPLINK__ENDPOINT``, ``HAZMON_UPLINK__APP_ID``, … (or ``uplink:`` in the YAML file).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str | None = Field(default=None, description="the platform's URL that takes the POSTs (https://)")
+    app_id: str | None = Field(default=None, description="application id issued by the authority")
+    app_secret: SecretStr | None = Field(default=None, description="application secret issued by the authority")
+    sm4_key: SecretStr | None = Field(default=None, description="SM4 key issued by the authority, 32 hex digits")
+    sm4_iv: SecretStr | None = Field(default=None, description="SM4-CBC IV issued by the authority, 32 hex digits")
+    interval_s: float = Field(default=10.0, gt=0, description="how often real-time values are sent")
+    tags: list[str] | None = Field(
+        default=None, description="tags sent; unset: every tag of a major hazard installation"
+    )
+    heartbeat_s: float = Field(default=60.0, gt=0, description="heartbeat period")
+    backlog_alarm_s: float = Field(default=300.0, gt=0, description="alarm hazmon.uplink when the backlog is older")
+    queue_max_mb: float = Field(default=256.0, gt=0, description="disk queue bound; beyond it the oldest go")
+    timeout_s: float = Field(default=10.0, gt=0, description="HTTP timeout of one POST")
+
+    @model_validator(mode="after")
+    def _complete(self) -> UplinkSettings:
+        if self.endpoint is None:
+            return self
+        url = self.endpoint.strip()
+        loopback = any(url.startswith(f"http://{h}:") or url.startswith(f"http://{h}/") for h in _LOOPBACK_HOSTS)
+        if not url.startswith("https://") and not loopback:
+            raise ValueError(f"endpoint {url!r}: use https:// (plain http only to a loopback receiver)")
+        missing = [n for n in ("app_id", "app_secret", "sm4_key", "sm4_iv") if not _given(getattr(self, n))]
+        if missing:
+            raise ValueError(f"the endpoint is set: set {', '.join(missing)} too (issued by the authority)")
+        for name in ("sm4_key", "sm4_iv"):
+            value = getattr(self, name).get_secret_value().strip()
+            if len(value) != 32 or any(c not in "0123456789abcdefABCDEF" for c in value):
+                raise ValueError(f"{name}: must be 32 hexadecimal digits (128 bits)")
+        return self
+
+
+def _given(v: str | SecretStr | None) -> bool:
+    if isinstance(v, SecretStr):
+        v = v.get_secret_value()
+    return bool(v and v.strip())
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HAZMON_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="HAZMON_", extra="forbid", validate_default=True, env_nested_delimiter="__"
+    )
 
     database_url: str | None = Field(
         default=None, description="PostgreSQL/TimescaleDB URL; unset: an embedded PostgreSQL in data_dir"
@@ -43,6 +94,7 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=90, description="raw readings kept this long")
     rollup_interval_s: float = Field(default=60.0, gt=0, description="how often hazmon maintains rollups")
     db_pool_size: int = Field(default=8, ge=1, le=200)
+    uplink: UplinkSettings = Field(default_factory=UplinkSettings, description="provincial platform uplink")
 
     @field_validator("retention_days")
     @classmethod

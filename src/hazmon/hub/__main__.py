@@ -1,0 +1,5 @@
+import sys
+
+from hazmon.hub.cli import main
+
+sys.exit(main())
