@@ -290,3 +290,39 @@ async def make_certificates(directory: Path) -> dict[str, Path]:
         await setup_self_signed_certificate(key, cert, uri, "localhost", [use], {"commonName": f"hazmon-test-{role}"})
         out[f"{role}_key"], out[f"{role}_cert"] = key, cert
     return out
+
+
+class PtyPair:
+    """A virtual serial cable: two ptys joined by socat (Debian's ``socat``), as ``a`` and ``b`` paths.
+
+    What is written to one end is read at the other, like an RS-485 line between a PLC and hazmon.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.a = directory / "ttyA"
+        self.b = directory / "ttyB"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 (a long-lived peer, like Mosquitto above)
+            ["socat", f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise AssertionError(f"socat exited: {err}")
+            return self.a.exists() and self.b.exists()
+
+        await wait_for(ready, 10, "socat's pty pair")
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            await asyncio.to_thread(self.proc.wait, 10)
+            if self.proc.stderr:
+                self.proc.stderr.close()
+            self.proc = None

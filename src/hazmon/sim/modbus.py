@@ -1,4 +1,4 @@
-"""Modbus TCP PLCs: one pymodbus server per (host, port), one process image per unit id.
+"""Modbus PLCs: one pymodbus server per (host, port) or RTU serial line, one process image per unit id.
 
 Each device of a ``ModbusGateway`` config is a PLC answering on its unit id. Its process image is
 four numpy arrays (holding and input registers as uint16, coils and discrete inputs as bool)
@@ -22,10 +22,10 @@ import numpy as np
 import numpy.typing as npt
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from hazmon.gateways.config import ModbusDevice, ModbusTable, ModbusType
+from hazmon.gateways.config import ModbusDevice, ModbusSerial, ModbusTable, ModbusType
 from hazmon.reading import Quality
 
 log = logging.getLogger(__name__)
@@ -182,23 +182,36 @@ class _Datastore:
 
 
 class ModbusEndpoint:
-    """One Modbus TCP listening socket serving the PLCs (unit ids) configured on it."""
+    """One Modbus TCP listening socket, or one RTU serial line, serving the PLCs (unit ids) configured on it."""
 
     protocol = "modbus"
 
-    def __init__(self, host: str, port: int, devices: list[ModbusDevice], index: dict[str, int]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        devices: list[ModbusDevice],
+        index: dict[str, int],
+        *,
+        serial: ModbusSerial | None = None,
+    ) -> None:
         units = [d.unit for d in devices]
         if len(set(units)) != len(units):
-            raise ValueError(f"modbus {host}:{port}: two devices share a unit id")
+            where = serial.port if serial is not None else f"{host}:{port}"
+            raise ValueError(f"modbus {where}: two devices share a unit id")
         self.host = host
         self.port = port
+        self.serial = serial
         self.devices = devices
         self.images = {d.unit: ProcessImage.build(d, index) for d in devices}
         self.store = _Datastore(self.images)
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
 
     @property
     def url(self) -> str:
+        if self.serial is not None:
+            s = self.serial
+            return f"modbus-rtu://{s.port}?baudrate={s.baudrate}&parity={s.parity}&stopbits={s.stopbits}"
         return f"modbus://{self.host}:{self.port}"
 
     @property
@@ -216,17 +229,30 @@ class ModbusEndpoint:
             return
         # pymodbus wants a SimDevice to build its own store; we swap in ours (reads hit our numpy images)
         placeholder = SimDevice(0, simdata=[SimData(0, values=0, datatype=DataType.REGISTERS)])
-        server = ModbusTcpServer(placeholder, address=(self.host, self.port), ignore_missing_devices=True)
+        server: ModbusTcpServer | ModbusSerialServer
+        if self.serial is not None:
+            s = self.serial
+            server = ModbusSerialServer(
+                placeholder,
+                port=s.port,
+                baudrate=s.baudrate,
+                parity=s.parity,
+                stopbits=s.stopbits,
+                bytesize=s.bytesize,
+                ignore_missing_devices=True,
+            )
+        else:
+            server = ModbusTcpServer(placeholder, address=(self.host, self.port), ignore_missing_devices=True)
         server.context = self.store  # type: ignore[assignment]
         await server.serve_forever(background=True)
         self._server = server
-        log.info("modbus server listening on %s:%d (units %s)", self.host, self.port, sorted(self.images))
+        log.info("modbus server on %s (units %s)", self.url, sorted(self.images))
 
     async def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             await server.shutdown()  # type: ignore[no-untyped-call]
-            log.info("modbus server on %s:%d stopped", self.host, self.port)
+            log.info("modbus server on %s stopped", self.url)
 
     def silence(self, units: set[int]) -> None:
         self.store.silent = set(units)

@@ -321,6 +321,7 @@ async def serve(
     opcua: list[OpcUaEndpoint] = []
     mqtt: list[MqttEndpoint] = []
     by_port: dict[tuple[str, int], list[ModbusDevice]] = {}
+    by_line: dict[str, list[ModbusDevice]] = {}
     shared_modbus: int | None = None
     for c in gateway_configs:
         if isinstance(c, OpcUaGateway):
@@ -332,6 +333,10 @@ async def serve(
         elif isinstance(c, ModbusGateway):
             devices = []
             for d in c.devices:
+                if d.serial is not None:  # RTU: served on the serial line the file names
+                    devices.append(d)
+                    by_line.setdefault(d.serial.port, []).append(d)
+                    continue
                 port = d.port
                 if modbus_port is not None:
                     if shared_modbus is None:
@@ -349,10 +354,11 @@ async def serve(
         configs.append(c)
     try:
         modbus = [ModbusEndpoint(h, p, devs, index) for (h, p), devs in by_port.items()]
+        modbus += [ModbusEndpoint("rtu", 0, devs, index, serial=devs[0].serial) for devs in by_line.values()]
     except ValueError as e:
         raise SimError(str(e)) from None
     sim = Simulation(model, configs, opcua, modbus, mqtt, speed)
-    served = {"opcua": bool(opcua), "modbus": bool(by_port), "mqtt": bool(mqtt)}
+    served = {"opcua": bool(opcua), "modbus": bool(by_port or by_line), "mqtt": bool(mqtt)}
     problems: list[Problem] = []
     for i, ev in scenario.comm_events():
         if sim._resolve(ev.target):
