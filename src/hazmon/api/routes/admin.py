@@ -9,8 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hazmon import audit
 from hazmon.api.deps import Admin, Configurer, RuntimeDep
-from hazmon.api.trail import record
-from hazmon.auth import AuthError, Role, create_token, list_tokens, revoke_token
+from hazmon.auth import AuthError, Principal, Role, create_token, list_tokens, revoke_token
 from hazmon.errors import InvalidFile
 from hazmon.regulator.sitecheck import parse_graded_site
 from hazmon.storage.registry import RegistryError, upsert_site
@@ -39,38 +38,54 @@ async def get_tokens(runtime: RuntimeDep, user: Admin) -> list[dict[str, Any]]:
 @router.post("/tokens", status_code=201, summary="Create a token; its secret is in this answer only")
 async def post_token(runtime: RuntimeDep, user: Admin, body: TokenRequest) -> dict[str, Any]:
     async def op() -> dict[str, Any]:
-        async with runtime.db.pool.acquire() as conn:
+        async with runtime.db.pool.acquire() as conn, conn.transaction():
             new = await create_token(
                 conn, body.role, sites=body.sites, enterprises=body.enterprises, name=body.name, created_by=user.label
             )
-        return {**new.info.as_dict(), "token": new.secret}
+            info = new.info
+            # In the same transaction: a token exists only with its audit row.
+            await audit.append(
+                conn,
+                actor=user.label,
+                token_id=user.token_id,
+                role=user.role.value,
+                action="token.create",
+                target=info.id,
+                detail={
+                    "role": info.role.value,
+                    "sites": info.sites,
+                    "enterprises": info.enterprises,
+                    "name": info.name,
+                },
+            )
+        return {**info.as_dict(), "token": new.secret}
 
     try:
-        out = await guarded(op, "create token")
+        return await guarded(op, "create token")
     except AuthError as e:
         raise HTTPException(422, str(e)) from None
-    await record(
-        runtime,
-        user,
-        "token.create",
-        out["id"],
-        None,
-        {"role": out["role"], "sites": out["sites"], "enterprises": out["enterprises"], "name": out["name"]},
-    )
-    return out
 
 
 @router.delete("/tokens/{token_id}", summary="Revoke a token (at once)")
 async def delete_token(runtime: RuntimeDep, user: Admin, token_id: str) -> dict[str, Any]:
     async def op() -> dict[str, Any]:
-        async with runtime.db.pool.acquire() as conn:
-            return (await revoke_token(conn, token_id)).as_dict()
+        async with runtime.db.pool.acquire() as conn, conn.transaction():
+            info = await revoke_token(conn, token_id)
+            await audit.append(
+                conn,
+                actor=user.label,
+                token_id=user.token_id,
+                role=user.role.value,
+                action="token.revoke",
+                target=info.id,
+                detail={"name": info.name},
+            )
+            return info.as_dict()
 
     try:
         out = await guarded(op, "revoke token")
     except AuthError as e:
         raise HTTPException(404, str(e)) from None
-    await record(runtime, user, "token.revoke", out["id"], None, {"name": out["name"]})
     return out
 
 
@@ -119,6 +134,7 @@ async def put_site(runtime: RuntimeDep, user: Configurer, site_id: str, body: di
         raise HTTPException(422, f"site.id is {site.id!r}, but the URL names {site_id!r}")
     if not user.covers(site.id, site.enterprise.id):
         raise HTTPException(403, f"site {site.id!r} (enterprise {site.enterprise.id!r}) is outside this token's scope")
+    enterprise = site.enterprise.id
 
     async def op() -> str:
         async with runtime.db.pool.acquire() as conn, conn.transaction():
@@ -127,11 +143,46 @@ async def put_site(runtime: RuntimeDep, user: Configurer, site_id: str, body: di
                 raise HTTPException(
                     403, f"site {site.id!r} belongs to enterprise {current!r}, outside this token's scope"
                 )
-            return str(await upsert_site(conn, site))
+            # The enterprise record in the body is written too: it must be one this token covers (listed,
+            # or the enterprise of a site in its scope, or not registered yet).
+            if not await enterprise_covered(conn, user, enterprise):
+                raise HTTPException(403, f"enterprise {enterprise!r} is outside this token's scope")
+            if current is not None and current != enterprise:
+                raise HTTPException(
+                    409,
+                    f"site {site.id!r} belongs to enterprise {current!r}: a site does not change enterprise "
+                    "through this endpoint",
+                )
+            summary = str(await upsert_site(conn, site))
+            # Recorded in the same transaction: the change is applied and audited, or neither.
+            await audit.append(
+                conn,
+                actor=user.label,
+                token_id=user.token_id,
+                role=user.role.value,
+                action="site.load",
+                target=site.id,
+                site_id=site.id,
+                detail={"summary": summary, "tags": len(site.tags), "enterprise": enterprise},
+            )
+            return summary
 
     try:
         summary = await guarded(op, "load site")
     except RegistryError as e:
         raise HTTPException(409, str(e)) from None
-    await record(runtime, user, "site.load", site.id, site.id, {"summary": summary, "tags": len(site.tags)})
     return {"site": site.id, "summary": summary, "applies_to_running_engine": False}
+
+
+async def enterprise_covered(conn: Any, user: Principal, enterprise: str) -> bool:
+    """Whether ``user`` may write the record of ``enterprise``: an admin, a token listing it, a token
+    seeing one of its sites, or an enterprise not registered yet."""
+    if user.unrestricted or enterprise in user.enterprises:
+        return True
+    known = await conn.fetchval("SELECT true FROM enterprises WHERE id = $1", enterprise)
+    if not known:
+        return True
+    mine = await conn.fetchval(
+        "SELECT true FROM sites WHERE enterprise_id = $1 AND id = ANY($2::text[]) LIMIT 1", enterprise, list(user.scope)
+    )
+    return bool(mine)
