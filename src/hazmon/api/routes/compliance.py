@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 
 from hazmon.alarms.alarm import split_alarm_id
 from hazmon.api.deps import Reader, RuntimeDep, ensure_sees
@@ -30,6 +30,12 @@ async def get_compliance(
     installation's GB 18218 grade."""
     if site is not None:
         ensure_sees(user, site, f"site {site!r}")
+    if enterprise is not None and not (
+        user.unrestricted
+        or enterprise in user.enterprises
+        or any(s.enterprise.id == enterprise and user.sees(s.id) for s in runtime.sites)
+    ):
+        raise HTTPException(403, f"enterprise {enterprise!r} is outside this token's scope")
     start = parse_since(since)
     period = datetime.now(UTC) - start
     sites = [
