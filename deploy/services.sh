@@ -25,6 +25,8 @@ if ! port_open 1883; then
   wait_port 1883 Mosquitto
 fi
 command -v mosquitto_pub >/dev/null || { apt-get update -qq && apt-get install -y -qq mosquitto-clients; }
+# the operator console is tested in a real browser (tests/test_console_browser.py)
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 # socat: the virtual RS-485 line (a pty pair) of the Modbus RTU tests
 command -v socat >/dev/null || { apt-get update -qq && apt-get install -y -qq socat; }
 bash "$here/timescaledb.sh" start >/dev/null

@@ -211,8 +211,12 @@ async def history(
     end: datetime | None = None,
     limit: int = 100,
     offset: int = 0,
+    tag: str | None = None,
+    priority: str | None = None,
+    user: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Journal entries, newest first, filtered by site, alarm and time range [start, end)."""
+    """Journal entries, newest first, filtered by site, alarm, time range [start, end), and for the
+    console's history search by tag (or device: the alarm's owner), priority and user."""
     try:
         rows = await conn.fetch(
             """SELECT id, ts, alarm_id, tag_id, site_id, condition, priority, action, prev_state,
@@ -220,6 +224,8 @@ async def history(
                FROM alarm_journal
                WHERE ($1::text IS NULL OR site_id = $1) AND ($2::text IS NULL OR alarm_id = $2)
                  AND ($3::timestamptz IS NULL OR ts >= $3) AND ($4::timestamptz IS NULL OR ts < $4)
+                 AND ($7::text IS NULL OR tag_id = $7 OR left(alarm_id, length($7) + 1) = $7 || ':')
+                 AND ($8::text IS NULL OR priority = $8) AND ($9::text IS NULL OR "user" = $9)
                ORDER BY ts DESC, id DESC LIMIT $5 OFFSET $6""",
             site,
             alarm_id,
@@ -227,6 +233,9 @@ async def history(
             end,
             limit,
             offset,
+            tag,
+            priority,
+            user,
         )
     except (asyncpg.PostgresError, OSError) as e:
         raise JournalError(f"cannot read the alarm journal: {e}") from e

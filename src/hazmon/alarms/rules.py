@@ -16,10 +16,11 @@ file on the command line, later in its file).
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -149,6 +150,31 @@ class Selector(_Model):
     signal: Signal | None = None
 
 
+class Text(_Model):
+    """A text in Chinese and/or English."""
+
+    zh: str | None = Field(default=None, min_length=1)
+    en: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _some(self) -> Text:
+        if self.zh is None and self.en is None:
+            raise ValueError("give zh, en or both")
+        return self
+
+
+class AlarmResponse(_Model):
+    """ISA-18.2 alarm rationalization: what an operator needs at the alarm, shown in the console."""
+
+    cause: Text | None = None
+    consequence: Text | None = None
+    action: Text = Field(description="what the operator does")
+    respond_within_min: float | None = Field(default=None, gt=0, description="time to respond, minutes")
+
+
+ConditionKey = Literal["HH", "H", "L", "LL", "ROC_UP", "ROC_DOWN", "STATE", "BAD", "OUT_OF_RANGE", "FROZEN", "STALE"]
+
+
 class Rule(_Model):
     name: str | None = None
     select: Selector
@@ -156,6 +182,9 @@ class Rule(_Model):
     rate_of_change: RateOfChange | None = None
     state: StateSpec | None = None
     quality: QualityRules | None = None
+    response: dict[ConditionKey, AlarmResponse] | None = Field(
+        default=None, description="alarm response per condition (HH, H, ..., STATE, BAD ...)"
+    )
 
 
 class RuleFile(_Model):
@@ -356,3 +385,31 @@ def _rule_local_problems(ref: RuleRef) -> list[Problem]:
                 )
             )
     return problems
+
+
+def condition_key(condition: str) -> str:
+    """The rule-file key of an alarm condition: ``level.HH`` -> ``HH``, ``state.SIS_TRIP`` -> ``STATE``,
+    ``quality.BAD`` -> ``BAD``."""
+    kind, _, name = condition.partition(".")
+    return "STATE" if kind == "state" else name
+
+
+def responses_for(rule_set: RuleSet, tag: Tag) -> dict[str, AlarmResponse]:
+    """The alarm response of each condition of ``tag``: from the most specific rule that selects the tag
+    and gives one (the precedence of limits)."""
+    out: dict[str, AlarmResponse] = {}
+    for ref in sorted(rule_set.rules, key=lambda r: r.specificity, reverse=True):
+        resp = ref.rule.response
+        if not resp or not _selects(ref.rule.select, tag):
+            continue
+        for key, r in resp.items():
+            out.setdefault(key, r)
+    return out
+
+
+def _selects(sel: Selector, tag: Tag) -> bool:
+    if not _matches_group(sel, tag):
+        return False
+    if sel.tags is not None and tag.id not in sel.tags:
+        return False
+    return sel.match is None or fnmatch.fnmatchcase(tag.id, sel.match)

@@ -6,9 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from hazmon.alarms.compiler import check_rules, load_rules
+from hazmon.alarms.alarm import PRIORITY_CODES, Priority
+from hazmon.alarms.compiler import check_rules, compile_rules, load_rules
+from hazmon.alarms.rules import COLUMNS, RuleSet, responses_for
 from hazmon.errors import InvalidFile
 from hazmon.plant.site import Site, load_site
+from hazmon.plant.tag import TagIndex
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,4 +45,31 @@ def _check(args: argparse.Namespace) -> int:
     rule_set = load_rules(args.files, sites)
     against = f" against {', '.join(s.id for s in sites)}" if sites else ""
     print(f"ok: {len(rule_set.rules)} rules in {len(args.files)} file(s){against}")
+    missing = missing_responses(rule_set, sites)
+    if missing:
+        print(
+            f"note: {len(missing)} alarm(s) of high or critical priority have no alarm response "
+            "(response: cause, consequence, action, respond_within_min):"
+        )
+        for alarm_id, priority in missing[:50]:
+            print(f"  {alarm_id} ({priority})")
+        if len(missing) > 50:
+            print(f"  ... and {len(missing) - 50} more")
     return 0
+
+
+def missing_responses(rule_set: RuleSet, sites: list[Site]) -> list[tuple[str, str]]:
+    """Alarms of high or critical priority (after precedence) whose rules give no ``response:``."""
+    index = TagIndex([t.id for s in sites for t in s.tags])
+    compiled = compile_rules(rule_set, sites, index)
+    urgent = {PRIORITY_CODES.index(Priority.CRITICAL), PRIORITY_CODES.index(Priority.HIGH)}
+    out: list[tuple[str, str]] = []
+    for site in sites:
+        for tag in site.tags:
+            row = index.key(tag.id)
+            have = responses_for(rule_set, tag)
+            for col, key in enumerate(COLUMNS):
+                code = int(compiled.priority[row, col])
+                if code in urgent and key not in have:
+                    out.append((f"{tag.id}:{compiled.condition_name(row, col)}", PRIORITY_CODES[code].value))
+    return out

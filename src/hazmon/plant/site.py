@@ -102,6 +102,10 @@ class SiteInfo(_Model):
     name: str = Field(min_length=1)
     address: str | None = None
     timezone: str = "Asia/Shanghai"
+    locale: str | None = Field(
+        default=None, pattern=r"^[a-z]{2}(-[A-Z]{2})?$", description="console language, e.g. zh-CN or en"
+    )
+    name_zh: str | None = Field(default=None, min_length=1, description="Chinese name (中文名称)")
     latitude: float | None = Field(default=None, ge=-90, le=90)
     longitude: float | None = Field(default=None, ge=-180, le=180)
 
@@ -116,10 +120,6 @@ class Chemical(_Model):
     category: str | None = Field(default=None, description="GB 30000 hazard category, e.g. W2, J1")
     beta: float | None = Field(default=None, gt=0, description="GB 18218 correction factor β")
 
-
-class Installation(_Model):
-    id: Ident
-    name: str = Field(min_length=1)
     @field_validator("cas")
     @classmethod
     def _cas(cls, v: str | None) -> str | None:
@@ -132,6 +132,11 @@ class Installation(_Model):
             raise ValueError(f"{v}: the check digit is wrong (a mistyped CAS number)")
         return v
 
+
+class Installation(_Model):
+    id: Ident
+    name: str = Field(min_length=1)
+    name_zh: str | None = Field(default=None, min_length=1, description="Chinese name (中文名称)")
     kind: InstallationKind
     people_within_500m: int = Field(ge=0)
     chemicals: list[Chemical] = Field(min_length=1)
@@ -148,6 +153,7 @@ class DesignLimits(_Model):
 class Equipment(_Model):
     id: Ident
     name: str = Field(min_length=1)
+    name_zh: str | None = Field(default=None, min_length=1, description="Chinese name (中文名称)")
     type: EquipmentType
     installation: Ident
     chemical: str | None = None
@@ -168,6 +174,7 @@ class GasInfo(_Model):
 class Tag(_Model):
     id: Ident
     name: str = Field(min_length=1)
+    name_zh: str | None = Field(default=None, min_length=1, description="Chinese name (中文名称)")
     kind: TagKind
     unit: str = ""
     range: tuple[float, float] | None = Field(default=None, description="instrument range [low, high]")

@@ -1,7 +1,8 @@
 """Alarms: the current ones, the journal, KPIs, and the operator actions.
 
-Every action goes through ``runtime.operate`` (the engine, under the runtime's ordering, with the
-events journaled and published live) and is then appended to the audit trail.
+Every action goes through ``runtime.act``: applied on the engine and recorded — its events journaled
+and its audit-trail entry appended in one transaction, or kept on disk while the database is away —
+or not applied at all (503). Operator text with control characters is refused (422) before anything.
 """
 
 from __future__ import annotations
@@ -9,21 +10,22 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from hazmon.alarms import journal, kpi
 from hazmon.alarms.alarm import AlarmSnapshot, AlarmState, InvalidTransition, Priority, UnknownAlarm
 from hazmon.alarms.engine import AlarmEngine
 from hazmon.api.deps import Operator, Reader, RuntimeDep, ensure_sees
-from hazmon.api.trail import record
 from hazmon.api.where import NOWHERE, Place, directory
 from hazmon.auth import Principal
 from hazmon.live import AlarmListView, encode_json, event_dict, iso_local, owner_of, snapshot_dict
-from hazmon.runtime import Runtime
+from hazmon.recorder import RecordNotPossible
+from hazmon.runtime import Actor, Runtime
 from hazmon.storage.store import guarded
 
 router = APIRouter(prefix="/alarms", tags=["alarms"])
@@ -55,7 +57,15 @@ def _alarm_json(runtime: Runtime, s: AlarmSnapshot) -> dict[str, Any]:
     d = snapshot_dict(s, p.site)
     d["installation"] = p.installation
     d["equipment"] = p.equipment
+    if p.affects:  # a system alarm: the sites it affects
+        d["sites"] = sorted(p.sites)
     return d
+
+
+def _ensure_sees_alarm(user: Principal, place: Place, alarm_id: str) -> None:
+    """403 unless the alarm's site, or a site a system alarm affects, is in the caller's scope."""
+    if not place.seen_by(user.sees):
+        raise HTTPException(403, f"alarm {alarm_id} is outside this token's scope")
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -114,9 +124,9 @@ async def current_alarms(
     states = set(state) if state else None
     parts = []
     for s, p, text in view.items:
-        if not user.sees(p.site):
+        if not p.seen_by(user.sees):
             continue
-        if (site is not None and p.site != site) or (equipment is not None and p.equipment != equipment):
+        if (site is not None and site not in p.sites) or (equipment is not None and p.equipment != equipment):
             continue
         if installation is not None and p.installation != installation:
             continue
@@ -141,6 +151,8 @@ def current_view(runtime: Runtime) -> AlarmListView:
         d = snapshot_dict(s, p.site)
         d["installation"] = p.installation
         d["equipment"] = p.equipment
+        if p.affects:  # a system alarm: the sites it affects
+            d["sites"] = sorted(p.sites)
         items.append((s, p, encode_json(d)))
     items.sort(key=list_order)
     view = AlarmListView(engine, key, items)
@@ -169,6 +181,9 @@ async def alarm_history(
     end: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
+    tag: Annotated[str | None, Query(description="a tag or device id: its alarms only")] = None,
+    priority: Priority | None = None,
+    alarm_user: Annotated[str | None, Query(alias="user", description="entries by this user only")] = None,
 ) -> Response:
     site_id = _scoped_site(user, site)
     end = end or datetime.now(UTC)
@@ -181,7 +196,15 @@ async def alarm_history(
     async def op() -> list[dict[str, Any]]:
         async with runtime.db.pool.acquire() as conn:
             rows: list[dict[str, Any]] = await journal.history(
-                conn, site=site_id, start=start, end=end, limit=limit + 1, offset=offset
+                conn,
+                site=site_id,
+                start=start,
+                end=end,
+                limit=limit + 1,
+                offset=offset,
+                tag=tag or None,
+                priority=priority.value if priority else None,
+                user=alarm_user or None,
             )
             return rows
 
@@ -245,9 +268,8 @@ async def alarm_kpi(runtime: RuntimeDep, user: Reader, site: str | None = None, 
 @router.get("/{alarm_id}", summary="One alarm's current state")
 async def one_alarm(runtime: RuntimeDep, user: Reader, alarm_id: str) -> Response:
     snap = _get(runtime, alarm_id)
-    d = _alarm_json(runtime, snap)
-    ensure_sees(user, d["site"], f"alarm {alarm_id}")
-    return _json(d)
+    _ensure_sees_alarm(user, _place(runtime, snap.alarm_id, snap.tag_id), alarm_id)
+    return _json(_alarm_json(runtime, snap))
 
 
 def _get(runtime: Runtime, alarm_id: str) -> AlarmSnapshot:
@@ -260,30 +282,44 @@ def _get(runtime: Runtime, alarm_id: str) -> AlarmSnapshot:
 # ---------------------------------------------------------------------- actions
 
 
+def _operator_text(text: str) -> str:
+    """Operator text goes to the journal and the audit trail as it is: control characters (other than
+    newline and tab) and unpaired surrogates, which the database or a terminal cannot take, are refused."""
+    for i, ch in enumerate(text):
+        if ch in "\n\t":
+            continue
+        if unicodedata.category(ch) in ("Cc", "Cs"):
+            raise ValueError(f"control character U+{ord(ch):04X} at position {i}: only newline and tab are allowed")
+    return text
+
+
+OperatorText = Annotated[str, AfterValidator(_operator_text)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class CommentBody(_Body):
-    comment: str | None = Field(default=None, max_length=2000)
+    comment: OperatorText | None = Field(default=None, max_length=2000)
 
 
 class ShelveBody(_Body):
-    reason: str = Field(min_length=1, max_length=2000, description="why the alarm is shelved (required)")
+    reason: OperatorText = Field(min_length=1, max_length=2000, description="why the alarm is shelved (required)")
     duration_s: float = Field(gt=0, description="seconds; at most the configured maximum")
 
 
 class TextBody(_Body):
-    text: str = Field(min_length=1, max_length=2000)
+    text: OperatorText = Field(min_length=1, max_length=2000)
 
 
 class ReasonBody(_Body):
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: OperatorText = Field(min_length=1, max_length=2000)
 
 
 class BulkAckBody(_Body):
     ids: list[str] = Field(min_length=1, max_length=1000)
-    comment: str | None = Field(default=None, max_length=2000)
+    comment: OperatorText | None = Field(default=None, max_length=2000)
 
 
 async def _act(
@@ -296,24 +332,26 @@ async def _act(
     duration_s: float | None = None,
 ) -> dict[str, Any]:
     snap = _get(runtime, alarm_id)
-    site = _place(runtime, snap.alarm_id, snap.tag_id).site
-    ensure_sees(user, site, f"alarm {alarm_id}")
+    place = _place(runtime, snap.alarm_id, snap.tag_id)
+    _ensure_sees_alarm(user, place, alarm_id)
+    site = place.site
+    actor = Actor(user.label, user.token_id, user.role.value)
     try:
-        events = await runtime.operate(action, alarm_id, user.label, comment=comment, duration_s=duration_s)
+        # applied and recorded (journal + audit trail, or the disk spool during an outage), or not at all
+        done = await runtime.act(action, alarm_id, actor, comment=comment, duration_s=duration_s, site=site)
     except UnknownAlarm:
         raise HTTPException(404, f"unknown alarm {alarm_id!r}") from None
     except InvalidTransition as e:
         raise HTTPException(409, str(e)) from None
     except ValueError as e:
         raise HTTPException(422, str(e)) from None
-    after = _get(runtime, alarm_id)
-    detail: dict[str, Any] = {"from": str(snap.state), "to": str(after.state)}
-    if comment is not None:
-        detail["comment"] = comment
-    if duration_s is not None:
-        detail["duration_s"] = duration_s
-    await record(runtime, user, f"alarm.{action}", alarm_id, site, detail)
-    return {"alarm": _alarm_json(runtime, after), "events": [event_dict(e, site) for e in events]}
+    except RecordNotPossible as e:
+        raise HTTPException(503, str(e)) from None
+    return {
+        "alarm": _alarm_json(runtime, done.after),
+        "events": [event_dict(e, site) for e in done.events],
+        "record": done.record,
+    }
 
 
 @router.post("/ack", summary="Acknowledge several alarms; each is reported on its own")
@@ -327,7 +365,7 @@ async def bulk_ack(runtime: RuntimeDep, user: Operator, body: BulkAckBody) -> Re
             snap = engine.get(alarm_id)
         except UnknownAlarm:
             continue
-        ensure_sees(user, _place(runtime, snap.alarm_id, snap.tag_id).site, f"alarm {alarm_id}")
+        _ensure_sees_alarm(user, _place(runtime, snap.alarm_id, snap.tag_id), alarm_id)
     results: dict[str, Any] = {}
     for alarm_id in ids:
         try:

@@ -1,18 +1,175 @@
-"""`GET /console`: the operator console, a single page that follows the live alarm stream over the
-WebSocket and acts through the API with the token the operator pastes in. The page itself holds no
-data (like /docs), so it is served without a token; everything it shows needs one."""
+"""The operator console.
+
+- ``GET /console`` (and ``/console/{file}``: its script and style sheet): a single page that follows
+  the live stream over the WebSocket and acts through the API with the token the operator pastes in.
+  The page holds no data (like /docs), so it is served without a token; everything it shows needs one.
+- ``GET /api/v1/console/context``: what the page needs once to draw the plant: the caller (role, may it
+  act on alarms), and per site in scope its time zone and language, installations with their GB 18218
+  grade, equipment, and tags with units, ranges, alarm limits and Chinese names.
+"""
 
 from __future__ import annotations
 
+import math
 from importlib.resources import files
+from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import HTMLResponse, Response
+
+from hazmon.alarms.alarm import UnknownAlarm, split_alarm_id
+from hazmon.alarms.compiler import load_rules
+from hazmon.alarms.rules import COLUMNS, HH, LL, AlarmResponse, RuleSet, condition_key, responses_for
+from hazmon.api.deps import Reader, RuntimeDep, ensure_sees
+from hazmon.api.where import place_of
+from hazmon.auth import Permission
+from hazmon.errors import InvalidFile
+from hazmon.plant.site import Site, Tag
+from hazmon.regulator.gb18218 import GradingError, grade
+from hazmon.runtime import Runtime
 
 router = APIRouter(tags=["console"])
+
+_ASSETS = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"}
+
+
+def _asset(name: str) -> str:
+    return files("hazmon.api").joinpath(f"console/{name}").read_text(encoding="utf-8")
 
 
 @router.get("/console", include_in_schema=False)
 async def console() -> HTMLResponse:
-    page = files("hazmon.api").joinpath("console/index.html").read_text(encoding="utf-8")
-    return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+    return HTMLResponse(_asset("index.html"), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/console/{name}", include_in_schema=False)
+async def console_asset(name: str) -> Response:
+    media = _ASSETS.get(name)
+    if media is None:
+        raise HTTPException(404, f"no console file {name!r}")
+    return Response(_asset(name), media_type=media, headers={"Cache-Control": "no-cache"})
+
+
+def _limits(runtime: Runtime) -> dict[str, dict[str, float]]:
+    """Alarm limits (HH, H, L, LL) of every tag that has any, from the compiled rules."""
+    engine = runtime.engine
+    if engine is None:
+        return {}
+    rules = engine.rules
+    out: dict[str, dict[str, float]] = {}
+    for row, tag_id in enumerate(rules.tag_ids):
+        if tag_id is None:
+            continue
+        lim = {
+            COLUMNS[col]: float(rules.limit[row, col])
+            for col in range(HH, LL + 1)
+            if rules.priority[row, col] >= 0 and math.isfinite(rules.limit[row, col])
+        }
+        if lim:
+            out[tag_id] = lim
+    return out
+
+
+def _site_json(site: Site, limits: dict[str, dict[str, float]]) -> dict[str, Any]:
+    installations = []
+    for inst in site.installations:
+        try:
+            g = grade(inst)
+            grading: dict[str, Any] = {"level": g.level, "major": g.is_major, "r": round(g.r, 1), "s": round(g.s, 2)}
+        except GradingError as e:
+            grading = {"level": None, "major": None, "error": str(e)}
+        installations.append(
+            {"id": inst.id, "name": inst.name, "name_zh": inst.name_zh, "kind": inst.kind.value, "grade": grading}
+        )
+    return {
+        "id": site.id,
+        "name": site.site.name,
+        "name_zh": site.site.name_zh,
+        "timezone": site.site.timezone,
+        "locale": site.site.locale,
+        "enterprise": {"id": site.enterprise.id, "name": site.enterprise.name},
+        "installations": installations,
+        "equipment": [
+            {
+                "id": e.id,
+                "name": e.name,
+                "name_zh": e.name_zh,
+                "type": e.type.value,
+                "installation": e.installation,
+            }
+            for e in site.equipment
+        ],
+        "tags": [
+            {
+                "id": t.id,
+                "name": t.name,
+                "name_zh": t.name_zh,
+                "kind": t.kind.value,
+                "unit": t.unit,
+                "equipment": t.equipment,
+                "range": list(t.range) if t.range else None,
+                "period_s": t.period_s,
+                "states": {str(k): v for k, v in t.states.items()} if t.states else None,
+                "limits": limits.get(t.id, {}),
+            }
+            for t in site.tags
+        ],
+    }
+
+
+@router.get("/api/v1/console/context", summary="What the operator console needs to draw the plant")
+async def console_context(runtime: RuntimeDep, user: Reader) -> dict[str, Any]:
+    limits = _limits(runtime)
+    engine = runtime.engine
+    return {
+        "user": {
+            "name": user.name,
+            "role": user.role.value,
+            "may_operate": user.may(Permission.OPERATE),
+        },
+        "max_shelve_s": engine.max_shelve_us / 1e6 if engine is not None else None,
+        "sites": [_site_json(s, limits) for s in runtime.sites if user.sees(s.id)],
+    }
+
+
+_RULES: dict[int, tuple[Runtime, RuleSet]] = {}  # the runtime's rule files, parsed once per runtime
+
+
+def _rule_set(runtime: Runtime) -> RuleSet:
+    hit = _RULES.get(id(runtime))
+    if hit is not None and hit[0] is runtime:
+        return hit[1]
+    try:
+        rule_set = load_rules(runtime.settings.rules, runtime.sites)
+    except (InvalidFile, OSError):
+        rule_set = RuleSet([])  # the engine started with these files; a later edit must not break the console
+    _RULES.clear()
+    _RULES[id(runtime)] = (runtime, rule_set)
+    return rule_set
+
+
+def _response_json(r: AlarmResponse | None) -> dict[str, Any] | None:
+    return None if r is None else r.model_dump(exclude_none=True)
+
+
+def _tag(runtime: Runtime, tag_id: str) -> Tag | None:
+    for site in runtime.sites:
+        for t in site.tags:
+            if t.id == tag_id:
+                return t
+    return None
+
+
+@router.get(
+    "/api/v1/console/response/{alarm_id}",
+    summary="An alarm's response (cause, consequence, operator action, time to respond) from its rule files",
+)
+async def alarm_response(runtime: RuntimeDep, user: Reader, alarm_id: str) -> dict[str, Any]:
+    try:
+        owner, condition = split_alarm_id(alarm_id)
+    except UnknownAlarm:
+        raise HTTPException(404, f"unknown alarm {alarm_id!r}") from None
+    ensure_sees(user, place_of(runtime, owner).site, f"alarm {alarm_id}")
+    tag = _tag(runtime, owner)
+    response = responses_for(_rule_set(runtime), tag).get(condition_key(condition)) if tag else None
+    return {"alarm_id": alarm_id, "response": _response_json(response)}

@@ -1,0 +1,256 @@
+"""The operator console in a real browser (Debian's chromium, driven by Playwright) against a real
+`hazmon demo`: simulators, gateways, rule engine, embedded PostgreSQL and API. An operator logs in
+with a token, sees the leak's gas alarm arrive, acknowledges it (its activation time stays), shelves
+and unshelves it, opens its trend; a regulator sees no action buttons; when the connection drops the
+list is greyed out under a "connection lost" banner. Each step is saved as a screenshot under the
+test's temporary folder (printed at the end)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from api_helpers import free_port
+from conftest import IN_CI
+from tcpproxy import TcpProxy
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ALARM = "V103.GT1:gas.H"  # the demo scenario's propylene leak, first-level gas alarm
+T = TypeVar("T")
+
+
+async def until(predicate: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.25)
+
+
+@dataclass
+class Demo:
+    base: str  # the API itself
+    proxied: str  # the API through a proxy the test can cut
+    proxy: TcpProxy
+    operator: str
+    regulator: str
+    data_dir: Path
+
+
+@pytest.fixture
+async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
+    if not HAVE_CHROMIUM:
+        if IN_CI:
+            pytest.fail("chromium is not installed, and CI=true forbids skipping (deploy/services.sh installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    port = free_port()
+    data_dir = tmp_path / "data"
+    log_path = tmp_path / "demo.log"
+    log = log_path.open("w")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAZMON_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hazmon", "demo", "--port", str(port), "--data-dir", str(data_dir),
+        "--opcua-port", "0", "--modbus-port", "0",
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    proxy = TcpProxy("127.0.0.1", port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+
+            async def healthy() -> bool:
+                try:
+                    return (await client.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await until(healthy, 90, "the demo's API")
+
+        async def printed_token() -> str:
+            m = re.search(r"HAZMON_TOKEN=(\S+)", log_path.read_text())
+            return m.group(1) if m else ""
+
+        operator = await until(printed_token, 10, "the operator token the demo prints")
+        # `hazmon token create` finds the running demo's database through HAZMON_DATA_DIR
+        made = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hazmon", "token", "create", "--role", "regulator", "--enterprise", "ecs",
+            "--name", "ruth", env={**env, "HAZMON_DATA_DIR": str(data_dir)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(made.communicate(), 60)
+        m = re.search(r"^(hzm_\S+)$", out.decode(), re.M)
+        assert made.returncode == 0 and m, out.decode()
+        await proxy.start()
+        yield Demo(base, f"http://127.0.0.1:{proxy.port}", proxy, operator, m.group(1), data_dir)
+    finally:
+        await proxy.stop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            log.close()
+
+
+class Steps:
+    """Screenshots of each step, numbered, under the test's temporary folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.n = 0
+
+    async def shot(self, page: Any, name: str) -> None:
+        self.n += 1
+        await page.screenshot(path=str(self.folder / f"{self.n:02d}-{name}.png"), full_page=True)
+
+
+async def test_operator_console_in_a_browser(demo: Demo, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    steps = Steps(tmp_path / "screenshots")
+    api = httpx.AsyncClient(base_url=demo.base, headers={"Authorization": f"Bearer {demo.operator}"}, timeout=10)
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = await browser.new_page(viewport={"width": 1500, "height": 950}, locale="zh-CN")
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            # 1. log in with the token the demo printed
+            await page.goto(f"{demo.proxied}/console")
+            await page.fill("[data-testid=token-input]", demo.operator)
+            await steps.shot(page, "login")
+            await page.click("[data-testid=connect]")
+            await expect(page.get_by_test_id("connection")).to_contain_text("实时", timeout=20_000)
+
+            # 2. the leak's gas alarm arrives, in the site's local time, with a live value and a sound
+            row = page.locator(f'tr[data-id="{ALARM}"]')
+            await expect(row).to_be_visible(timeout=90_000)
+            await expect(row.get_by_test_id("state")).to_have_text("报警未确认")
+            activated_title = await row.get_by_test_id("activated").get_attribute("title")
+            assert activated_title and "Asia/Shanghai" in activated_title
+            activated_text = (await row.get_by_test_id("activated").inner_text()).split()[0]
+            snap = (await api.get(f"/api/v1/alarms/{ALARM}")).json()
+            assert snap["activated_at"].endswith("+08:00"), snap  # ISO with the site's offset
+            assert activated_text == snap["activated_at"][11:19]  # the console shows the site's wall clock
+            assert re.fullmatch(r"[\d.]+", await row.get_by_test_id("live-value").inner_text())
+            assert await page.evaluate("window.hazmonLastTone") in {"high", "critical"}
+            await expect(page.get_by_test_id("count-high")).not_to_contain_text(" 0")
+            await steps.shot(page, "alarm-arrived")
+
+            # silence stops the horn but acknowledges nothing
+            await page.get_by_test_id("silence").click()
+            await expect(page.get_by_test_id("silence")).to_be_hidden()
+            await expect(row.get_by_test_id("state")).to_have_text("报警未确认")
+
+            # 3. acknowledge: the state changes, the activation time stays, the last change is the operator's
+            await row.get_by_test_id("act-ack").click()
+            await expect(row.get_by_test_id("state")).to_have_text("报警已确认", timeout=10_000)
+            await expect(row.get_by_test_id("activated")).to_contain_text(activated_text)
+            await expect(row.get_by_test_id("changed")).to_contain_text("demo-operator")
+            after = (await api.get(f"/api/v1/alarms/{ALARM}")).json()
+            assert after["activated_at"] == snap["activated_at"] and after["since"] != snap["since"], after
+            await steps.shot(page, "acknowledged")
+
+            # 4. shelve for a chosen time: the row says until when and how long is left, and offers unshelve
+            await row.get_by_test_id("act-shelve").click()
+            await page.get_by_test_id("shelve-duration").select_option("900")
+            await page.get_by_test_id("dialog-reason").fill("gas detector being recalibrated")
+            await page.get_by_test_id("dialog-ok").click()
+            await expect(row.get_by_test_id("state")).to_contain_text("已搁置", timeout=10_000)
+            await expect(row.get_by_test_id("state")).to_contain_text("剩余")
+            await expect(row.get_by_test_id("act-shelve")).to_have_count(0)
+            shelved = (await api.get(f"/api/v1/alarms/{ALARM}")).json()
+            assert shelved["state"] == "shelved" and shelved["shelved_until"].endswith("+08:00"), shelved
+            await steps.shot(page, "shelved")
+
+            # 5. unshelve
+            await row.get_by_test_id("act-unshelve").click()
+            await expect(row.get_by_test_id("state")).not_to_contain_text("已搁置", timeout=10_000)
+            await expect(row.get_by_test_id("act-shelve")).to_have_count(1)
+            # back from the shelf the alarm is annunciated afresh (the engine's activation time): the
+            # console shows the API's activation time, not the time of the unshelve action
+            unshelved = (await api.get(f"/api/v1/alarms/{ALARM}")).json()
+            await expect(row.get_by_test_id("activated")).to_contain_text(unshelved["activated_at"][11:19])
+            await steps.shot(page, "unshelved")
+
+            # 6. the trend of the alarm's tag: a pen, its alarm limits, a time axis in local time; the response
+            await row.locator("td").nth(3).click()
+            trend = page.get_by_test_id("trend")
+            await expect(page.locator("#trend-title")).to_contain_text("V103.GT1")
+            await expect(trend.get_by_test_id("pen")).to_have_count(1, timeout=10_000)
+            await expect(trend.get_by_test_id("limit-line")).to_have_count(2)  # H 25 and HH 50 %LEL
+            ticks = await trend.get_by_test_id("time-tick").all_text_contents()
+            assert ticks and all(re.fullmatch(r"\d\d:\d\d", x) for x in ticks), ticks
+            await expect(page.get_by_test_id("alarm-response")).to_contain_text("可燃气体泄漏")
+            await page.get_by_role("button", name="1 h").click()
+            await expect(trend.get_by_test_id("pen")).to_have_count(1, timeout=10_000)
+            await steps.shot(page, "trend")
+
+            # the plant overview shows the installations' GB 18218 grade and the alarm on V103
+            await page.click("#tabs button[data-tab=overview]")
+            await expect(page.get_by_test_id("grade").first).to_contain_text("重大危险源")
+            await expect(page.locator('[data-equipment="V103"]')).to_contain_text("V103.GT1")
+            await steps.shot(page, "overview")
+            await page.click("#tabs button[data-tab=alarms]")
+
+            # 7. a regulator reads the same list without any action button
+            reg = await browser.new_page(viewport={"width": 1500, "height": 950}, locale="zh-CN")
+            await reg.goto(f"{demo.proxied}/console")
+            await reg.fill("[data-testid=token-input]", demo.regulator)
+            await reg.click("[data-testid=connect]")
+            await expect(reg.locator(f'tr[data-id="{ALARM}"]')).to_be_visible(timeout=20_000)
+            assert await reg.locator("[data-act]").count() == 0
+            await expect(reg.get_by_test_id("ack-selected")).to_be_hidden()
+            await steps.shot(reg, "regulator")
+            await reg.close()
+
+            # 8. the connection drops: the list is greyed out and says so, then recovers
+            await demo.proxy.go_down()
+            banner = page.get_by_test_id("stale-banner")
+            await expect(banner).to_be_visible(timeout=10_000)
+            await expect(banner).to_contain_text("连接中断")
+            await expect(banner).to_contain_text("最后更新")
+            assert await page.evaluate("document.body.classList.contains('stale')")
+            await page.wait_for_timeout(2500)  # let "last update N s ago" count up for the screenshot
+            await steps.shot(page, "connection-lost")
+            await demo.proxy.come_up()
+            await expect(banner).to_be_hidden(timeout=20_000)
+            await steps.shot(page, "reconnected")
+
+            assert errors == [], errors
+            await browser.close()
+    finally:
+        await api.aclose()
+        print(f"\nconsole screenshots: {steps.folder}")
