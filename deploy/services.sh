@@ -29,4 +29,10 @@ command -v mosquitto_pub >/dev/null || { apt-get update -qq && apt-get install -
 command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 # socat: the virtual RS-485 line (a pty pair) of the Modbus RTU tests
 command -v socat >/dev/null || { apt-get update -qq && apt-get install -y -qq socat; }
+# PDF compliance reports: WeasyPrint's Pango, a CJK font, and pdftotext to read the PDF back in the tests
+if ! command -v pdftotext >/dev/null || ! fc-list 2>/dev/null | grep -qiE "wqy|noto sans cjk" \
+   || ! ldconfig -p | grep -q libpangoft2-1.0; then
+  apt-get update -qq && apt-get install -y -qq libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 \
+    fonts-wqy-microhei poppler-utils
+fi
 bash "$here/timescaledb.sh" start >/dev/null

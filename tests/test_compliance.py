@@ -37,7 +37,9 @@ async def test_regulator_sees_data_alarms_handling_and_grades(env: tuple[Runtime
     (site,) = r.json()
     assert site["site"] == SITE and site["enterprise"]["uscc"] == "91320500MA1XK7Q211"
     inst = {i["id"]: i for i in site["installations"]}
-    assert inst["HI-02"]["gb18218"] == {"major_hazard": True, "r": 1440.0, "grade": 1}
+    g = inst["HI-02"]["gb18218"]
+    assert (g["major_hazard"], g["r"], g["grade"], g["s"], g["alpha"]) == (True, 1440.0, 1, 600.0, 1.2)
+    assert [c["beta_q_over_Q"] for c in g["chemicals"]] == [1200.0]
     assert inst["HI-03"]["gb18218"]["grade"] == 3
     assert inst["HI-02"]["data"]["share"] == 1.0 and inst["HI-02"]["data"]["status"] == "ok"
     assert inst["HI-03"]["data"]["reporting"] == 0 and inst["HI-03"]["data"]["status"] == "no_data"

@@ -39,9 +39,10 @@ from hazmon.gateways import Gateway, open_gateway
 from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway, load_gateway_config
 from hazmon.live import AlarmListView, LiveHub, set_site_timezone
 from hazmon.plant.directory import Directory, build_directory
-from hazmon.plant.site import Site, load_site
+from hazmon.plant.site import Site
 from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch, now_us
+from hazmon.regulator.sitecheck import load_graded_site
 from hazmon.storage.database import Database, open_database
 from hazmon.storage.forwarder import Forwarder
 from hazmon.storage.maintenance import Maintenance
@@ -109,6 +110,20 @@ class Runtime:
         d = build_directory(self.sites, self.site_of, self.tags)
         self._directory = (self.site_of, self.sites, self.tags, size, d)
         return d
+
+    def by_exception(self) -> list[tuple[str, npt.NDArray[np.int32], bool]]:
+        """The devices that report by exception (OPC UA subscriptions send changes only): each one's
+        alarm owner, its tag keys, and whether it is healthy now. A tag on a healthy subscription is
+        reporting although it sends nothing while its value does not change (regulator compliance)."""
+        out = []
+        for gw in self.gateways:
+            if gw.id not in self._by_exception:
+                continue
+            health = gw.health().devices
+            for device, keys in gw.devices().items():
+                h = health.get(device)
+                out.append((device_alarm_owner(gw.id, device), keys, h is not None and h.connected and not h.stale))
+        return out
 
     # ------------------------------------------------------------------ hot path
 
@@ -287,7 +302,9 @@ async def run_runtime(
         db = await stack.enter_async_context(open_database(settings))
         runtime = Runtime(settings, db, ReadingStore(db.pool, db.caps))
         if settings.site is not None:
-            site = load_site(settings.site)
+            site, warnings = load_graded_site(settings.site)
+            for w in warnings:
+                log.warning("site %s: %s", settings.site, w)
             async with db.pool.acquire() as conn:
                 summary = await upsert_site(conn, site)
             log.info("site %s loaded: %s", site.id, summary)

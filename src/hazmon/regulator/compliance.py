@@ -77,11 +77,19 @@ class AlarmTally:
 
 
 def data_arrival(
-    keys: npt.NDArray[np.int64], periods_s: npt.NDArray[np.float64], last_us: npt.NDArray[np.int64], now_us: int
+    keys: npt.NDArray[np.int64],
+    periods_s: npt.NDArray[np.float64],
+    last_us: npt.NDArray[np.int64],
+    now_us: int,
+    live: npt.NDArray[np.int64] | None = None,
 ) -> dict[str, Any]:
-    """``last_us``: newest reading time per tag (any negative number: never)."""
+    """``last_us``: newest reading time per tag (any negative number: never). ``live``: keys of tags on
+    a healthy subscription that reports by exception — reporting as soon as they have reported once,
+    since such a subscription sends nothing while a value does not change."""
     seen = last_us >= 0
     fresh = seen & (now_us - last_us <= np.maximum(3 * periods_s, MIN_FRESH_S) * US)
+    if live is not None and len(live):
+        fresh |= seen & np.isin(keys, live)
     n = len(keys)
     share = float(fresh.mean()) if n else 1.0
     newest = int(last_us[seen].max()) if seen.any() else None
@@ -142,7 +150,9 @@ def site_compliance(
     handling: dict[str, dict[str, Any]],
     now_us: int,
     period: timedelta,
+    live: npt.NDArray[np.int64] | None = None,
 ) -> dict[str, Any]:
+    """``live``: keys of tags on a healthy report-by-exception subscription (see ``data_arrival``)."""
     equipment = site.equipment_by_id()
     installation_of_tag = {t.id: equipment[t.equipment].installation for t in site.tags}
     tallies = {i.id: AlarmTally() for i in site.installations}
@@ -169,7 +179,7 @@ def site_compliance(
                 "name": inst.name,
                 "kind": inst.kind.value,
                 "gb18218": {"major_hazard": g.is_major, "r": round(g.r, 2), "grade": g.level},
-                "data": data_arrival(keys, periods, last_reading_us(keys), now_us),
+                "data": data_arrival(keys, periods, last_reading_us(keys), now_us, live),
                 "alarms": tallies[inst.id].as_dict(now_us),
                 "handling": handling.get(inst.id, empty),
             }
@@ -180,7 +190,7 @@ def site_compliance(
         "name": site.site.name,
         "enterprise": {"id": site.enterprise.id, "name": site.enterprise.name, "uscc": site.enterprise.uscc},
         "period_days": round(period.total_seconds() / 86400, 2),
-        "data": data_arrival(keys, np.array(all_periods, dtype=np.float64), last_reading_us(keys), now_us),
+        "data": data_arrival(keys, np.array(all_periods, dtype=np.float64), last_reading_us(keys), now_us, live),
         "alarms": site_tally.as_dict(now_us),
         "installations": installations,
     }
