@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results.jsonl
-for script in bench/storage.py bench/engine.py bench/sim_scale.py bench/gateways.py bench/api_latency.py; do
+for script in bench/storage.py bench/engine.py bench/sim_scale.py bench/gateways.py bench/api_latency.py bench/e2e.py; do
   echo "== $script" >&2
   .venv/bin/python "$script" | tee /dev/stderr | tail -n 1 >> "$out"
 done
