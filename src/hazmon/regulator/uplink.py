@@ -6,7 +6,7 @@ What is sent, and when::
 
     base       enterprise, site, installations (GB 18218 grade), equipment, tags   at start, and when the site changes
     realtime   the newest value of every uplinked tag                               every ``interval_s`` (10 s)
-    alarm      alarm raise / clear of uplinked tags and of the site's devices       at once
+    alarm      alarm raise / clear (or reset) of uplinked tags and the site's devices at once
     heartbeat  link status and backlog (not queued: it says "now")                  every ``heartbeat_s``
 
 Uplinked tags: those named in ``uplink.tags``, or else every tag of a major hazard installation.
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 UPLINK_OWNER = "hazmon.uplink"  # its alarm: hazmon.uplink:comm.LOSS
 RETRY = BackoffConfig(initial_s=1.0, max_s=30.0, jitter=0.1)
 _PERMANENT = {400, 413, 422}  # the platform refuses this message as such: retrying cannot help
-_SENT_ACTIONS = {Action.ACTIVATE.value, Action.CLEAR.value}
+_SENT_ACTIONS = {Action.ACTIVATE.value, Action.CLEAR.value, Action.RESET.value}  # raise and clear
 
 LatestValues = Callable[[npt.NDArray[np.int32]], list[dict[str, Any]]]
 

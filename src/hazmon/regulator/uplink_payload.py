@@ -158,7 +158,8 @@ def realtime_data(
     }
 
 
-RAISE_CLEAR = {Action.ACTIVATE: "raise", Action.CLEAR: "clear"}
+# The alarm is on (raise) or off again: its condition cleared, or an operator reset a latched alarm.
+RAISE_CLEAR = {Action.ACTIVATE: "raise", Action.CLEAR: "clear", Action.RESET: "clear"}
 
 
 def alarm_event(e: AlarmEvent, installation: str | None, equipment: str | None) -> dict[str, Any]:
@@ -170,6 +171,8 @@ def alarm_event(e: AlarmEvent, installation: str | None, equipment: str | None) 
         "condition": e.condition,
         "priority": e.priority.value,
         "kind": RAISE_CLEAR.get(Action(e.action), e.action),
+        "action": str(e.action),  # activate, clear, or reset (a latched alarm reset by an operator)
+        "user": e.user,
         "value": e.value,
         "limit": e.limit,
         "ts": iso_us(e.ts_us),
