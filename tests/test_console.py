@@ -1,21 +1,159 @@
-"""The operator console page: served without a token (it holds no data), and wired to the live
-stream and to the alarm actions that do need one."""
+"""What the operator console stands on, through the API on a real runtime: the page and its files are
+served without a token; the alarm list is ordered priority, unacknowledged, newest; times carry the
+site's UTC offset and the activation time survives an acknowledge; the console's context (role, time
+zone, language, Chinese names, GB 18218 grade, alarm limits); alarm responses from the rule files;
+the journal searched by tag, priority and user; /docs without the Internet, with bearer auth. (The
+console itself is driven in a browser in test_console_browser.py.)"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import httpx
+import pytest
 
+from api_helpers import RULES, SITE, SITE_FILE, Tokens, demo_api, ingest
 from hazmon.api import create_app
+from hazmon.cli import main
+from hazmon.reading import US_PER_S, now_us
+from hazmon.runtime import Runtime
 
 
-async def test_console_is_served_and_uses_the_api() -> None:
+def _h(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_console_and_offline_docs_are_served_without_a_token() -> None:
     app = create_app()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hazmon") as client:
-        r = await client.get("/console")
-    assert r.status_code == 200
-    assert r.headers["content-type"].startswith("text/html")
-    page = r.text
-    assert "/api/v1/live?token=" in page  # the live alarm list
-    for action in ("/ack", "/shelve", "/comment"):
-        assert action in page
-    assert "Authorization: `Bearer ${token}`" in page  # every action carries the operator's token
+        page = await client.get("/console")
+        script = await client.get("/console/console.js")
+        style = await client.get("/console/console.css")
+        missing = await client.get("/console/secrets.txt")
+        docs = await client.get("/docs")
+        bundle = await client.get("/docs-assets/swagger-ui-bundle.js")
+        schema = (await client.get("/openapi.json")).json()
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/console/console.js" in page.text
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "Authorization: `Bearer ${token}`" in script.text  # every call carries the operator's token
+    assert "/api/v1/live?token=" in script.text
+    assert style.status_code == 200 and missing.status_code == 404
+    # /docs loads Swagger UI from the package, not from a CDN, and can authorize with a token
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    assert bundle.status_code == 200 and len(bundle.content) > 100_000
+    assert schema["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "hzm_…",
+        "description": "an API token from `hazmon token create` (the demo prints one)",
+    }
+    assert schema["paths"]["/api/v1/alarms"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+@pytest.fixture
+async def env(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[Runtime, Tokens, httpx.AsyncClient]]:
+    async with demo_api(pg_url, tmp_path) as (rt, tokens, client):
+        t0 = now_us() - 10 * US_PER_S  # readings of the last seconds (actions happen now)
+        await ingest(rt, {"V101.GT1": 30.0}, t0)  # high
+        await ingest(rt, {"V102.GT1": 60.0}, t0 + US_PER_S)  # high and critical
+        await ingest(rt, {"V103.GT1": 30.0}, t0 + 2 * US_PER_S)  # high, the newest
+        yield rt, tokens, client
+
+
+async def test_alarm_list_is_priority_then_unacknowledged_then_newest(
+    env: tuple[Runtime, Tokens, httpx.AsyncClient],
+) -> None:
+    rt, tokens, c = env
+    before = {a["alarm_id"]: a for a in (await c.get("/api/v1/alarms", headers=_h(tokens.operator))).json()}
+    r = await c.post("/api/v1/alarms/V103.GT1:gas.H/ack", headers=_h(tokens.operator), json={"comment": "seen"})
+    assert r.status_code == 200, r.text
+    alarms = (await c.get("/api/v1/alarms", headers=_h(tokens.operator))).json()
+    assert [a["alarm_id"] for a in alarms] == [
+        "V102.GT1:gas.HH",  # critical first
+        "V102.GT1:gas.H",  # then the unacknowledged high ones, newest first
+        "V101.GT1:gas.H",
+        "V103.GT1:gas.H",  # the newest high alarm, but acknowledged
+    ]
+    acked = alarms[-1]
+    # the activation time stays through the acknowledge; the last change is the acknowledge
+    assert acked["activated_at"] == before["V103.GT1:gas.H"]["activated_at"] == before["V103.GT1:gas.H"]["since"]
+    assert acked["since_us"] > acked["activated_us"]
+    assert acked["user"] == "alice"
+    # times in the site's local time (Asia/Shanghai), ISO 8601 with the offset
+    assert acked["activated_at"].endswith("+08:00") and acked["since"].endswith("+08:00")
+    await rt.flush_journal()
+    history = (await c.get("/api/v1/alarms/history", headers=_h(tokens.operator), params={"site": SITE})).json()
+    assert history["events"] and all(e["time"].endswith("+08:00") for e in history["events"])
+
+
+async def test_history_searched_by_tag_priority_and_user(env: tuple[Runtime, Tokens, httpx.AsyncClient]) -> None:
+    rt, tokens, c = env
+    await c.post("/api/v1/alarms/V101.GT1:gas.H/ack", headers=_h(tokens.operator), json={})
+    await rt.flush_journal()
+
+    async def ids(**params: str) -> list[tuple[str, str]]:
+        r = await c.get("/api/v1/alarms/history", headers=_h(tokens.regulator), params={"site": SITE, **params})
+        assert r.status_code == 200, r.text
+        return [(e["alarm_id"], e["action"]) for e in r.json()["events"]]
+
+    assert sorted(await ids(tag="V102.GT1")) == [("V102.GT1:gas.H", "activate"), ("V102.GT1:gas.HH", "activate")]
+    assert await ids(priority="critical") == [("V102.GT1:gas.HH", "activate")]
+    assert await ids(user="alice") == [("V101.GT1:gas.H", "acknowledge")]
+    assert await ids(tag="V10") == []  # a tag id, not a prefix
+    bad = await c.get("/api/v1/alarms/history", headers=_h(tokens.regulator), params={"priority": "urgent"})
+    assert bad.status_code == 422
+
+
+async def test_console_context_and_alarm_response(env: tuple[Runtime, Tokens, httpx.AsyncClient]) -> None:
+    _, tokens, c = env
+    op = (await c.get("/api/v1/console/context", headers=_h(tokens.operator))).json()
+    assert op["user"] == {"name": "alice", "role": "operator", "may_operate": True}
+    (site,) = op["sites"]
+    assert (site["id"], site["timezone"], site["locale"]) == (SITE, "Asia/Shanghai", "zh-CN")
+    hi01 = next(i for i in site["installations"] if i["id"] == "HI-01")
+    assert hi01["name_zh"] == "液化石油气及丙烯球罐区" and hi01["grade"]["level"] == 1
+    gt1 = next(t for t in site["tags"] if t["id"] == "V103.GT1")
+    assert gt1["name_zh"] == "丙烯球罐1可燃气体检测器1" and gt1["unit"] == "%LEL"
+    assert gt1["limits"] == {"H": 25.0, "HH": 50.0}  # drawn on the trend
+    reg = (await c.get("/api/v1/console/context", headers=_h(tokens.regulator))).json()
+    assert reg["user"]["may_operate"] is False  # the console shows a regulator no action buttons
+    other = (await c.get("/api/v1/console/context", headers=_h(tokens.operator_other))).json()
+    assert other["sites"] == []
+    assert (await c.get("/api/v1/console/context")).status_code == 401
+
+    r = (await c.get("/api/v1/console/response/V103.GT1:gas.HH", headers=_h(tokens.operator))).json()
+    assert r["response"]["action"]["zh"].startswith("立即启动紧急切断")
+    assert r["response"]["respond_within_min"] == 1
+    sis = (await c.get("/api/v1/console/response/V101.LSHH:state.SIS_TRIP", headers=_h(tokens.regulator))).json()
+    assert "安全仪表系统" in sis["response"]["cause"]["zh"]  # the demo site's own rule
+    low = (await c.get("/api/v1/console/response/V101.FT:flow.H", headers=_h(tokens.operator))).json()
+    assert low["response"] is None
+    hidden = await c.get("/api/v1/console/response/V101.GT1:gas.H", headers=_h(tokens.operator_other))
+    assert hidden.status_code == 403
+    assert (await c.get("/api/v1/console/response/nonsense", headers=_h(tokens.operator))).status_code == 404
+
+
+def test_rules_check_names_urgent_alarms_without_a_response(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["rules", "check", *map(str, RULES), "--site", str(SITE_FILE)]
+    assert main(args) == 0
+    assert "no alarm response" not in capsys.readouterr().out  # the demo's rules answer every urgent alarm
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(
+        "rules:\n- select: {tags: [V101.LT]}\n  limits:\n    HH: {value: 15, priority: critical}\n", encoding="utf-8"
+    )
+    assert main(["rules", "check", str(bare), "--site", str(SITE_FILE)]) == 0
+    out = capsys.readouterr().out
+    assert "1 alarm(s) of high or critical priority have no alarm response" in out
+    assert "V101.LT:level.HH (critical)" in out
+
+
+def test_database_commands_name_their_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    for verb in (["token", "create"], ["migrate"], ["serve"], ["audit", "verify"], ["alarms", "kpi"], ["site", "load"]):
+        with pytest.raises(SystemExit):
+            main([*verb, "--help"])
+        out = capsys.readouterr().out
+        assert "HAZMON_DATA_DIR" in out and "HAZMON_DATABASE_URL" in out, verb

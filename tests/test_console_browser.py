@@ -232,6 +232,7 @@ async def test_operator_console_in_a_browser(demo: Demo, tmp_path: Path) -> None
             await reg.click("[data-testid=connect]")
             await expect(reg.locator(f'tr[data-id="{ALARM}"]')).to_be_visible(timeout=20_000)
             assert await reg.locator("[data-act]").count() == 0
+            await expect(reg.locator("tbody#alarms input[type=checkbox]").first).to_be_hidden()
             await expect(reg.get_by_test_id("ack-selected")).to_be_hidden()
             await steps.shot(reg, "regulator")
             await reg.close()

@@ -201,6 +201,7 @@ function tone(priority) {
   }
 }
 function annunciate() {
+  if (!ctx.user.may_operate) return; // the horn is for the operators who answer it
   for (const id of [...audible.keys()]) {
     const a = alarms.get(id);
     if (!a || !UNACK.has(a.state)) audible.delete(id);
@@ -247,7 +248,7 @@ function stateCell(a) {
   let text = t(a.state);
   if (a.state === "shelved" && a.shelved_until_us) {
     const left = (a.shelved_until_us / 1000 - Date.now()) / 1000;
-    text += ` <span class="dim small" title="${esc(fullTime(a.shelved_until))}">${t("until")} ${clock(a.shelved_until)} · ${t("remaining", span(left))}</span>`;
+    text += `<br><span class="dim small" title="${esc(fullTime(a.shelved_until))}">${t("until")} ${clock(a.shelved_until)} · ${t("remaining", span(left))}</span>`;
   }
   return text;
 }
@@ -282,7 +283,7 @@ function render() {
       <td class="op"><input type="checkbox" data-check ${checked.has(a.alarm_id) ? "checked" : ""}></td>
       <td class="prio p-${esc(a.priority)}"><span class="shape">${SHAPE[a.priority] || ""}</span> ${esc(t(a.priority))}</td>
       <td title="${esc(fullTime(activated))}" data-testid="activated">${activated ? `${clock(activated)} <span class="dim small">${ago(activated)}</span>` : "—"}</td>
-      <td><b>${esc(ownerOf(a))}</b> ${esc(a.condition)}<br><span class="dim small">${esc(tagName(ownerOf(a)))}</span></td>
+      <td class="alarm-name"><b>${esc(ownerOf(a))}</b> ${esc(a.condition)}<br><span class="dim small">${esc(tagName(ownerOf(a)))}</span></td>
       <td>${a.tag ? valueCell(a) : ""}</td>
       <td class="state" data-testid="state">${stateCell(a)}</td>
       <td class="small" title="${esc(fullTime(a.since))}" data-testid="changed">${clock(a.since)}${a.user ? `<br><span class="dim">${esc(a.user)}</span>` : ""}</td>
@@ -348,9 +349,11 @@ function apply(e) {
   alarms.set(e.alarm_id, next);
   if (e.state === "active_unack" && (e.action === "activate" || e.action === "realarm")) {
     silenced.delete(e.alarm_id);
-    audible.set(e.alarm_id, e.priority);
-    tone(e.priority);
-    $("silence").classList.remove("hidden");
+    if (ctx.user.may_operate) {
+      audible.set(e.alarm_id, e.priority);
+      tone(e.priority);
+      $("silence").classList.remove("hidden");
+    }
   }
   if (!next.response && next.tag) loadResponse(next);
 }
