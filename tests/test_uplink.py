@@ -272,3 +272,39 @@ async def test_a_receiver_restart_keeps_its_counts_and_drops_duplicates(tmp_path
         assert sink.stats()["received"] == 1 and sink.stats()["duplicates"] == 1
         stats = (await client.get(f"http://127.0.0.1:{port}/stats")).json()
         assert stats["received"] == 1
+
+
+async def test_base_data_again_when_the_site_changes_and_only_the_named_tags(tmp_path: Path) -> None:
+    port = free_port()
+    site = load_site(SITE_FILE)
+    tags = TagIndex.from_sites([site])
+    current = [site]
+    settings = _uplink_settings(port, tags=["V101.GT1", "T201.LT", "NO.SUCH.TAG"], interval_s=0.2)
+
+    def latest(keys: Any) -> list[dict[str, Any]]:
+        return [{"tag": tags.id(int(k)), "ts_us": 1_764_000_000_000_000, "value": 2.0, "quality": 130} for k in keys]
+
+    site_of = {t.id: site.id for t in site.tags}
+    uplink = Uplink(settings, tmp_path, sites=lambda: current, tags=lambda: tags, latest=latest, site_of=site_of.get)
+    creds = credentials(settings)
+    async with receiver(port, tmp_path / "hub.jsonl", creds) as sink:
+        task = asyncio.create_task(uplink.run())
+        try:
+            await wait_for(lambda: sink.stats()["by_type"].get("realtime", 0) >= 1, 10, "realtime data")
+            assert sink.stats()["by_type"]["base"] == 1
+            # the site is reloaded with a change: base data again, once
+            current[:] = [site.model_copy(update={"site": site.site.model_copy(update={"name": "renamed"})})]
+            await wait_for(lambda: sink.stats()["by_type"]["base"] == 2, 10, "base data of the changed site")
+            await wait_for(lambda: sink.stats()["by_type"].get("heartbeat", 0) >= 1, 10, "a heartbeat")
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    messages = [json.loads(line) for line in (tmp_path / "hub.jsonl").open(encoding="utf-8")]
+    bases = [m["data"] for m in messages if m["type"] == "base"]
+    assert [b["site"]["name"] for b in bases] == [site.site.name, "renamed"]
+    assert {t["code"] for t in bases[0]["tags"]} == {"V101.GT1", "T201.LT"}
+    values = [v for m in messages if m["type"] == "realtime" for v in m["data"]["values"]]
+    assert {v["tag_code"] for v in values} == {"V101.GT1", "T201.LT"}
+    assert values[0]["quality"] == "bad" and values[0]["quality_code"] == 130
+    assert all(m["enterprise_code"] == site.enterprise.uscc for m in messages)
