@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -17,9 +18,11 @@ import numpy as np
 import pytest
 
 from gateway_helpers import wait_for
+from hazmon.backoff import BackoffConfig
 from hazmon.reading import ReadingBatch
 from hazmon.storage.database import Database, connect
 from hazmon.storage.forwarder import Forwarder
+from hazmon.storage.spool import Spool, decode_payload, encode_record
 from hazmon.storage.store import ReadingStore
 from tcpproxy import TcpProxy
 
@@ -143,3 +146,115 @@ async def test_kill_9_then_restart_stores_everything_once(pg_url: str, tmp_path:
     finally:
         await db.close()
     assert not any(os.scandir(spool / "rejected")) if (spool / "rejected").exists() else True
+
+
+def poisoned(i: int, bad: int, n: int = 20) -> ReadingBatch:
+    """A batch whose reading ``bad`` has a time PostgreSQL refuses (before 4713 BC: out of its range)."""
+    b = batch(i, n)
+    b.ts[bad] = -(1 << 62)
+    return b
+
+
+async def test_refused_readings_are_set_aside_alone_counted_and_the_rest_stored(pg_url: str, tmp_path: Path) -> None:
+    db = await connect(pg_url, pool_size=2, run_migrations=False)
+    fast = BackoffConfig(initial_s=0.01, max_s=0.05)
+    try:
+        async with Forwarder(ReadingStore(db.pool, db.caps), tmp_path / "spool", retry=fast, max_refusals=2) as fwd:
+            await fwd.put(poisoned(0, bad=7))
+            await fwd.put(batch(1, 20))
+            assert await fwd.flush(30)
+            st = fwd.stats()
+            assert st.dropped_by_reason["refused_by_store"] == 1 and st.dropped_readings == 1
+            assert (st.rejected_batches, st.rejected_readings) == (1, 1)
+            assert st.stored_readings == 39
+            assert fwd.dropped_for([7]) == {"refused_by_store": 1}
+            assert fwd.dropped_for([6, 8]) == {"refused_by_store": 0}
+        assert await stored(pg_url) == (39, 39)
+        kept = list((tmp_path / "spool" / "rejected").glob("*.rec"))
+        assert len(kept) == 1
+        rec = decode_payload(kept[0].read_bytes()[8:])
+        assert rec.batch.tag.tolist() == [7] and rec.batch.ts.tolist() == [-(1 << 62)]
+    finally:
+        await db.close()
+
+
+async def test_refused_readings_that_cannot_be_set_aside_stay_in_the_spool(pg_url: str, tmp_path: Path) -> None:
+    """Nothing is acknowledged that is not kept somewhere: with spool/rejected unusable (a file where
+    the directory goes), the refused batch stays in the spool and the drain fails and is restarted;
+    once the disk is fixed, it is set aside and the pipeline goes on."""
+    db = await connect(pg_url, pool_size=2, run_migrations=False)
+    fast = BackoffConfig(initial_s=0.01, max_s=0.05)
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "rejected").write_text("not a directory")
+    try:
+        async with Forwarder(ReadingStore(db.pool, db.caps), tmp_path / "spool", retry=fast, max_refusals=2) as fwd:
+            await fwd.put(poisoned(0, bad=3))
+            await fwd.put(batch(1, 20))
+            await wait_for(lambda: fwd.drain_failures >= 1, what="the drain to fail")
+            st = fwd.stats()
+            assert st.pending_batches == 2 and st.rejected_batches == 0
+            assert st.last_error is not None and "cannot keep refused readings" in st.last_error
+            (tmp_path / "spool" / "rejected").unlink()
+            assert await fwd.flush(30)
+            st = fwd.stats()
+            assert st.rejected_readings == 1 and st.dropped_readings == 1 and st.pending_batches == 0
+        assert await stored(pg_url) == (39, 39)
+    finally:
+        await db.close()
+
+
+async def test_a_spool_that_cannot_be_written_sends_batches_straight_to_the_store(
+    proxied: tuple[TcpProxy, Database], pg_url: str, tmp_path: Path
+) -> None:
+    """A directory where the next spool segment goes: batches are written to the store directly; with
+    the database away too they are lost, and counted (per tag) as spool_unwritable."""
+    proxy, db = proxied
+    one = len(encode_record(0, uuid.uuid4(), batch(0)))
+    spool = tmp_path / "spool"
+    async with Forwarder(
+        ReadingStore(db.pool, db.caps, acquire_timeout_s=1.0), spool, segment_bytes=one * 10, write_timeout_s=2.0
+    ) as fwd:
+        for i in range(10):
+            await fwd.put(batch(i))
+        (spool / f"{10:020d}.seg").mkdir()
+        await fwd.put(batch(10))  # the spool cannot take it: stored directly
+        assert fwd.stats().bypassed_readings == 50
+        await proxy.go_down()
+        await fwd.put(batch(11))  # neither can the store: lost, and counted
+        st = fwd.stats()
+        assert st.dropped_by_reason["spool_unwritable"] == 50 and st.dropped_readings == 50
+        assert fwd.dropped_for(range(50))["spool_unwritable"] == 50
+        (spool / f"{10:020d}.seg").rmdir()
+        await proxy.come_up()
+        await fwd.put(batch(12))
+        assert await fwd.flush(30)
+    assert await stored(pg_url) == (12 * 50, 12 * 50)
+
+
+async def test_a_drain_that_fails_on_a_broken_segment_is_restarted_and_loses_nothing(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A real disk failure under the drain (a directory where a segment was): the drain fails, is
+    restarted with backoff, and once the segment is back everything is stored, once."""
+    one = len(encode_record(0, uuid.uuid4(), batch(0)))
+    spool = tmp_path / "spool"
+    sp = Spool(spool, segment_bytes=one * 10)
+    for i in range(30):
+        sp.append(batch(i))
+    sp.close()
+    db = await connect(pg_url, pool_size=2, run_migrations=False)
+    try:
+        fwd = Forwarder(ReadingStore(db.pool, db.caps), spool)
+        second = sorted(spool.glob("*.seg"))[1]
+        second.rename(tmp_path / "aside")
+        second.mkdir()
+        async with fwd:
+            await wait_for(lambda: fwd.drain_failures >= 1, what="the drain to fail")
+            assert fwd.stats().pending_batches >= 20  # stopped at the broken segment, nothing skipped
+            second.rmdir()
+            (tmp_path / "aside").rename(second)
+            assert await fwd.flush(30)
+            assert fwd.stats().dropped_readings == 0
+        assert await stored(pg_url) == (30 * 50, 30 * 50)
+    finally:
+        await db.close()

@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from hazmon.reading import ReadingBatch
-from hazmon.storage.spool import Spool
+from hazmon.storage.spool import Spool, SpoolError, encode_record
 
 
 def batch(i: int, n: int = 10) -> ReadingBatch:
@@ -136,3 +138,78 @@ def test_kill_9_loses_nothing_appended(tmp_path: Path) -> None:
     assert drain(sp) == [float(i) for i in range(500)]
     sp.close()
     assert os.listdir(tmp_path)
+
+
+def _flip(seg: Path, record: int, records_per_seg_bytes: int) -> None:
+    """Flip a byte inside the payload of the ``record``-th record of a segment of equal records."""
+    data = bytearray(seg.read_bytes())
+    data[record * records_per_seg_bytes + 60] ^= 0xFF
+    seg.write_bytes(bytes(data))
+
+
+def test_a_corrupt_record_found_when_reading_is_skipped_alone_and_counted(tmp_path: Path) -> None:
+    """Bit rot in a non-final segment while running: that record is lost and counted, the records
+    after it in the same segment are still delivered."""
+    one = len(encode_record(0, uuid.uuid4(), batch(0)))  # bytes of one record
+    sp = Spool(tmp_path, segment_bytes=one * 10)
+    for i in range(30):
+        sp.append(batch(i))
+    first = sorted(tmp_path.glob("*.seg"))[0]
+    assert sp.stats().segments == 3
+    _flip(first, 4, one)
+    assert drain(sp) == [float(i) for i in range(30) if i != 4]
+    st = sp.stats()
+    assert (st.corrupt_records, st.corrupt_readings) == (1, 10)
+    assert len(sp) == 0
+    sp.close()
+
+
+def test_a_corrupt_record_found_at_open_keeps_its_place_and_the_rest_of_its_segment(tmp_path: Path) -> None:
+    one = len(encode_record(0, uuid.uuid4(), batch(0)))  # bytes of one record
+    sp = Spool(tmp_path, segment_bytes=one * 10)
+    for i in range(30):
+        sp.append(batch(i))
+    sp.close()
+    _flip(sorted(tmp_path.glob("*.seg"))[1], 2, one)  # record 12, in the middle segment
+    sp = Spool(tmp_path, segment_bytes=one * 10)
+    assert len(sp) == 30
+    assert drain(sp) == [float(i) for i in range(30) if i != 12]
+    st = sp.stats()
+    assert (st.corrupt_records, st.corrupt_readings) == (1, 10)
+    sp.close()
+
+
+def test_a_cursor_that_cannot_be_saved_does_not_stop_delivery(tmp_path: Path) -> None:
+    """A real disk failure (root ignores chmod): a directory where the cursor file goes. Delivery goes
+    on, each failure is counted with its error; once the path is free the cursor is saved again."""
+    sp = Spool(tmp_path)
+    for i in range(5):
+        sp.append(batch(i))
+    (tmp_path / "cursor").unlink(missing_ok=True)
+    (tmp_path / "cursor").mkdir()
+    assert drain(sp) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    st = sp.stats()
+    assert st.disk_errors >= 1 and st.last_error is not None and "cursor" in st.last_error
+    (tmp_path / "cursor").rmdir()
+    sp.append(batch(5))
+    assert drain(sp) == [5.0]
+    assert (tmp_path / "cursor").read_text() == "6"
+    sp.close()
+
+
+def test_a_segment_that_cannot_be_read_raises_and_skips_nothing(tmp_path: Path) -> None:
+    one = len(encode_record(0, uuid.uuid4(), batch(0)))  # bytes of one record
+    sp = Spool(tmp_path, segment_bytes=one * 10)
+    for i in range(30):
+        sp.append(batch(i))
+    second = sorted(tmp_path.glob("*.seg"))[1]
+    second.rename(tmp_path / "aside")
+    second.mkdir()  # a directory where the segment was: reading it fails for real
+    got = [r.batch.value[0] for r in sp.read(10)]
+    with pytest.raises(SpoolError, match="cannot read"):
+        sp.read(1)
+    second.rmdir()
+    (tmp_path / "aside").rename(second)
+    got += drain(sp)
+    assert got == [float(i) for i in range(30)]
+    sp.close()

@@ -107,6 +107,10 @@ class Supervisor:
     def get(self, name: str) -> Component | None:
         return self._components.get(name)
 
+    async def wait(self) -> None:
+        """Until cancelled (a task to hold while the components run)."""
+        await asyncio.Event().wait()
+
     async def stop(self, group: str | None = None) -> None:
         """Cancel the components of ``group`` (every component when None) and wait for them."""
         chosen = [c for c in self._components.values() if group is None or c.group == group]
@@ -178,9 +182,16 @@ class Supervisor:
             log.error("%s failed", c.name, exc_info=e)
             if time.monotonic() - c.running_since >= self.stable_s:
                 backoff.reset()
-            return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            return _reason(e)
         finally:
             if not inner.done():
                 inner.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await inner
+
+
+def _reason(e: BaseException) -> str:
+    """An exception in words; a task group's single error unwrapped."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -67,6 +67,7 @@ from hazmon.backoff import Backoff, BackoffConfig
 from hazmon.reading import ReadingBatch
 from hazmon.storage.spool import Spool, SpoolError, SpoolRecord, encode_record
 from hazmon.storage.store import StoreError, StoreUnavailable
+from hazmon.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class Forwarder:
         self._open_rows = 0
         self._carry: SpoolRecord | None = None
         self._task: asyncio.Task[None] | None = None
+        self._supervisor: Supervisor | None = None
         self._received_batches = 0
         self._received_readings = 0
         self._stored = 0
@@ -390,8 +392,12 @@ class Forwarder:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Run the drain on a task of its own, restarted with backoff if it fails (the runtime uses its
+        own supervisor instead, with alarms)."""
         if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="forwarder")
+            self._supervisor = Supervisor(restart=BackoffConfig(initial_s=0.5, max_s=30.0, jitter=0.1))
+            self._supervisor.start("forwarder", self.run)
+            self._task = asyncio.create_task(self._supervisor.wait(), name="forwarder")
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything put so far is in the store; False on timeout."""
@@ -417,8 +423,17 @@ class Forwarder:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise
+            finally:
+                if self._supervisor is not None:
+                    await self._supervisor.stop()
             self._task = None
         self.close()
+
+    @property
+    def drain_failures(self) -> int:
+        """Times the drain started by ``start()`` failed and was restarted (the runtime counts its own)."""
+        c = self._supervisor.get("forwarder") if self._supervisor is not None else None
+        return c.failures if c is not None else 0
 
     def close(self) -> None:
         """Close the spool (after the drain has stopped)."""

@@ -143,6 +143,26 @@ def _read_frame(f: BinaryIO) -> bytes | None:
     return payload
 
 
+def _corrupt_in_place(f: BinaryIO, pos: int, seq: int) -> int | None:
+    """The frame at ``pos`` (record ``seq``) failed its checksum: if the record ``seq + 1`` follows it
+    intact, it is a corrupt record in place (not a torn tail). Returns its readings (from its length)
+    and leaves ``f`` at the next record; None otherwise."""
+    f.seek(pos)
+    head = f.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    length, _crc = _FRAME.unpack(head)
+    if length < _HEAD.size or length > MAX_RECORD_BYTES:
+        return None
+    nxt = pos + _FRAME.size + length
+    f.seek(nxt)
+    payload = _read_frame(f)
+    if payload is None or _HEAD.unpack_from(payload)[0] != seq + 1:
+        return None
+    f.seek(nxt)
+    return int(length - _HEAD.size) // _ROW_BYTES
+
+
 class Spool:
     def __init__(
         self,
@@ -202,7 +222,19 @@ class Spool:
                 while True:
                     payload = _read_frame(f)
                     if payload is None:
-                        break
+                        # corrupt, with the next record intact after it: keep its place (the reader
+                        # counts its readings as lost); otherwise a torn tail, cut below
+                        guess = _corrupt_in_place(f, valid_end, first + seg.records)
+                        if guess is None:
+                            break
+                        seg.offsets.append(valid_end)
+                        valid_end = f.tell()
+                        seg.records += 1
+                        seg.readings += guess
+                        seg.last_seq = first + seg.records - 1
+                        seg.counts.append(guess)
+                        log.warning("spool %s: corrupt record %d at byte %d, skipped", path, seg.last_seq, valid_end)
+                        continue
                     seq, _g, _b, n = _HEAD.unpack_from(payload)
                     if seq != first + seg.records:
                         break

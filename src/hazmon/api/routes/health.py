@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from hazmon import __version__
 from hazmon.api.deps import RuntimeDep
-from hazmon.runtime import Runtime
+from hazmon.runtime import STORAGE_OWNER, Runtime
 from hazmon.storage.store import StoreError, guarded
 from hazmon.supervisor import Component, ComponentState
 
@@ -56,11 +56,14 @@ def _forwarder(runtime: Runtime) -> list[str]:
     problems = []
     if not f.store_available:
         problems.append(f"database unavailable: {f.pending_readings} readings kept in the disk spool")
-    lost = {k: v for k, v in f.dropped_by_reason.items() if v}
-    if lost:
-        problems.append("readings not stored: " + ", ".join(f"{k} {v}" for k, v in sorted(lost.items())))
-    if f.spool_errors:
-        problems.append(f"disk spool errors: {f.spool_errors} ({f.last_error})")
+    if runtime.system_alarm_active(STORAGE_OWNER):  # raised by a loss or a disk error, held a while after
+        lost = {k: v for k, v in f.dropped_by_reason.items() if v}
+        if lost:
+            problems.append("readings not stored: " + ", ".join(f"{k} {v}" for k, v in sorted(lost.items())))
+        if f.spool_errors:
+            problems.append(f"disk spool errors: {f.spool_errors} ({f.last_error})")
+        if len(problems) == (0 if f.store_available else 1):
+            problems.append("readings lost or the disk spool failing recently")
     return problems
 
 
