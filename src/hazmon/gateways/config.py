@@ -85,6 +85,9 @@ class OpcUaGateway(_Model):
     deadband: Deadband = Deadband()
     max_items_per_subscription: int = Field(default=5000, gt=0)
     create_chunk: int = Field(default=1000, gt=0, description="monitored items created per request")
+    read_chunk: int = Field(
+        default=10_000, gt=0, description="poll mode: nodes per Read request, capped by the server's MaxNodesPerRead"
+    )
     timeout_s: float = Field(default=5.0, gt=0)
     stale_after_s: float = Field(default=10.0, gt=0, description="no data this long: communication lost")
     backoff: Backoff = Backoff()

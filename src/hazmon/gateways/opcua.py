@@ -4,7 +4,11 @@ Subscription mode creates monitored items in requests of ``create_chunk`` items,
 many subscriptions as ``max_items_per_subscription`` requires, each with the sampling interval and
 the absolute or percent deadband (per tag, else the gateway's). Notifications are taken straight
 from the publish response (one list pass per publish, no task or callback per value) and become
-one reading batch per publish. Polling mode reads the values in chunks every ``poll_interval_ms``.
+one reading batch per publish. Polling mode reads every value every ``poll_interval_ms`` with as few
+Read requests as the server allows (one, unless its OperationLimits/MaxNodesPerRead or
+``read_chunk`` is smaller; the chunks go out together), and decodes the response with numpy when
+its DataValues share one layout (the usual case: scalars of one type with a source timestamp):
+no Python object per value.
 
 hazmon runs its own reconnect loop rather than asyncua's: on a lost connection (socket closed,
 keep-alive probe failed, subscription reported bad status) the session is dropped, the tags get one
@@ -20,6 +24,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -103,6 +108,75 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(i, min(n, i + size))
 
 
+# Variant scalar types of a fixed size (Part 6 §5.1.2): type id -> little-endian numpy dtype
+_VARIANT_DTYPE = {
+    1: "u1",  # Boolean
+    2: "i1",
+    3: "u1",
+    4: "<i2",
+    5: "<u2",
+    6: "<i4",
+    7: "<u4",
+    8: "<i8",
+    9: "<u8",
+    10: "<f4",
+    11: "<f8",  # Double
+}
+_FILETIME_UNIX_US = 11_644_473_600_000_000  # µs from 1601-01-01 (OPC UA DateTime epoch) to 1970-01-01
+
+
+@dataclass(frozen=True, slots=True)
+class ReadColumns:
+    """The DataValues of one Read response as columns (decoded without a Python object per value)."""
+
+    values: npt.NDArray[np.float64]
+    codes: npt.NDArray[np.uint32]
+    ts_us: npt.NDArray[np.int64]  # source timestamp, else server timestamp, as Unix µs; 0 where neither
+
+
+def decode_read_results(body: bytes | memoryview) -> ReadColumns | None:
+    """The ``Results`` array of a ReadResponse body (after the response header), vectorized.
+
+    Returns None when the DataValues do not all share one fixed layout (a string, an array, a
+    status on some values but not others...): the caller decodes those with asyncua.
+    """
+    raw = np.frombuffer(body, dtype=np.uint8)
+    if len(raw) < 4:
+        return None
+    n = int(raw[:4].view("<i4")[0])
+    if n <= 0:
+        return ReadColumns(np.zeros(0), np.zeros(0, np.uint32), np.zeros(0, np.int64)) if n == 0 else None
+    if len(raw) < 5:
+        return None
+    mask = int(raw[4])
+    if mask & ~0x0F or not mask & 0x01:  # picoseconds, or no value: not the simple layout
+        return None
+    vtype = int(raw[5]) if len(raw) > 5 else -1
+    if vtype not in _VARIANT_DTYPE:  # an array, a string, a structure...
+        return None
+    fields: list[tuple[str, str]] = [("mask", "u1"), ("vtype", "u1"), ("value", _VARIANT_DTYPE[vtype])]
+    if mask & 0x02:
+        fields.append(("status", "<u4"))
+    if mask & 0x04:
+        fields.append(("source", "<i8"))
+    if mask & 0x08:
+        fields.append(("server", "<i8"))
+    dtype = np.dtype(fields)  # packed: no alignment
+    if len(raw) < 4 + n * dtype.itemsize:
+        return None
+    rec = np.frombuffer(body, dtype=dtype, count=n, offset=4)
+    if not ((rec["mask"] == mask).all() and (rec["vtype"] == vtype).all()):
+        return None
+    values = rec["value"].astype(np.float64)
+    codes = rec["status"].astype(np.uint32) if mask & 0x02 else np.zeros(n, np.uint32)
+    ts = np.zeros(n, np.int64)
+    for name in ("server", "source"):  # the source time wins where both are there
+        if name in rec.dtype.names:  # type: ignore[operator]
+            ticks = rec[name].astype(np.int64)
+            ts = np.where(ticks > 0, ticks // 10 - _FILETIME_UNIX_US, ts)
+    return ReadColumns(values, codes, ts)
+
+
 class OpcUaGatewayImpl(Gateway):
     protocol = "opcua"
 
@@ -120,6 +194,8 @@ class OpcUaGatewayImpl(Gateway):
         self._lost_reason = ""
         self.subscriptions = 0  # live subscriptions (health/tests)
         self.monitored_items = 0
+        self.read_requests_per_poll = 0  # poll mode: Read requests per cycle
+        self.server_max_nodes_per_read = 0  # the server's OperationLimits (0: none given)
 
     # ------------------------------------------------------------ reconnect loop
 
@@ -351,7 +427,6 @@ class OpcUaGatewayImpl(Gateway):
         n = len(dvs)
         if n == 0:
             return
-        valid = (handles >= 0) & (handles < len(self.keys))
         raw = [dv.Value.Value if dv.Value is not None else None for dv in dvs]
         codes = np.fromiter(
             (dv.StatusCode.value if dv.StatusCode is not None else 0 for dv in dvs), dtype=np.uint32, count=n
@@ -366,15 +441,30 @@ class OpcUaGatewayImpl(Gateway):
         else:
             typed = np.array([isinstance(v, int | float) for v in raw], dtype=bool)
             values = np.array([float(v) if isinstance(v, int | float) else np.nan for v in raw], dtype=np.float64)
+        present = np.array([v is not None for v in raw], dtype=bool)
+        self._emit_columns(stats, handles, values, typed, present, codes, ts, lambda i: raw[i])
+
+    def _emit_columns(
+        self,
+        stats: DeviceStats,
+        handles: npt.NDArray[np.int64],
+        values: npt.NDArray[np.float64],
+        typed: npt.NDArray[np.bool_],
+        present: npt.NDArray[np.bool_],
+        codes: npt.NDArray[np.uint32],
+        ts: npt.NDArray[np.int64],
+        raw_at: Any,
+    ) -> None:
+        valid = (handles >= 0) & (handles < len(self.keys))
         quality = status_to_quality(codes)
         good_status = quality < Quality.BAD
-        wrong = valid & good_status & ~typed & np.array([v is not None for v in raw])
+        wrong = valid & good_status & ~typed & present
         if wrong.any():
             i = int(np.flatnonzero(wrong)[0])
             self.quarantine.reject(
                 Reason.WRONG_TYPE,
                 self.config.tags[int(handles[i])].node,
-                f"value {raw[i]!r} is not a number",
+                f"value {raw_at(i)!r} is not a number",
                 count=int(wrong.sum()),
             )
         nonfinite = valid & good_status & typed & ~np.isfinite(values)
@@ -406,22 +496,77 @@ class OpcUaGatewayImpl(Gateway):
         ua = _ua()
 
         period = self.config.poll_interval_ms / 1000.0
-        chunk = self.config.create_chunk
+        chunk = await self._read_chunk(client)
         all_handles = np.arange(len(nodes), dtype=np.int64)
+        requests = []
+        for part in _chunks(len(nodes), chunk):  # built once per session, sent every cycle
+            params = ua.ReadParameters()
+            params.TimestampsToReturn = ua.TimestampsToReturn.Both
+            params.NodesToRead = [
+                ua.ReadValueId(NodeId=n.nodeid, AttributeId=ua.AttributeIds.Value) for n in nodes[part]
+            ]
+            requests.append((all_handles[part], params))
+        self.read_requests_per_poll = len(requests)
         due = time.monotonic()
         while True:
             received = now_us()
-            dvs: list[Any] = []
-            for part in _chunks(len(nodes), chunk):
-                dvs.extend(await client.read_attributes(nodes[part], ua.AttributeIds.Value))
+            results = await asyncio.gather(*(self._read(client, params) for _, params in requests))
             stats.alive()
-            self._emit_datavalues(stats, all_handles, dvs, received)
+            for (handles, _), result in zip(requests, results, strict=True):
+                if isinstance(result, ReadColumns):
+                    n = len(result.values)
+                    if n != len(handles):
+                        raise _Lost(f"Read returned {n} values for {len(handles)} nodes")
+                    ts = np.where(result.ts_us != 0, result.ts_us, received)
+                    ones = np.ones(n, dtype=bool)
+                    self._emit_columns(stats, handles, result.values, ones, ones, result.codes, ts, lambda i: None)
+                else:
+                    self._emit_datavalues(stats, handles, result, received)
             due += period
             now = time.monotonic()
             if due < now:
                 stats.error("overrun")
                 due = now + period
             await asyncio.sleep(due - now if due > now else 0)
+
+    async def _read_chunk(self, client: Any) -> int:
+        """Nodes per Read request: ``read_chunk``, capped by the server's MaxNodesPerRead (0: no limit)."""
+        ua = _ua()
+        limit = 0
+        try:
+            node = client.get_node(ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead))
+            limit = int(await node.read_value() or 0)
+        except Exception as e:  # an optional node: a server without OperationLimits has no limit to tell
+            self._log.debug("no MaxNodesPerRead from the server: %r", e)
+        self.server_max_nodes_per_read = limit
+        chunk = self.config.read_chunk
+        return min(chunk, limit) if limit > 0 else chunk
+
+    async def _read(self, client: Any, params: Any) -> ReadColumns | list[Any]:
+        """One Read request; the response decoded with numpy when its values share one layout."""
+        ua = _ua()
+        from asyncua.ua.ua_binary import nodeid_from_binary, struct_from_binary
+
+        session = getattr(client.uaclient, "session", None)
+        send = getattr(session, "_send_request", None)
+        if send is None:  # an asyncua without the raw request path: decoded by asyncua
+            results: list[Any] = await client.uaclient.read(params)
+            return results
+        request = ua.ReadRequest()
+        request.Parameters = params
+        data = await send(request)
+        body = data.copy()
+        nodeid_from_binary(body)  # the response's type id
+        header = struct_from_binary(ua.ResponseHeader, body)
+        header.ServiceResult.check()
+        rest = bytes(body)
+        fast = decode_read_results(rest)
+        if fast is not None:
+            return fast
+        response = struct_from_binary(ua.ReadResponse, data)
+        response.ResponseHeader.ServiceResult.check()
+        decoded: list[Any] = response.Results
+        return decoded
 
 
 def _subscription_class() -> type[Any]:
