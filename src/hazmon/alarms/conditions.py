@@ -44,28 +44,29 @@ class Evaluator:
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in (self.limit, self.deadband, self.aux, self.qlo, self.qhi))
 
-    def full(self, r: npt.NDArray[np.intp], v: npt.NDArray[np.float64], valid: Any, enabled: U16) -> tuple[U16, U16]:
-        """(on, off) bits of limits, state, range, quality and staleness for readings that are not quiet."""
+    def on_bits(self, r: npt.NDArray[np.intp], v: npt.NDArray[np.float64], valid: Any, enabled: U16) -> U16:
+        """Bits of limits, state, range and quality that these readings count toward activating."""
+        lim, rc = self.limit, self.rules
+        on = _bits(v >= lim[r, HH], HH)
+        on |= _bits(v >= lim[r, H], H)
+        on |= _bits(v <= lim[r, L], L)
+        on |= _bits(v <= lim[r, LL], LL)
+        on |= _bits(v == lim[r, STATE], STATE)
+        on |= _bits((v < rc.oor_lo[r]) | (v > rc.oor_hi[r]), OUT_OF_RANGE)
+        out: U16 = np.where(valid, on, enabled & np.uint16(1 << BAD)).astype(np.uint16)
+        return out
+
+    def off_bits(self, r: npt.NDArray[np.intp], v: npt.NDArray[np.float64], valid: Any) -> U16:
+        """Bits of limits, state, range, quality and staleness that these readings count toward clearing."""
         lim, db, rc = self.limit, self.deadband, self.rules
-        on = np.zeros(len(r), np.uint16)
-        off = np.zeros(len(r), np.uint16)
-        for col in (HH, H):
-            x = lim[r, col]
-            on |= _bits(v >= x, col)
-            off |= _bits(v < x - db[r, col], col)
-        for col in (L, LL):
-            x = lim[r, col]
-            on |= _bits(v <= x, col)
-            off |= _bits(v > x + db[r, col], col)
-        x = lim[r, STATE]
-        on |= _bits(v == x, STATE)
-        off |= _bits(v != x, STATE)
-        outside = (v < rc.oor_lo[r]) | (v > rc.oor_hi[r])
-        on |= _bits(outside, OUT_OF_RANGE)
-        off |= _bits(~outside, OUT_OF_RANGE) | _GOOD_OFF
-        on_out: U16 = np.where(valid, on, enabled & np.uint16(1 << BAD)).astype(np.uint16)
-        off_out: U16 = np.where(valid, off, np.uint16(0)).astype(np.uint16)
-        return on_out, off_out
+        off = _bits(v < lim[r, HH] - db[r, HH], HH)
+        off |= _bits(v < lim[r, H] - db[r, H], H)
+        off |= _bits(v > lim[r, L] + db[r, L], L)
+        off |= _bits(v > lim[r, LL] + db[r, LL], LL)
+        off |= _bits(v != lim[r, STATE], STATE)
+        off |= _bits(~((v < rc.oor_lo[r]) | (v > rc.oor_hi[r])), OUT_OF_RANGE) | _GOOD_OFF
+        out: U16 = np.where(valid, off, np.uint16(0)).astype(np.uint16)
+        return out
 
     def rate(
         self, rows: npt.NDArray[np.intp], ts: I64, v: npt.NDArray[np.float64], valid: Any, aux: Any, on: U16, off: U16
@@ -98,7 +99,15 @@ class Evaluator:
         off[sel] |= off_bits
 
     def frozen(
-        self, rows: npt.NDArray[np.intp], ts: I64, v: npt.NDArray[np.float64], valid: Any, aux: Any, on: U16, off: U16
+        self,
+        rows: npt.NDArray[np.intp],
+        ts: I64,
+        v: npt.NDArray[np.float64],
+        valid: Any,
+        aux: Any,
+        oc: U16,
+        on: U16,
+        off: U16,
     ) -> None:
         sel = np.flatnonzero(valid & ((aux & AUX_FROZEN) != 0))
         if len(sel) == 0:
@@ -117,7 +126,8 @@ class Evaluator:
             frozen[still] = tt[still] - t.frz_ts[rs] >= rc.frozen_us[rs]
         fbit = np.uint16(1 << FROZEN)
         on[sel[frozen]] |= fbit
-        off[sel[~frozen]] |= fbit
+        thawed = sel[~frozen & ((oc[sel] & fbit) != 0)]  # toward clearing matters only where active: few
+        off[thawed] |= fbit
 
 
 def quiet_band(rc: CompiledRules) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:

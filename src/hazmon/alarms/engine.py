@@ -140,7 +140,7 @@ class AlarmEngine:
     def _start_clock(self, now_us: int) -> None:
         if self._epoch is None:
             self._epoch = now_us
-            self.tags.seen.fill(now_us)
+            self.tags.stale_ref.fill(now_us)
 
     def _round(
         self,
@@ -153,17 +153,21 @@ class AlarmEngine:
     ) -> None:
         """One reading per row. Quiet readings (inside every limit, nothing active) take the short path."""
         t, c = self.tags, self.cells
-        old = ts < t.last_ts[rows]
+        last = t.last_ts[rows]
+        old = ts < last
         if old.any():
             self.stats["old_readings"] += int(old.sum())
             keep = ~old
-            rows, ts, v, q = rows[keep], ts[keep], v[keep], q[keep]
+            rows, ts, v, q, last = rows[keep], ts[keep], v[keep], q[keep], last[keep]
         t.last_ts[rows] = ts
-        seen = t.seen[rows]
-        gap = ts - seen >= self._stale_after[rows]  # the input went stale since the last sign of life
-        if gap.any():
+        pend = c.pend[rows]
+        running = np.flatnonzero(pend)  # runs under way: few
+        if len(running):  # a run across a stale gap (no sign of life for the stale time) starts afresh
+            rr = rows[running]
+            seen = np.maximum(last[running], t.stale_ref[rr])
+            gap = running[ts[running] - seen >= self._stale_after[rr]]
+            pend[gap] = 0
             c.pend[rows[gap]] = 0
-        t.seen[rows] = np.maximum(seen, ts)
         good_q = q < _BAD_QUALITY
         valid = good_q & np.isfinite(v)
         all_valid = bool(valid.all())
@@ -173,20 +177,20 @@ class AlarmEngine:
         ev = self.eval
         aux = ev.aux[rows]
         ev.rate(rows, ts, v, valid, aux, on, off)
-        ev.frozen(rows, ts, v, valid, aux, on, off)
+        ev.frozen(rows, ts, v, valid, aux, oc, on, off)
         quiet = ((oc & _LOUD_BITS) == 0) & (v > ev.qlo[rows]) & (v < ev.qhi[rows]) & good_q
         loud = np.flatnonzero(~quiet)
         if len(loud):
             lr = rows[loud]
-            on_l, off_l = ev.full(lr, v[loud], valid[loud], c.enabled[lr])
-            on[loud] |= on_l
-            off[loud] |= off_l
+            on[loud] |= ev.on_bits(lr, v[loud], valid[loud], c.enabled[lr])
+            active = loud[(oc[loud] & _LOUD_BITS) != 0]  # toward clearing matters only where active: few
+            if len(active):
+                off[active] |= ev.off_bits(rows[active], v[active], valid[active])
         if all_valid:
             t.last_v[rows] = v
         else:
             t.last_v[rows] = np.where(valid, v, t.last_v[rows])
         toward = (on & ~oc) | (off & oc)
-        pend = c.pend[rows]
         work = toward | pend
         if work.any():
             for r, cc, event in self._advance(rows, ts, oc, toward, pend, work):
@@ -315,7 +319,7 @@ class AlarmEngine:
         for (r, col), until in sorted(self._shelved_until.items()):
             if until <= now_us:
                 events.extend(self._unmask(r, col, "shelf", Action.UNSHELVE, now_us, None, "shelving expired"))
-        stale = np.flatnonzero(now_us - t.seen >= self._stale_after)
+        stale = np.flatnonzero(now_us - np.maximum(t.last_ts, t.stale_ref) >= self._stale_after)
         if len(stale):
             sbit = np.uint16(1 << STALE)
             c.pend[stale] &= sbit  # nothing completes on stale input: every other run starts afresh
@@ -452,7 +456,7 @@ class AlarmEngine:
             for x in rows
         }
         back = [int(x) for x in tag_rows if int(x) not in still_lost]
-        self.tags.seen[back] = np.maximum(self.tags.seen[back], now_us)
+        self.tags.stale_ref[back] = np.maximum(self.tags.stale_ref[back], now_us)
         sbit = np.uint16(1 << STALE)
         c.cond[back] &= ~sbit
         c.pend[back] &= ~sbit
@@ -467,7 +471,7 @@ class AlarmEngine:
         keys = np.unique(np.asarray(tag_keys, dtype=np.int64))
         t, c = self.tags, self.cells
         self._start_clock(now_us)
-        t.seen[keys] = np.maximum(t.seen[keys], now_us)
+        t.stale_ref[keys] = np.maximum(t.stale_ref[keys], now_us)
         sbit = np.uint16(1 << STALE)
         active = (c.cond[keys] & sbit) != 0
         c.pend[keys[~active]] &= ~sbit

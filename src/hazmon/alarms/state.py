@@ -138,7 +138,7 @@ class TagState:
     """Per-tag signal history (rows of tags only, no devices)."""
 
     last_ts: I64  # last accepted reading, for ordering
-    seen: I64  # last sign of life: a reading of any quality, engine start, communication restored
+    stale_ref: I64  # stale counts from max(last_ts, stale_ref): engine start, communication restored, refresh
     last_v: F64  # last valid value
     rate: F64  # last rate of change, units per minute
     frz_ref: F64
@@ -152,7 +152,7 @@ class TagState:
 
     def __init__(self, n: int) -> None:
         self.last_ts = np.full(n, NONE_TS, np.int64)
-        self.seen = np.full(n, NONE_TS, np.int64)
+        self.stale_ref = np.full(n, NONE_TS, np.int64)
         self.last_v = np.full(n, np.nan)
         self.rate = np.full(n, np.nan)
         self.frz_ref = np.full(n, np.nan)
