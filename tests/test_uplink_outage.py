@@ -142,6 +142,7 @@ async def test_sent_equals_received_through_an_outage_and_a_restart(pg_url: str,
             stats = receiver_stats(port)
             assert stats["received"] == sent, (stats, sent)
             assert stats["out_of_order"] == 0 and stats["refused"] == {}
+            await wait_for(lambda: receiver_stats(port)["by_type"].get("heartbeat", 0) >= 2, 10, "heartbeats")
             assert sum(uplink.stats.rejected.values()) == 0 and uplink.queue.dropped == {}
             assert stats["enterprises"] == [USCC]
 

@@ -300,12 +300,15 @@ class Uplink:
             equip = feed.equipment.get(e.tag_id) if e.tag_id is not None else None
             by_site.setdefault(feed.site.id, []).append(alarm_event(e, inst, equip))
         created = now_us()
-        self._put(
-            [
-                ("alarm", self._feeds[s].enterprise_code, {"site_code": s, "events": evs}, created)
-                for s, evs in by_site.items()
-            ]
-        )
+        items = [
+            ("alarm", self._feeds[s].enterprise_code, {"site_code": s, "events": evs}, created)
+            for s, evs in by_site.items()
+        ]
+        try:
+            self._put(items)
+        except OSError:
+            self._alarms[:0] = events  # kept for the next try (the task is restarted and alarms it)
+            raise
 
     def _put(self, items: list[tuple[str, str, Any, int]]) -> None:
         if not items:
