@@ -167,8 +167,8 @@ async def test_refused_readings_are_set_aside_alone_counted_and_the_rest_stored(
             assert st.dropped_by_reason["refused_by_store"] == 1 and st.dropped_readings == 1
             assert (st.rejected_batches, st.rejected_readings) == (1, 1)
             assert st.stored_readings == 39
-            assert fwd.dropped_for([7]) == {"refused_by_store": 1}
-            assert fwd.dropped_for([6, 8]) == {"refused_by_store": 0}
+            assert fwd.dropped_for([7])["refused_by_store"] == 1
+            assert fwd.dropped_for([6, 8]) == {"refused_by_store": 0, "spool_unwritable": 0}
         assert await stored(pg_url) == (39, 39)
         kept = list((tmp_path / "spool" / "rejected").glob("*.rec"))
         assert len(kept) == 1

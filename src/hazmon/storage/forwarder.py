@@ -190,7 +190,7 @@ class Forwarder:
         """Readings of these tag keys that did not reach the database, by reason (where known: a
         full spool's and a corrupt record's readings are counted in total only)."""
         k = np.asarray(keys, dtype=np.int64)
-        out = {}
+        out = {SPOOL_UNWRITABLE: 0, REFUSED_BY_STORE: 0}
         for reason, per_tag in self._lost_by_tag.items():
             inside = k[(k >= 0) & (k < per_tag.size)]
             out[reason] = int(per_tag[inside].sum())
