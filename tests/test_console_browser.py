@@ -88,6 +88,8 @@ async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
         async with httpx.AsyncClient(base_url=base, timeout=5) as client:
 
             async def healthy() -> bool:
+                if proc.returncode is not None:
+                    raise AssertionError(f"hazmon demo stopped ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
                 try:
                     return (await client.get("/healthz")).status_code == 200
                 except httpx.TransportError:
@@ -113,7 +115,8 @@ async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
         yield Demo(base, f"http://127.0.0.1:{proxy.port}", proxy, operator, m.group(1), data_dir)
     finally:
         await proxy.stop()
-        proc.send_signal(signal.SIGTERM)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), 30)
         finally:
