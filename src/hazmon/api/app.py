@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from hazmon import __version__
+from hazmon.api import edge
 from hazmon.api.deps import require
 from hazmon.api.routes import (
     admin,
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         static_url="/docs-assets",
     )
     _declare_bearer(app)
+    edge.install(app)  # NUL characters in paths and queries, JSON-safe validation errors, counted
 
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -69,6 +69,11 @@ class StoreUnavailable(StoreError):
     """The database could not be reached; the operation may be retried later."""
 
 
+class StoreInvalid(StoreError):
+    """The database refused a value (out of range, not representable): the caller's input is at fault,
+    and trying again will not help."""
+
+
 _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
@@ -84,6 +89,12 @@ async def guarded(op: Callable[[], Awaitable[T]], what: str) -> T:
     """Run a database operation, translating driver errors into StoreError/StoreUnavailable."""
     try:
         return await op()
+    except asyncpg.DataError as e:
+        raise StoreInvalid(f"{what}: invalid value: {e}") from e
+    except asyncpg.InterfaceError as e:
+        if isinstance(e, ValueError):  # asyncpg's own DataError: an argument it cannot encode
+            raise StoreInvalid(f"{what}: invalid value: {e}") from e
+        raise StoreUnavailable(f"{what}: database unavailable: {e}") from e
     except _UNAVAILABLE as e:
         raise StoreUnavailable(f"{what}: database unavailable: {e}") from e
     except asyncpg.PostgresError as e:

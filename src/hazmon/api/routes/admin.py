@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from hazmon import audit
 from hazmon.api.deps import Admin, Configurer, RuntimeDep
+from hazmon.api.edge import INT64_MAX, NoNul, find_nul
 from hazmon.auth import AuthError, Principal, Role, create_token, list_tokens, revoke_token
 from hazmon.errors import InvalidFile
 from hazmon.regulator.sitecheck import parse_graded_site
@@ -21,9 +22,11 @@ router = APIRouter(tags=["admin"])
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Role
-    sites: list[str] = Field(default_factory=list)
-    enterprises: list[str] = Field(default_factory=list)
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    sites: list[Annotated[NoNul, Field(min_length=1, max_length=200)]] = Field(default_factory=list, max_length=1000)
+    enterprises: list[Annotated[NoNul, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    name: NoNul | None = Field(default=None, min_length=1, max_length=200)
 
 
 @router.get("/tokens", summary="Every token (never its secret)")
@@ -94,7 +97,7 @@ async def get_audit(
     runtime: RuntimeDep,
     user: Admin,
     limit: int = Query(100, ge=1, le=1000),
-    before_seq: int | None = None,
+    before_seq: int | None = Query(None, ge=1, le=INT64_MAX, description="entries before this seq (paging)"),
     site: str | None = None,
 ) -> list[dict[str, Any]]:
     async def op() -> list[dict[str, Any]]:
@@ -126,6 +129,9 @@ async def put_site(runtime: RuntimeDep, user: Configurer, site_id: str, body: di
 
     The running rule engine and gateways keep the configuration they started with until restart.
     """
+    nul = find_nul(body)
+    if nul is not None:
+        raise HTTPException(422, f"{nul}: must not contain a NUL character")
     try:
         site, _warnings = parse_graded_site(body, f"<PUT /api/v1/sites/{site_id}>")
     except InvalidFile as e:

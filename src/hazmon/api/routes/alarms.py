@@ -21,6 +21,8 @@ from hazmon.alarms import journal, kpi
 from hazmon.alarms.alarm import AlarmSnapshot, AlarmState, InvalidTransition, Priority, UnknownAlarm
 from hazmon.alarms.engine import AlarmEngine
 from hazmon.api.deps import Operator, Reader, RuntimeDep, ensure_sees
+from hazmon.api.edge import INT64_MAX, NoNul
+from hazmon.api.routes.tags import time_range
 from hazmon.api.where import NOWHERE, Place, directory
 from hazmon.auth import Principal
 from hazmon.live import AlarmListView, encode_json, event_dict, iso_local, owner_of, snapshot_dict
@@ -73,7 +75,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     m = _SINCE.match(text)
     if m:
-        return now - timedelta(seconds=float(m.group(1)) * _SINCE_S[m.group(2)])
+        try:
+            return now - timedelta(seconds=float(m.group(1)) * _SINCE_S[m.group(2)])
+        except OverflowError:
+            raise HTTPException(422, f"since {text!r}: reaches before the year 1") from None
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -180,18 +185,13 @@ async def alarm_history(
     start: datetime | None = None,
     end: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     tag: Annotated[str | None, Query(description="a tag or device id: its alarms only")] = None,
     priority: Priority | None = None,
     alarm_user: Annotated[str | None, Query(alias="user", description="entries by this user only")] = None,
 ) -> Response:
     site_id = _scoped_site(user, site)
-    end = end or datetime.now(UTC)
-    start = start or end - timedelta(days=1)
-    end = end if end.tzinfo else end.replace(tzinfo=UTC)
-    start = start if start.tzinfo else start.replace(tzinfo=UTC)
-    if start >= end:
-        raise HTTPException(422, "start must be before end")
+    start, end = time_range(start, end, timedelta(days=1))
 
     async def op() -> list[dict[str, Any]]:
         async with runtime.db.pool.acquire() as conn:
@@ -306,7 +306,7 @@ class CommentBody(_Body):
 
 class ShelveBody(_Body):
     reason: OperatorText = Field(min_length=1, max_length=2000, description="why the alarm is shelved (required)")
-    duration_s: float = Field(gt=0, description="seconds; at most the configured maximum")
+    duration_s: float = Field(gt=0, allow_inf_nan=False, description="seconds; at most the configured maximum")
 
 
 class TextBody(_Body):
@@ -318,7 +318,7 @@ class ReasonBody(_Body):
 
 
 class BulkAckBody(_Body):
-    ids: list[str] = Field(min_length=1, max_length=1000)
+    ids: list[NoNul] = Field(min_length=1, max_length=1000)
     comment: OperatorText | None = Field(default=None, max_length=2000)
 
 

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from hazmon.api.deps import Reader, RuntimeDep, visible_tag
+from hazmon.api.routes.tags import time_range
 from hazmon.storage.store import guarded
 
 router = APIRouter(tags=["tags"])
@@ -23,10 +24,6 @@ CHUNK = 10_000
 class ExportFormat(StrEnum):
     CSV = "csv"
     JSON = "json"
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _iso(t: datetime) -> str:
@@ -42,10 +39,7 @@ async def export_series(
     end: datetime | None = None,
     format: ExportFormat = ExportFormat.CSV,
 ) -> StreamingResponse:
-    end = _aware(end) if end else datetime.now(UTC)
-    start = _aware(start) if start else end - timedelta(days=1)
-    if start >= end:
-        raise HTTPException(422, "start must be before end")
+    start, end = time_range(start, end, timedelta(days=1))
 
     tag = await visible_tag(runtime, user, tag_id)
     key = tag["key"]

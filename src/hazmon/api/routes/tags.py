@@ -22,12 +22,34 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, None: 1}
 
 
+MAX_BUCKET = timedelta(days=366)
+
+
 def parse_duration(text: str) -> timedelta:
-    """'30s', '1m', '5min', '1h', '1d' or plain seconds."""
+    """'30s', '1m', '5min', '1h', '1d' or plain seconds, at most ``MAX_BUCKET``."""
     m = _DURATION.match(text)
     if not m:
         raise ValueError(f"bucket {text!r}: use a duration such as 30s, 1m, 15min, 1h or 1d")
-    return timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+    seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if not seconds <= MAX_BUCKET.total_seconds():
+        raise ValueError(f"bucket {text!r}: at most {MAX_BUCKET.days} days")
+    return timedelta(seconds=seconds)
+
+
+def time_range(start: datetime | None, end: datetime | None, default: timedelta) -> tuple[datetime, datetime]:
+    """(start, end), timezone-aware: end defaults to now, start to ``default`` before end; 422 when
+    start is not before end or a time falls outside what can be computed."""
+    try:
+        end = _aware(end) if end else datetime.now(UTC)
+        start = _aware(start) if start else end - default
+        # both must stay comparable and representable after conversion to UTC
+        start.astimezone(UTC)
+        end.astimezone(UTC)
+    except OverflowError:
+        raise HTTPException(422, "start/end: a time outside the range years 1 to 9999") from None
+    if start >= end:
+        raise HTTPException(422, "start must be before end")
+    return start, end
 
 
 def _json_value(v: float | None) -> float | None:
@@ -104,10 +126,7 @@ async def get_series(
     bucket: Annotated[str | None, Query(description="bucket width, e.g. 1m; omitted: raw readings")] = None,
     agg: Aggregate = Aggregate.AVG,
 ) -> dict[str, Any]:
-    end = _aware(end) if end else datetime.now(UTC)
-    start = _aware(start) if start else end - timedelta(hours=1)
-    if start >= end:
-        raise HTTPException(422, "start must be before end")
+    start, end = time_range(start, end, timedelta(hours=1))
     width = None
     if bucket is not None:
         try:
