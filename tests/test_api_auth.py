@@ -88,6 +88,8 @@ ROUTES = [
     ),
     Route("GET", "/api/v1/gateways", "/api/v1/gateways", Permission.READ, FILTERED),
     Route("GET", "/api/v1/compliance", "/api/v1/compliance", Permission.READ, FILTERED),
+    Route("GET", "/api/v1/installations", "/api/v1/installations", Permission.READ, FILTERED),
+    Route("GET", "/api/v1/installations/{installation_id}", "/api/v1/installations/HI-02", Permission.READ),
     Route("GET", "/api/v1/tokens", "/api/v1/tokens", Permission.ADMIN, GLOBAL),
     Route(
         "POST",

@@ -174,5 +174,5 @@ async def test_api_installations_give_the_same_grades(env: tuple[Runtime, Tokens
     assert (await client.get("/api/v1/installations/HI-99", headers=headers)).status_code == 404
     other = {"Authorization": f"Bearer {tokens.regulator_other}"}
     assert (await client.get("/api/v1/installations", headers=other)).json() == []
-    assert (await client.get("/api/v1/installations/HI-02", headers=other)).status_code == 404
+    assert (await client.get("/api/v1/installations/HI-02", headers=other)).status_code == 403
     assert (await client.get("/api/v1/installations")).status_code == 401

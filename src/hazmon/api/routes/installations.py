@@ -38,7 +38,11 @@ async def get_installation(
 ) -> dict[str, Any]:
     found = [i for i in _visible(runtime, user, site, None) if i["id"] == installation_id]
     if not found:
-        raise HTTPException(404, f"no installation {installation_id!r} in this token's scope")
+        if any(
+            i.id == installation_id and (site is None or s.id == site) for s in runtime.sites for i in s.installations
+        ):
+            raise HTTPException(403, f"installation {installation_id!r} is outside this token's scope")
+        raise HTTPException(404, f"no installation {installation_id!r}")
     if len(found) > 1:
         sites = ", ".join(i["site"] for i in found)
         raise HTTPException(409, f"installation {installation_id!r} exists in several sites ({sites}): add ?site=")
