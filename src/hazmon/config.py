@@ -7,6 +7,7 @@ the defaults below. An invalid value stops start-up with a message naming the ke
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -95,6 +97,15 @@ class Settings(BaseSettings):
     rollup_interval_s: float = Field(default=60.0, gt=0, description="how often hazmon maintains rollups")
     db_pool_size: int = Field(default=8, ge=1, le=200)
     uplink: UplinkSettings = Field(default_factory=UplinkSettings, description="provincial platform uplink")
+    # scale-out over NATS JetStream (`hazmon serve --role gateway|engine|writer`, docs/scaling.md)
+    sites: list[Path] = Field(default_factory=list, description="more site files (engine shards of many sites)")
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server with JetStream")
+    nats_namespace: str = Field(
+        default="hazmon", pattern=r"^[a-z][a-z0-9_]{0,30}$", description="prefix of hazmon's subjects and streams"
+    )
+    partitions: int = Field(default=16, ge=1, le=1024, description="reading partitions (sites hashed onto them)")
+    shard: str = Field(default="0/1", pattern=r"^\d+/\d+$", description="engine shard i/n: owns partitions p % n == i")
+    engine_clock: bool = Field(default=True, description="the engine's 1 s tick; off only to replay recorded data")
 
     @field_validator("retention_days")
     @classmethod
@@ -139,6 +150,14 @@ def load_settings(**overrides: Any) -> Settings:
             raise ConfigError(f"HAZMON_CONFIG: {config_file} must hold a mapping of settings")
     try:
         return Settings(**overrides)
+    except SettingsError as e:
+        # A value a source cannot parse at all, e.g. HAZMON_RULES that is not JSON.
+        m = re.search(r'field "([^"]+)" from source "(\w+)"', str(e))
+        field, source = (m.group(1), m.group(2)) if m else ("?", "")
+        where = f"HAZMON_{field.upper()}" if source != "YamlConfigSettingsSource" else f"{field} in HAZMON_CONFIG"
+        why = f": {e.__cause__}" if e.__cause__ is not None else ""
+        example = ' (a JSON list, e.g. ["a.yaml", "b.yaml"])' if field in ("rules", "gateways") else ""
+        raise ConfigError(f"invalid configuration:\n  {where}: cannot be parsed{why}{example}") from None
     except ValidationError as e:
         lines = []
         for err in e.errors():

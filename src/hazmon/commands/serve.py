@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve", help="run the configured site, gateways, rule engine, store and API", epilog=DATABASE_HELP
     )
+    serve.add_argument(
+        "--role",
+        choices=("all", "gateway", "engine", "writer"),
+        default="all",
+        help="all: every stage in this process (default); gateway, engine, writer: one stage, joined to the "
+        "others over NATS JetStream (HAZMON_NATS_URL, HAZMON_PARTITIONS, HAZMON_SHARD; docs/scaling.md)",
+    )
     serve.set_defaults(handler=_serve)
     demo = sub.add_parser(
         "demo", help="run the demo plant end to end: simulators, gateways, rule engine, embedded database, API"
@@ -73,13 +80,27 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 async def serve_forever(
-    settings: Settings, gateway_configs: Sequence[GatewayConfig] | None = None, banner: bool = False
+    settings: Settings,
+    gateway_configs: Sequence[GatewayConfig] | None = None,
+    banner: bool = False,
+    role: str = "all",
 ) -> None:
     """Run the runtime and the API in this event loop until SIGINT/SIGTERM."""
     from hazmon.api import create_app
     from hazmon.runtime import run_runtime
 
-    async with run_runtime(settings, gateway_configs=gateway_configs) as runtime:
+    bus = None
+    if role == "gateway":  # no engine, no store: batches go to the bus
+        from hazmon.cluster.bus import Bus
+
+        settings = settings.model_copy(update={"rules": []})
+        bus = await Bus.connect(settings.nats_url, settings.nats_namespace)
+    async with contextlib.AsyncExitStack() as stack, run_runtime(settings, gateway_configs=gateway_configs) as runtime:
+        if bus is not None:
+            from hazmon.cluster.roles import bus_publisher, sites_by_key
+
+            stack.push_async_callback(bus.close)
+            runtime.publisher = bus_publisher(bus, sites_by_key(runtime.sites, runtime.tags), settings.partitions)
         if banner:
             from hazmon.auth import ensure_demo_token
 
@@ -134,7 +155,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve_forever(settings))
+    if args.role in ("engine", "writer"):
+        from hazmon.cluster.roles import run_role
+
+        asyncio.run(run_role(args.role, settings))
+        return 0
+    asyncio.run(serve_forever(settings, role=args.role))
     return 0
 
 

@@ -1,0 +1,66 @@
+"""The wire form of a reading batch on the message bus: a fixed header and the four columns as raw
+little-endian arrays, so that a 10,000-reading batch is one 210 kB message decoded without a loop.
+
+Layout (all little-endian)::
+
+    magic b"HZRB" | version u8 | reserved u8 | reserved u16 | n u32 | batch id (16 bytes)
+    tag int32[n] | ts int64[n] | value float64[n] | quality uint8[n]
+
+``decode_batch`` checks the magic, the version and the length, and raises ``CodecError`` with what is
+wrong: a malformed message is counted and set aside by the consumer, never half-read.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+
+import numpy as np
+
+from hazmon.reading import ReadingBatch
+
+MAGIC = b"HZRB"
+VERSION = 1
+_HEADER = struct.Struct("<4sBBHI16s")
+HEADER_BYTES = _HEADER.size  # 28
+BYTES_PER_READING = 4 + 8 + 8 + 1
+
+
+class CodecError(ValueError):
+    pass
+
+
+def encode_batch(batch: ReadingBatch) -> bytes:
+    n = len(batch)
+    return b"".join(
+        (
+            _HEADER.pack(MAGIC, VERSION, 0, 0, n, batch.batch_id.bytes),
+            batch.tag.astype("<i4", copy=False).tobytes(),
+            batch.ts.astype("<i8", copy=False).tobytes(),
+            batch.value.astype("<f8", copy=False).tobytes(),
+            batch.quality.astype("u1", copy=False).tobytes(),
+        )
+    )
+
+
+def decode_batch(data: bytes | bytearray | memoryview) -> ReadingBatch:
+    buf = memoryview(data)
+    if len(buf) < HEADER_BYTES:
+        raise CodecError(f"reading batch: {len(buf)} bytes, shorter than the {HEADER_BYTES}-byte header")
+    magic, version, _, _, n, raw_id = _HEADER.unpack_from(buf)
+    if magic != MAGIC:
+        raise CodecError(f"reading batch: bad magic {bytes(magic)!r}")
+    if version != VERSION:
+        raise CodecError(f"reading batch: version {version} (this hazmon reads {VERSION})")
+    want = HEADER_BYTES + n * BYTES_PER_READING
+    if len(buf) != want:
+        raise CodecError(f"reading batch: {len(buf)} bytes for {n} readings, expected {want}")
+    o = HEADER_BYTES
+    tag = np.frombuffer(buf, "<i4", n, o).astype(np.int32)
+    o += 4 * n
+    ts = np.frombuffer(buf, "<i8", n, o).astype(np.int64)
+    o += 8 * n
+    value = np.frombuffer(buf, "<f8", n, o).astype(np.float64)
+    o += 8 * n
+    quality = np.frombuffer(buf, "u1", n, o).astype(np.uint8)
+    return ReadingBatch(tag, ts, value, quality, uuid.UUID(bytes=bytes(raw_id)))

@@ -1,0 +1,272 @@
+"""The stages of `hazmon serve` as separate processes over NATS JetStream (`--role gateway|engine|writer`).
+
+- **gateway**: the gateways of the configuration, their health and the API (``/healthz``,
+  ``/api/v1/gateways``); every batch goes to ``<ns>.readings.<partition of its site>``
+  (``Runtime.publisher``), nothing to the engine or the store;
+- **engine** (shard ``i/n``): owns the partitions ``p`` with ``p % n == i``; for each, a durable
+  consumer delivers the site's batches in order; the shard's engine judges them (rules compiled for the
+  sites of its partitions, alarm state restored from the journal at start), publishes the events to
+  ``<ns>.events.<site>`` (message ids derived from each event: a replay publishes nothing twice),
+  journals them, then acknowledges the batch. Killed at any point, the restarted shard resumes at the
+  first unacknowledged batch with the state the journal holds: no transition is lost, none journaled
+  twice;
+- **writer**: the writers share one consumer (each batch to one of them) and store batches by binary
+  COPY; the store is idempotent per batch and per (tag, time), so a redelivered batch is stored once.
+
+The in-process stages keep their interfaces: a batch is a ``ReadingBatch``, an event an ``AlarmEvent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hazmon.alarms import journal
+from hazmon.alarms.alarm import AlarmEvent, split_alarm_id
+from hazmon.alarms.compiler import compile_rules, load_rules
+from hazmon.alarms.engine import AlarmEngine
+from hazmon.cluster.bus import ENGINE_ACK_WAIT_S, WRITER_ACK_WAIT_S, Bus, partition_of
+from hazmon.cluster.codec import CodecError, decode_batch, encode_batch
+from hazmon.config import Settings
+from hazmon.plant.site import Site, load_site
+from hazmon.reading import ReadingBatch, now_us
+from hazmon.storage.database import open_database
+from hazmon.storage.registry import tag_index, upsert_site
+from hazmon.storage.store import ReadingStore, StoreError
+
+log = logging.getLogger("hazmon.cluster")
+FETCH_TIMEOUT_S = 1.0
+TICK_S = 1.0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    i, n = (int(x) for x in text.split("/"))
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard {text!r}: want i/n with 0 <= i < n")
+    return i, n
+
+
+def owned_partitions(shard: str, partitions: int) -> list[int]:
+    i, n = parse_shard(shard)
+    return [p for p in range(partitions) if p % n == i]
+
+
+def site_files(settings: Settings) -> list[Path]:
+    return ([settings.site] if settings.site is not None else []) + list(settings.sites)
+
+
+def _owner(alarm_id: str, tag_id: str | None) -> str:
+    return tag_id if tag_id is not None else split_alarm_id(alarm_id)[0]
+
+
+def event_msg_id(e: AlarmEvent) -> str:
+    """Equal for the same transition computed twice (a batch replayed after a crash)."""
+    return f"{e.alarm_id}|{e.ts_us}|{e.action}|{e.new_state}|{e.user or ''}"
+
+
+def event_json(e: AlarmEvent, site: str | None) -> bytes:
+    return json.dumps(
+        {
+            "alarm_id": e.alarm_id,
+            "tag": e.tag_id,
+            "site": site,
+            "condition": e.condition,
+            "priority": str(e.priority),
+            "action": e.action,
+            "prev_state": str(e.prev_state),
+            "state": str(e.new_state),
+            "value": e.value,
+            "limit": e.limit,
+            "ts_us": e.ts_us,
+            "user": e.user,
+            "comment": e.comment,
+        },
+        allow_nan=False,
+        default=str,
+    ).encode()
+
+
+@dataclass
+class StageStats:
+    batches: int = 0
+    readings: int = 0
+    events: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> messages set aside
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+# ---------------------------------------------------------------- gateway
+
+
+def bus_publisher(bus: Bus, site_of_key: dict[int, str], partitions: int) -> Any:
+    """``Runtime.publisher`` for the gateway role: a gateway's batch goes to its site's partition."""
+
+    async def publish(batch: ReadingBatch) -> None:
+        if len(batch) == 0:
+            return
+        site = site_of_key.get(int(batch.tag[0]), "")
+        subject = bus.subjects.readings(partition_of(site, partitions))
+        await bus.publish(subject, encode_batch(batch), str(batch.batch_id))
+
+    return publish
+
+
+# ---------------------------------------------------------------- writer
+
+
+async def run_writer(settings: Settings, bus: Bus, stop: asyncio.Event, stats: StageStats | None = None) -> None:
+    stats = stats or StageStats()
+    async with open_database(settings) as db:
+        store = ReadingStore(db.pool, db.caps)
+        s = bus.subjects
+        sub = await bus.pull(s.readings("*"), "writers", s.readings_stream, ordered=False, ack_wait_s=WRITER_ACK_WAIT_S)
+        log.info("writer: consuming %s", s.readings("*"))
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(64, timeout=FETCH_TIMEOUT_S)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                try:
+                    batch = decode_batch(msg.data)
+                except CodecError as e:
+                    stats.reject("undecodable")
+                    log.error("writer: message %s set aside: %s", msg.metadata.sequence.stream, e)
+                    await msg.term()
+                    continue
+                try:
+                    await store.write(batch)
+                except StoreError as e:  # an outage: redelivered after ack_wait, stored once
+                    log.warning("writer: store unavailable, batch %s left for redelivery: %s", batch.batch_id, e)
+                    await msg.nak(delay=1.0)
+                    continue
+                await msg.ack()
+                stats.batches += 1
+                stats.readings += len(batch)
+
+
+# ---------------------------------------------------------------- engine shard
+
+
+async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, stats: StageStats | None = None) -> None:
+    stats = stats or StageStats()
+    owned = owned_partitions(settings.shard, settings.partitions)
+    sites = [load_site(f) for f in site_files(settings)]
+    mine = [s for s in sites if partition_of(s.id, settings.partitions) in owned]
+    async with open_database(settings) as db:
+        async with db.pool.acquire() as conn:
+            for site in mine:
+                await upsert_site(conn, site)
+            tags = await tag_index(conn)
+        site_of = {t.id: s.id for s in mine for t in s.tags}
+        # rule files are checked against every site, compiled for this shard's: a tag of another shard
+        # never goes stale here for want of readings it never gets
+        engine = AlarmEngine(compile_rules(load_rules(settings.rules, sites), mine, tags))
+        async with db.pool.acquire() as conn:
+            current = [a for a in await journal.load_current(conn) if _owner(a.alarm_id, a.tag_id) in site_of]
+        restored = engine.restore(current)
+        log.info(
+            "engine shard %s: partitions %s, sites %s, %d alarms restored",
+            settings.shard,
+            owned,
+            [s.id for s in mine],
+            restored,
+        )
+        lock = asyncio.Lock()  # one batch (or tick) at a time through the engine and the journal
+
+        async def record(events: list[AlarmEvent]) -> None:
+            for e in events:
+                site = site_of.get(_owner(e.alarm_id, e.tag_id))
+                await bus.publish(bus.subjects.events(site or "_system"), event_json(e, site), event_msg_id(e))
+            async with db.pool.acquire() as conn:
+                await journal.append_events(conn, events, site_of.get)
+            stats.events += len(events)
+
+        async def consume(partition: int) -> None:
+            s = bus.subjects
+            sub = await bus.pull(
+                s.readings(partition), f"engine-{partition}", s.readings_stream, ordered=True,
+                ack_wait_s=ENGINE_ACK_WAIT_S,
+            )  # fmt: skip
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    try:
+                        batch = decode_batch(msg.data)
+                    except CodecError as e:
+                        stats.reject("undecodable")
+                        log.error("engine: message on partition %d set aside: %s", partition, e)
+                        await msg.term()
+                        continue
+                    async with lock:
+                        events = engine.process(batch)
+                        if events:
+                            await record(events)
+                    await msg.ack()
+                    stats.batches += 1
+                    stats.readings += len(batch)
+
+        async def clock() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(TICK_S)
+                async with lock:
+                    events = engine.tick(now_us())
+                    if events:
+                        await record(events)
+
+        tasks = [asyncio.create_task(consume(p), name=f"engine-{p}") for p in owned]
+        if settings.engine_clock:
+            tasks.append(asyncio.create_task(clock(), name="engine-clock"))
+        try:
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopper and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+
+
+# ---------------------------------------------------------------- process entry
+
+
+async def run_role(role: str, settings: Settings) -> None:
+    """`hazmon serve --role engine|writer` until SIGINT/SIGTERM (the gateway role is in commands.serve)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    bus = await Bus.connect(settings.nats_url, settings.nats_namespace)
+    started = time.monotonic()
+    try:
+        if role == "writer":
+            await run_writer(settings, bus, stop)
+        elif role == "engine":
+            await run_engine_shard(settings, bus, stop)
+        else:
+            raise ValueError(f"role {role!r} has no process of its own here")
+    finally:
+        await bus.close()
+        log.info("%s stopped after %.0f s", role, time.monotonic() - started)
+
+
+def sites_by_key(sites: Iterable[Site], tags: Any) -> dict[int, str]:
+    return {tags.key(t.id): s.id for s in sites for t in s.tags}
