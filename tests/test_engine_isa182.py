@@ -248,3 +248,37 @@ def test_the_streams_reach_every_condition_both_ways() -> None:
     got, _ = run(RULES, flatten(segs))
     seen = {(alarm.split(":")[1].split(".")[1], action) for _, alarm, action in got}
     assert len({c for c, _ in seen}) == K and all((c, "clear") in seen for c, _ in seen), sorted(seen)
+
+
+@ISA
+@given(st.lists(segments(), min_size=2, max_size=30), st.data())
+def test_a_restart_from_the_journal_completes_no_pending_delay(segs: list[list], data: st.DataObject) -> None:
+    """Stop the engine anywhere, restore a new one from its alarms (as from the journal): what was
+    active stays active, and every delay under way starts afresh from the next good samples (the
+    reference: a new one whose conditions are as they were, with nothing under way)."""
+    steps = flatten(segs)
+    cut = data.draw(st.integers(0, len(steps)))
+    engine, ref = AlarmEngine(RULES), ConditionReference(RULES)
+    for at, name, value, quality in steps[:cut]:
+        t = T0 + round(at * S)
+        if name is None:
+            engine.tick(t)
+            ref.tick(t)
+        else:
+            engine.process(ReadingBatch.from_columns([INDEX.key(name)], [t], [value], [quality]))
+            ref.sample(INDEX.key(name), t, value, quality)
+    restarted = AlarmEngine(RULES)
+    restarted.restore(engine.current())
+    fresh = ConditionReference(RULES)
+    for at, name, value, quality in steps[cut:]:
+        t = T0 + round(at * S)
+        if fresh.tags is None:  # the restarted reference begins here, with the conditions as they were
+            for row, tag in enumerate(fresh._start(t)):
+                for col, machine in tag.machines.items():
+                    machine.active = ref.active(row, col)
+        if name is None:
+            got, want = restarted.tick(t), fresh.tick(t)
+        else:
+            got = restarted.process(ReadingBatch.from_columns([INDEX.key(name)], [t], [value], [quality]))
+            want = fresh.sample(INDEX.key(name), t, value, quality)
+        assert sorted((e.ts_us, e.alarm_id, e.action) for e in got if e.action in ("activate", "clear")) == sorted(want)
