@@ -25,6 +25,7 @@ import pytest
 from api_helpers import Tokens, demo_api, ingest
 from hazmon.reading import now_us
 from hazmon.runtime import Runtime
+from hazmon.storage.maintenance import refresh_rollups
 
 US = 1_000_000
 
@@ -51,16 +52,16 @@ async def env(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[Runtime, Token
 
 
 async def _history(rt: Runtime, pg_url: str) -> int:
-    """A minute of HI-02 (ammonia) at 1 s: T201.LT silent from 20 s to 50 s, T201.LSHH trips at 30 s;
-    a gas alarm on V101 standing since 25 h; a leak on V102 acknowledged after 5 s."""
+    """Four minutes of HI-02 (ammonia) at 1 s: T201.LT silent from 60 s to 180 s, T201.LSHH trips at
+    120 s; a gas alarm on V101 standing since 25 h; a leak on V102 acknowledged ten minutes later."""
     t0 = (now_us() // US - 600) * US
     ammonia = [t.id for t in rt.sites[0].tags if t.equipment in ("T201", "K201")]
-    for s in range(60):
+    for s in range(240):
         values = {t: 0.0 if t.endswith(("AT1", "AT2", "AT3", "LSHH", "PSHH")) else 1.0 for t in ammonia}
         values["T201.XV"] = 1.0
-        if 20 <= s < 50:
+        if 60 <= s < 180:
             del values["T201.LT"]
-        if s >= 30:
+        if s >= 120:
             values["T201.LSHH"] = 1.0
         await ingest(rt, values, t0 + s * US)
     await ingest(rt, {"V101.GT1": 60.0}, now_us() - 25 * 3600 * US)
@@ -73,7 +74,7 @@ async def _history(rt: Runtime, pg_url: str) -> int:
 
         async def stored() -> bool:
             n = await conn.fetchval("SELECT count(*) FROM readings WHERE tag = $1", lt)
-            return bool(n >= 30)
+            return bool(n >= 120)
 
         await _until(stored, 20, "T201.LT's readings in the store")
     finally:
@@ -86,7 +87,7 @@ async def test_period_figures_per_tag_installation_site_and_enterprise(
 ) -> None:
     _, tokens, client, _, t0 = env
     headers = {"Authorization": f"Bearer {tokens.regulator}"}
-    params = {"enterprise": "ecs", "from": _iso(t0), "to": _iso(t0 + 60 * US), "gap_minutes": "0.25"}
+    params = {"enterprise": "ecs", "from": _iso(t0), "to": _iso(t0 + 240 * US), "gap_minutes": "2"}
     r = await client.get("/api/v1/compliance", params=params, headers=headers)
     assert r.status_code == 200, r.text
     (site,) = r.json()
@@ -94,9 +95,13 @@ async def test_period_figures_per_tag_installation_site_and_enterprise(
     tags = {t["id"]: t for t in period["tag_figures"]}
     assert tags["T201.TT"]["completeness"] == 1.0 and tags["T201.TT"]["gaps"] == 0
     lt = tags["T201.LT"]
-    assert lt["readings"] == 30 and lt["completeness"] == 0.5
-    assert lt["gaps"] == 1 and lt["gap_list"][0]["from"].startswith(_iso(t0 + 19 * US)[:19])
-    assert lt["gap_list"][0]["minutes"] == 0.5
+    assert lt["readings"] == 120 and lt["completeness"] == 0.5
+    (gap,) = lt["gap_list"]
+    assert (gap["from"][:19], gap["to"][:19], gap["minutes"]) == (
+        _iso(t0 + 59 * US)[:19],
+        _iso(t0 + 180 * US)[:19],
+        2.0,
+    )
     hi02 = period["installations"]["HI-02"]
     assert hi02["sis_trips"] == 1 and hi02["tags_with_gaps"] == 1
     hi01 = period["installations"]["HI-01"]
@@ -112,6 +117,14 @@ async def test_period_figures_per_tag_installation_site_and_enterprise(
     inst = {i["id"]: i for i in site["installations"]}
     assert inst["HI-02"]["monitoring_missing"] == [] and inst["HI-02"]["gb18218"]["grade_zh"] == "一级"
 
+    # the same figures once the 1-minute rollup covers the period (only the edges are then read raw)
+    rt = env[0]
+    async with rt.db.pool.acquire() as conn:
+        await refresh_rollups(conn, rt.db.caps)
+        assert await conn.fetchval("SELECT count(*) FROM readings_1m") > 0
+    rolled = (await client.get("/api/v1/compliance", params=params, headers=headers)).json()[0]["period"]
+    assert rolled == period
+
     # over the last 30 days (the default): still standing, and the V102 leak acknowledged ten minutes on
     r = await client.get("/api/v1/compliance", params={"enterprise": "ecs"}, headers=headers)
     hi01 = r.json()[0]["period"]["installations"]["HI-01"]
@@ -122,7 +135,8 @@ async def test_period_figures_per_tag_installation_site_and_enterprise(
 async def test_unknown_format_or_period_is_a_422(env: tuple[Runtime, Tokens, httpx.AsyncClient, str, int]) -> None:
     _, tokens, client, _, _ = env
     headers = {"Authorization": f"Bearer {tokens.regulator}"}
-    for params in ({"format": "xml"}, {"format": "CSV "}, {"lang": "fr"}, {"from": "1h", "to": "2h"}, {"to": "soon"}):
+    bad = [{"format": "xml"}, {"format": "CSV "}, {"lang": "fr"}, {"from": "1h", "to": "2h"}, {"to": "soon"}]
+    for params in [*bad, {"gap_minutes": "1"}, {"gap_minutes": "nan"}]:
         r = await client.get("/api/v1/compliance", params=params, headers=headers)
         assert r.status_code == 422, (params, r.text)
 
@@ -130,7 +144,7 @@ async def test_unknown_format_or_period_is_a_422(env: tuple[Runtime, Tokens, htt
 async def test_csv_and_html_reports(env: tuple[Runtime, Tokens, httpx.AsyncClient, str, int]) -> None:
     _, tokens, client, _, t0 = env
     headers = {"Authorization": f"Bearer {tokens.regulator}"}
-    period = {"enterprise": "ecs", "from": _iso(t0), "to": _iso(t0 + 60 * US)}
+    period = {"enterprise": "ecs", "from": _iso(t0), "to": _iso(t0 + 240 * US)}
     r = await client.get("/api/v1/compliance", params={**period, "format": "csv", "lang": "en"}, headers=headers)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
@@ -166,7 +180,7 @@ async def test_pdf_report_has_chinese_headings_and_figures_and_the_cli_writes_th
 ) -> None:
     _, tokens, client, pg_url, t0 = env
     headers = {"Authorization": f"Bearer {tokens.regulator}"}
-    period = {"enterprise": "ecs", "from": _iso(t0), "to": _iso(t0 + 60 * US), "gap_minutes": "0.25"}
+    period = {"enterprise": "ecs", "from": _iso(t0), "to": _iso(t0 + 240 * US), "gap_minutes": "2"}
     r = await client.get("/api/v1/compliance", params={**period, "format": "pdf"}, headers=headers)
     assert r.status_code == 200 and r.headers["content-type"] == "application/pdf" and r.content[:5] == b"%PDF-"
     text = await asyncio.to_thread(_pdftotext, r.content, tmp_path)
@@ -184,7 +198,7 @@ async def test_pdf_report_has_chinese_headings_and_figures_and_the_cli_writes_th
     env_vars = {**os.environ, "HAZMON_DATABASE_URL": pg_url, "HAZMON_GATEWAYS": "[]"}
     out = tmp_path / "ecs.pdf"
     cmd = [sys.executable, "-m", "hazmon", "report", "compliance", "--enterprise", "ecs", "--from", period["from"]]
-    cmd += ["--to", period["to"], "--gap-minutes", "0.25", "-o", str(out)]
+    cmd += ["--to", period["to"], "--gap-minutes", "2", "-o", str(out)]
     done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, env=env_vars)
     assert done.returncode == 0, done.stderr
     cli_text = await asyncio.to_thread(_pdftotext, out.read_bytes(), tmp_path)

@@ -68,6 +68,7 @@ def _compliance(args: argparse.Namespace) -> int:
     from hazmon.gateways.config import OpcUaGateway, load_gateway_config
     from hazmon.gateways.opcua import SERVER_DEVICE
     from hazmon.plant.site import parse_site
+    from hazmon.regulator.period import MIN_GAP_MINUTES
     from hazmon.regulator.report import build_report, render
     from hazmon.runtime import device_alarm_owner
     from hazmon.storage.database import open_database
@@ -81,6 +82,9 @@ def _compliance(args: argparse.Namespace) -> int:
         return 2
     if start >= end:
         print(f"hazmon: --from {start.isoformat()} is not before --to {end.isoformat()}", file=sys.stderr)
+        return 2
+    if not MIN_GAP_MINUTES <= args.gap_minutes <= 1440:
+        print(f"hazmon: --gap-minutes must be between {MIN_GAP_MINUTES:g} and 1440", file=sys.stderr)
         return 2
     fmt = _format(args)
     if fmt == "pdf" and args.output is None:

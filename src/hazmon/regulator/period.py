@@ -33,6 +33,8 @@ STANDING = timedelta(hours=24)
 STABLE_ONLINE_RATIO = 0.95  # 稳定运行: the enterprise's devices online at least 95% of the period
 COMPLETE_SHARE = 0.95  # a tag is "complete" at 95% of its expected readings
 BAD_QUALITY = 128
+MINUTE = timedelta(minutes=1)
+MIN_GAP_MINUTES = 2.0  # gaps are found between minutes with data: shorter ones cannot be told apart
 MAX_GAPS_LISTED = 20  # per tag; the count is always complete
 
 
@@ -127,69 +129,145 @@ async def offline_intervals(
     return {k: _merge(v) for k, v in out.items()}
 
 
-async def _tag_counts(
-    conn: asyncpg.Connection, keys: list[int], start: datetime, end: datetime
-) -> dict[int, tuple[int, datetime, datetime]]:
-    rows = await conn.fetch(
-        "SELECT tag, count(*) AS n, min(time) AS first, max(time) AS last FROM readings "
-        "WHERE tag = ANY($1::int[]) AND time >= $2 AND time < $3 AND quality < $4 GROUP BY tag",
-        keys,
-        start,
-        end,
-        BAD_QUALITY,
-    )
-    return {r["tag"]: (r["n"], r["first"], r["last"]) for r in rows}
+async def _regions(conn: asyncpg.Connection, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """[lo, hi): the whole minutes of the period the 1-minute rollup covers (maintenance keeps it up
+    to its mark); the rest of [start, end) is read raw."""
+    mark = await conn.fetchval("SELECT value FROM maintenance_state WHERE name = 'readings_1m'")
+    lo = min(_ceil_minute(start), end)
+    hi = lo if mark is None else max(lo, min(_floor_minute(end), _floor_minute(mark)))
+    return lo, hi
 
 
-async def _inner_gaps(
+def _floor_minute(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
+
+
+def _ceil_minute(t: datetime) -> datetime:
+    f = _floor_minute(t)
+    return f if f == t else f + MINUTE
+
+
+# The minutes of [start, end) in which each tag has readings of good or uncertain quality (not NaN),
+# with their count, min, max, first and last value: the rollup for [lo, hi), raw readings elsewhere.
+_MINUTES = f"""
+    SELECT tag, bucket AS m, n, min, max, first, last FROM readings_1m
+    WHERE tag = ANY($1::int[]) AND bucket >= $3 AND bucket < $4
+    UNION ALL
+    SELECT tag, date_trunc('minute', time) AS m, count(*), min(value), max(value),
+           (array_agg(value ORDER BY time))[1], (array_agg(value ORDER BY time DESC))[1]
+    FROM readings
+    WHERE tag = ANY($1::int[]) AND ((time >= $2 AND time < $3) OR (time >= $4 AND time < $5))
+      AND quality < {BAD_QUALITY} AND value <> 'NaN'
+    GROUP BY 1, 2
+"""
+_GOOD = f"quality < {BAD_QUALITY} AND value <> 'NaN'"
+
+
+async def _presence(
     conn: asyncpg.Connection, keys: list[int], start: datetime, end: datetime, gap: timedelta
-) -> dict[int, list[Gap]]:
+) -> tuple[dict[int, int], dict[int, list[Gap]]]:
+    """Per tag: readings received, and the gaps longer than ``gap`` with their exact times. Gaps are
+    found between minutes with data, then timed to the readings on either side (index look-ups)."""
+    lo, hi = await _regions(conn, start, end)
     rows = await conn.fetch(
-        """
-        SELECT tag, prev, time FROM (
-            SELECT tag, time, lag(time) OVER (PARTITION BY tag ORDER BY time) AS prev
-            FROM readings WHERE tag = ANY($1::int[]) AND time >= $2 AND time < $3 AND quality < $5
-        ) x WHERE time - prev > $4 ORDER BY tag, prev
+        f"""
+        WITH p AS ({_MINUTES}),
+        w AS (SELECT tag, m, n, lag(m) OVER (PARTITION BY tag ORDER BY m) AS prev FROM p)
+        SELECT tag, sum(n)::bigint AS n, min(m) AS first_m, max(m) AS last_m,
+               array_agg(prev ORDER BY m) FILTER (WHERE m - prev > $6) AS gap_prev,
+               array_agg(m ORDER BY m) FILTER (WHERE m - prev > $6) AS gap_next
+        FROM w GROUP BY tag
         """,
         keys,
         start,
+        lo,
+        hi,
         end,
-        gap,
-        BAD_QUALITY,
+        gap - MINUTE,
     )
-    out: dict[int, list[Gap]] = {}
+    counts = {r["tag"]: int(r["n"]) for r in rows}
+    # what to time exactly: (tag, minute before the gap or None, minute after the gap or None)
+    probes: list[tuple[int, datetime | None, datetime | None]] = []
     for r in rows:
-        out.setdefault(r["tag"], []).append(Gap(r["prev"], r["time"]))
-    return out
+        probes.append((r["tag"], None, r["first_m"]))
+        probes += [(r["tag"], a, b) for a, b in zip(r["gap_prev"] or [], r["gap_next"] or [], strict=True)]
+        probes.append((r["tag"], r["last_m"], None))
+    timed = await conn.fetch(
+        f"""
+        SELECT c.i,
+            (SELECT max(time) FROM readings WHERE c.a IS NOT NULL AND tag = c.tag AND time >= greatest(c.a, $5)
+               AND time < least(c.a + interval '1 minute', $6) AND {_GOOD}) AS t1,
+            (SELECT min(time) FROM readings WHERE c.b IS NOT NULL AND tag = c.tag AND time >= greatest(c.b, $5)
+               AND time < least(c.b + interval '1 minute', $6) AND {_GOOD}) AS t2
+        FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[], $4::int[]) AS c(tag, a, b, i)
+        """,
+        [p[0] for p in probes],
+        [p[1] for p in probes],
+        [p[2] for p in probes],
+        list(range(len(probes))),
+        start,
+        end,
+    )
+    by_i = {r["i"]: (r["t1"], r["t2"]) for r in timed}
+    gaps: dict[int, list[Gap]] = {k: [] for k in keys}
+    for i, (tag, a, b) in enumerate(probes):
+        t1, t2 = by_i.get(i, (None, None))
+        # raw readings dropped by retention: the minute bounds are what is known
+        left = start if a is None else (t1 or min(a + MINUTE, end))
+        right = end if b is None else (t2 or max(b, start))
+        if right - left > gap:
+            gaps[tag].append(Gap(left, right))
+    for k in keys:
+        if k not in counts:
+            gaps[k] = [Gap(start, end)]
+    return counts, gaps
 
 
 async def _sis_trips(conn: asyncpg.Connection, keys: list[int], start: datetime, end: datetime) -> dict[int, int]:
+    """Transitions from 0 to non-zero: only the minutes that hold both, or follow a 0, are read raw."""
     if not keys:
         return {}
-    rows = await conn.fetch(
-        """
-        WITH prior AS (
-            SELECT k.tag, r.time, r.value FROM unnest($1::int[]) AS k(tag)
-            CROSS JOIN LATERAL (
-                SELECT time, value FROM readings
-                WHERE tag = k.tag AND time < $2 AND quality < $4 ORDER BY time DESC LIMIT 1
-            ) r
-        ), win AS (
-            SELECT tag, time, value FROM readings
-            WHERE tag = ANY($1::int[]) AND time >= $2 AND time < $3 AND quality < $4
-            UNION ALL SELECT tag, time, value FROM prior
-        ), seq AS (
-            SELECT tag, time, value, lag(value) OVER (PARTITION BY tag ORDER BY time) AS prev FROM win
-        )
-        SELECT tag, count(*) FILTER (WHERE time >= $2 AND value <> 0 AND coalesce(prev, 0) = 0) AS trips
-        FROM seq GROUP BY tag
+    lo, hi = await _regions(conn, start, end)
+    candidates = await conn.fetch(
+        f"""
+        WITH p AS ({_MINUTES}),
+        w AS (SELECT tag, m, min, max, first, lag(last) OVER (PARTITION BY tag ORDER BY m) AS prev_last FROM p)
+        SELECT tag, m FROM w
+        WHERE max <> 0 AND (min = 0 OR prev_last = 0 OR prev_last IS NULL)
         """,
         keys,
         start,
+        lo,
+        hi,
         end,
-        BAD_QUALITY,
     )
-    return {r["tag"]: int(r["trips"]) for r in rows}
+    if not candidates:
+        return {}
+    rows = await conn.fetch(
+        f"""
+        SELECT c.tag, (
+            SELECT count(*) FROM (
+                SELECT value, lag(value) OVER (ORDER BY time) AS prev, inside FROM (
+                    SELECT time, value, true AS inside FROM readings
+                    WHERE tag = c.tag AND time >= greatest(c.m, $3) AND time < least(c.m + interval '1 minute', $4)
+                      AND {_GOOD}
+                    UNION ALL
+                    (SELECT time, value, false FROM readings
+                     WHERE tag = c.tag AND time < greatest(c.m, $3) AND {_GOOD} ORDER BY time DESC LIMIT 1)
+                ) x
+            ) y WHERE inside AND value <> 0 AND coalesce(prev, 0) = 0
+        ) AS trips
+        FROM unnest($1::int[], $2::timestamptz[]) AS c(tag, m)
+        """,
+        [r["tag"] for r in candidates],
+        [r["m"] for r in candidates],
+        start,
+        end,
+    )
+    out: dict[int, int] = {}
+    for r in rows:
+        out[r["tag"]] = out.get(r["tag"], 0) + int(r["trips"])
+    return out
 
 
 async def _alarm_figures(
@@ -291,9 +369,7 @@ async def period_figures(
     inst_of = {t.id: equipment[t.equipment].installation for t in site.tags}
     tags = [t for t in site.tags if t.id in keys]
     key_of = {t.id: keys[t.id] for t in tags}
-    scanned = [key_of[t.id] for t in tags if t.id not in by_exception]
-    counts = await _tag_counts(conn, list(key_of.values()), start, end)
-    inner = await _inner_gaps(conn, scanned, start, end, gap)
+    counts, tag_gaps = await _presence(conn, list(key_of.values()), start, end, gap)
     offline = await offline_intervals(conn, site.id, start, end)
     online = _online(offline, [*devices, *by_exception.values()], span_s)
     sis = [t for t in tags if t.signal is Signal.SIS_TRIP]
@@ -305,25 +381,15 @@ async def period_figures(
     for t in tags:
         k = key_of[t.id]
         f = TagFigures(t.id, inst_of[t.id], t.period_s, t.id in by_exception)
-        n, first, last = counts.get(k, (0, start, start))
-        f.readings = n
+        f.readings = counts.get(k, 0)
         f.expected = span_s / t.period_s
         if f.by_exception:
             device = by_exception[t.id]
             f.completeness = online["devices"].get(device, {"online_ratio": 1.0})["online_ratio"]
             f.gaps = [Gap(a, b) for a, b in offline.get(device, []) if b - a > gap]
         else:
-            f.completeness = min(1.0, n / f.expected) if f.expected else 1.0
-            gaps = []
-            if n == 0:
-                gaps.append(Gap(start, end))
-            else:
-                if first - start > gap:
-                    gaps.append(Gap(start, first))
-                gaps += inner.get(k, [])
-                if end - last > gap:
-                    gaps.append(Gap(last, end))
-            f.gaps = gaps
+            f.completeness = min(1.0, f.readings / f.expected) if f.expected else 1.0
+            f.gaps = tag_gaps.get(k, [])
         figures.append(f)
 
     def block(inst_id: str | None) -> dict[str, Any]:

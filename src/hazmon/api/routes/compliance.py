@@ -4,6 +4,7 @@ or as the report a regulator files (``format=csv|html|pdf``, ``lang=zh|en``)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ from hazmon.plant.site import Site
 from hazmon.reading import now_us
 from hazmon.regulator.compliance import handling_times, site_compliance
 from hazmon.regulator.installations import installation_grades
-from hazmon.regulator.period import enterprise_figures, period_figures
+from hazmon.regulator.period import MIN_GAP_MINUTES, enterprise_figures, period_figures
 from hazmon.regulator.report import MEDIA_TYPES, build_report, render
 from hazmon.storage.store import guarded
 
@@ -37,7 +38,9 @@ async def get_compliance(
     to: str | None = Query(None, description="period end: ISO 8601 or a duration ago; default now"),
     format: Literal["json", "csv", "html", "pdf"] = Query("json", description="json, or a report to file"),
     lang: Literal["zh", "en"] = Query("zh", description="report language: Chinese (default) or English"),
-    gap_minutes: float = Query(10.0, gt=0, le=1440, description="report gaps in the data longer than this"),
+    gap_minutes: float = Query(
+        10.0, ge=MIN_GAP_MINUTES, le=1440, description="report gaps in the data longer than this (at least 2)"
+    ),
 ) -> list[dict[str, Any]] | Response:
     """For each site in scope (optionally one enterprise or one site): is data arriving, what is in
     alarm and for how long, how fast alarms are acknowledged, each installation's GB 18218 grade and
@@ -87,7 +90,8 @@ async def get_compliance(
 
         reports = await guarded(build, "compliance report")
         body = await asyncio.to_thread(render, reports, format, lang)
-        name = f"compliance-{enterprise or site or 'all'}-{end:%Y%m%d}.{format}"
+        # ASCII only: a header is latin-1, and an id from the query string may be anything
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", f"compliance-{enterprise or site or 'all'}-{end:%Y%m%d}.{format}")
         return Response(
             body, media_type=MEDIA_TYPES[format], headers={"Content-Disposition": f'attachment; filename="{name}"'}
         )
