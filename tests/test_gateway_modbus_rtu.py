@@ -37,12 +37,12 @@ DEVICES: list[dict[str, Any]] = [
         "tags": [
             {"tag": "GD1.GAS", "table": "input", "address": 0, "type": "uint16"},
             {"tag": "GD2.GAS", "table": "input", "address": 1, "type": "uint16"},
-            {"tag": "GD1.AH", "table": "input", "address": 10, "type": "uint16", "bit": 0},
-            {"tag": "GD2.AH", "table": "input", "address": 10, "type": "uint16", "bit": 1},
         ],
+        # the alarm word: bit 0 = channel 1, bit 1 = channel 2
+        "templates": [{"tag": "GD{n}.AH", "count": 2, "table": "input", "address": 10, "type": "uint16", "bit": 0}],
     },
 ]
-TAGS = [t["tag"] for d in DEVICES for t in d["tags"]]
+TAGS = ["T101.LT", "T101.TT", "GD1.GAS", "GD2.GAS", "GD1.AH", "GD2.AH"]
 VALUES = np.array([7.345, -12.5, 23.0, 0.0, 1.0, 0.0])
 
 

@@ -189,7 +189,8 @@ class ModbusTag(_Model):
 
 
 class ModbusTemplate(_Model):
-    """A block of registers as many tags: tag ``pattern.format(n=first + i)`` at ``address + i × stride``."""
+    """A block of registers as many tags: tag ``pattern.format(n=first + i)`` at ``address + i × stride``
+    (with ``bit``: consecutive bits from ``bit`` on, 16 to a register, from ``address``)."""
 
     tag: str = Field(min_length=1, description="tag id pattern with {n}, e.g. T{n:03d}.LT")
     count: int = Field(ge=1, le=65536)
@@ -205,13 +206,20 @@ class ModbusTemplate(_Model):
             raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
         width = REGISTER_WIDTH[ModbusType(extra.get("type", ModbusType.FLOAT32))]
         stride = self.stride or width
+        first_bit = extra.get("bit")
+        if first_bit is not None and (not isinstance(first_bit, int) or not 0 <= first_bit <= 15):
+            raise ValueError("bit: an integer 0..15")
         out = []
         for i in range(self.count):
             try:
                 tag = self.tag.format(n=self.first + i)
             except (KeyError, IndexError, ValueError) as e:
                 raise ValueError(f"tag pattern {self.tag!r}: {e!r} (use {{n}}, e.g. T{{n:03d}}.LT)") from None
-            out.append({**extra, "tag": tag, "address": self.address + i * stride})
+            if first_bit is None:
+                out.append({**extra, "tag": tag, "address": self.address + i * stride})
+            else:  # packed bits: consecutive tags take consecutive bits, 16 to a register
+                b = first_bit + i
+                out.append({**extra, "tag": tag, "address": self.address + b // 16, "bit": b % 16})
         return out
 
 
