@@ -264,3 +264,55 @@ async def test_shards_and_writers_lose_and_double_nothing_when_a_shard_is_killed
                 pytest.fail(f"{name} did not stop on SIGTERM:\n{log.read_text()[-3000:]}")
         await bus.close()
     assert all(p.returncode == 0 for n, p in procs.items()), log.read_text()[-3000:]
+
+
+async def test_gateway_role_publishes_what_a_plc_serves_and_a_writer_stores_it(
+    pg_url: str, tmp_path: Path, namespace: str
+) -> None:
+    """`--role gateway`: a real Modbus simulator's readings go to the bus, not to the engine or the store;
+    a writer then stores every one of them."""
+    from hazmon.cluster.roles import StageStats, bus_publisher, run_writer, sites_by_key
+    from hazmon.config import load_settings
+    from hazmon.gateways.config import load_gateway_config
+    from hazmon.runtime import run_runtime
+    from hazmon.sim import serve as serve_sim
+
+    site = load_site(ROOT / "sites" / "demo-tank-farm.yaml")
+    scenario = load_scenario(ROOT / "simulators" / "normal.yaml", site)
+    config = load_gateway_config(ROOT / "gateways" / "demo-modbus.yaml", site)
+    settings = load_settings(
+        database_url=pg_url, data_dir=tmp_path, site=ROOT / "sites" / "demo-tank-farm.yaml",
+        nats_namespace=namespace, partitions=4,
+    )  # fmt: skip
+    bus = await Bus.connect(NATS_URL, namespace)
+    try:
+        async with serve_sim(site, [config], scenario, modbus_port=0, speed=5.0) as sim:
+            async with run_runtime(settings, gateway_configs=[sim.config("demo-modbus")]) as rt:
+                assert rt.engine is None
+                rt.publisher = bus_publisher(bus, sites_by_key(rt.sites, rt.tags), settings.partitions)
+
+                async def published() -> int:
+                    info = await bus.js.stream_info(bus.subjects.readings_stream)
+                    return int(info.state.messages) if info.state.messages >= 5 else 0
+
+                await _until(published, 30, "five batches on the bus")
+            sent = rt.stats.readings  # the gateways are stopped: every batch counted was published
+        conn = await asyncpg.connect(pg_url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM readings") == 0, "the gateway role stored readings"
+            stop, stats = asyncio.Event(), StageStats()
+            writer = asyncio.create_task(run_writer(settings, bus, stop, stats))
+
+            async def stored() -> bool:
+                return int(await conn.fetchval("SELECT count(*) FROM readings")) == sent
+
+            await _until(stored, 30, f"the writer to store the {sent} published readings")
+            stop.set()
+            await asyncio.wait_for(writer, 10)
+            subject = bus.subjects.readings(partition_of(site.id, settings.partitions))
+            info = await bus.js.stream_info(bus.subjects.readings_stream, subjects_filter=subject)
+            assert info.state.messages == stats.batches and stats.rejected == {}
+        finally:
+            await conn.close()
+    finally:
+        await bus.close()
