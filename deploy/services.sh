@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure every service the tests talk to is up on loopback:
-# PostgreSQL 15 (127.0.0.1:5432), Mosquitto (127.0.0.1:1883) and TimescaleDB (deploy/timescaledb.sh).
+# PostgreSQL 15 (127.0.0.1:5432), Mosquitto (127.0.0.1:1883), NATS with JetStream (127.0.0.1:4222) and
+# TimescaleDB (deploy/timescaledb.sh).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -25,6 +26,15 @@ if ! port_open 1883; then
   wait_port 1883 Mosquitto
 fi
 command -v mosquitto_pub >/dev/null || { apt-get update -qq && apt-get install -y -qq mosquitto-clients; }
+# NATS with JetStream: the bus of the scale-out stages (tests/test_cluster.py)
+if ! port_open 4222; then
+  echo "services: starting NATS with JetStream" >&2
+  command -v nats-server >/dev/null || { apt-get update -qq && apt-get install -y -qq nats-server; }
+  mkdir -p /var/lib/nats-server
+  start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
+    -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+  wait_port 4222 NATS
+fi
 # the operator console is tested in a real browser (tests/test_console_browser.py)
 command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 # socat: the virtual RS-485 line (a pty pair) of the Modbus RTU tests
