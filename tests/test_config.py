@@ -25,10 +25,36 @@ def test_invalid_values_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HAZMON_RETENTION_DAYS", "7")
     with pytest.raises(ConfigError) as e:
         load_settings()
-    assert "HAZMON_API_PORT" in str(e.value)
-    assert "HAZMON_RETENTION_DAYS: Value error, must be >= 30 days" in str(e.value) or "HAZMON_RETENTION_DAYS" in str(
-        e.value
+    lines = str(e.value).splitlines()
+    assert any(line.strip().startswith("HAZMON_API_PORT:") and "integer" in line for line in lines), lines
+    # the retention floor names the key, the value it needs and why (records are kept 30 days)
+    assert "  HAZMON_RETENTION_DAYS: Value error, must be >= 30 days (records must be kept 30 days)" in lines, lines
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("HAZMON_RULES", "alarm_rules/gas-detectors.yaml"), ("HAZMON_GATEWAYS", "[unclosed"), ("HAZMON_RULES", "{")],
+)
+def test_a_value_that_cannot_be_parsed_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Issue 11, item 11: a list setting that is not JSON raised pydantic's SettingsError, a traceback."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert f"{variable}: cannot be parsed" in str(e.value) and "JSON list" in str(e.value)
+
+
+def test_cli_says_which_variable_cannot_be_parsed() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "hazmon", "serve"],
+        capture_output=True,
+        text=True,
+        env={"HAZMON_RULES": "alarm_rules/gas-detectors.yaml", "PATH": "/usr/bin:/bin"},
+        timeout=60,
     )
+    assert r.returncode == 2, r.stderr
+    assert "HAZMON_RULES: cannot be parsed" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_stops_on_invalid_setting() -> None:

@@ -28,25 +28,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hazmon import metrics
+from hazmon import metrics, startup
 from hazmon.alarms import journal
 from hazmon.alarms.alarm import AlarmEvent
-from hazmon.alarms.compiler import compile_rules, load_rules
+from hazmon.alarms.compiler import compile_rules
 from hazmon.alarms.engine import AlarmEngine
 from hazmon.alarms.pending import AlarmSpool
 from hazmon.config import Settings
 from hazmon.gateways import Gateway, open_gateway
-from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway, load_gateway_config
+from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway
 from hazmon.live import AlarmListView, LiveHub, set_site_timezone
 from hazmon.plant.directory import Directory, build_directory
 from hazmon.plant.site import Site
 from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch, now_us
-from hazmon.regulator.sitecheck import load_graded_site
 from hazmon.storage.database import Database, open_database
 from hazmon.storage.forwarder import Forwarder
 from hazmon.storage.maintenance import Maintenance
-from hazmon.storage.registry import tag_index, upsert_site
 from hazmon.storage.store import ReadingStore, StoreError, guarded
 
 log = logging.getLogger(__name__)
@@ -298,31 +296,23 @@ async def run_runtime(
     ``gateway_configs`` replaces the gateway files named in the settings (the demo passes the
     configurations its simulator actually serves).
     """
+    # Site, rules and gateway files validated as a whole before anything starts, then written in one
+    # transaction (hazmon.startup): a start that fails leaves the database as it was.
+    loaded = startup.validate(settings.site, settings.rules, settings.gateways, gateway_configs=gateway_configs)
     async with AsyncExitStack() as stack:
         db = await stack.enter_async_context(open_database(settings))
         runtime = Runtime(settings, db, ReadingStore(db.pool, db.caps))
-        if settings.site is not None:
-            site, warnings = load_graded_site(settings.site)
-            for w in warnings:
-                log.warning("site %s: %s", settings.site, w)
-            async with db.pool.acquire() as conn:
-                summary = await upsert_site(conn, site)
-            log.info("site %s loaded: %s", site.id, summary)
-            runtime.sites.append(site)
+        for w in loaded.warnings:
+            log.warning("site %s", w)
         async with db.pool.acquire() as conn:
-            runtime.tags = await tag_index(conn)
+            runtime.tags = await startup.write(conn, loaded)
+        runtime.sites.extend(loaded.sites)
+        gateway_configs = loaded.gateways
         for site in runtime.sites:
             runtime.site_of.update({t.id: site.id for t in site.tags})
             set_site_timezone(site.id, site.site.timezone)  # alarm times in the site's local time
-        if settings.rules:
-            compiled = compile_rules(load_rules(settings.rules, runtime.sites), runtime.sites, runtime.tags)
-            runtime.engine = AlarmEngine(compiled)
-        if gateway_configs is None:
-            site_by_id = {s.id: s for s in runtime.sites}
-            gateway_configs = []
-            for path in settings.gateways:
-                config = load_gateway_config(path)
-                gateway_configs.append(load_gateway_config(path, site_by_id.get(config.site)))
+        if loaded.rules is not None:
+            runtime.engine = AlarmEngine(compile_rules(loaded.rules, runtime.sites, runtime.tags))
         sources: list[asyncio.Task[Any]] = []  # stopped first: no new data
         sinks: list[asyncio.Task[Any]] = []  # stopped once the journal has caught up
         for config in gateway_configs:
