@@ -69,7 +69,7 @@ def _compliance(args: argparse.Namespace) -> int:
     from hazmon.gateways.opcua import SERVER_DEVICE
     from hazmon.plant.site import parse_site
     from hazmon.regulator.period import MIN_GAP_MINUTES
-    from hazmon.regulator.report import build_report, render
+    from hazmon.regulator.report import ReportUnavailable, build_report, render
     from hazmon.runtime import device_alarm_owner
     from hazmon.storage.database import open_database
 
@@ -146,9 +146,15 @@ def _compliance(args: argparse.Namespace) -> int:
     if report is None:
         print(f"hazmon: no registered site of enterprise {args.enterprise!r}", file=sys.stderr)
         return 1
-    body = (
-        json.dumps(report, indent=2, ensure_ascii=False).encode() if fmt == "json" else render([report], fmt, args.lang)
-    )
+    try:
+        body = (
+            json.dumps(report, indent=2, ensure_ascii=False).encode()
+            if fmt == "json"
+            else render([report], fmt, args.lang)
+        )
+    except ReportUnavailable as e:
+        print(f"hazmon: {e}", file=sys.stderr)
+        return 1
     if args.output is None:
         sys.stdout.buffer.write(body)
     else:

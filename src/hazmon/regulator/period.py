@@ -375,7 +375,11 @@ async def period_figures(
     sis = [t for t in tags if t.signal is Signal.SIS_TRIP]
     trips = await _sis_trips(conn, [key_of[t.id] for t in sis], start, end)
     activations, standing = await _alarm_figures(conn, site.id, start, end)
-    oldest = await conn.fetchval("SELECT min(time) FROM readings WHERE tag = ANY($1::int[])", list(key_of.values()))
+    oldest = await conn.fetchval(
+        "SELECT min(r.time) FROM unnest($1::int[]) AS k(tag) "
+        "CROSS JOIN LATERAL (SELECT time FROM readings WHERE tag = k.tag ORDER BY time LIMIT 1) r",
+        list(key_of.values()),
+    )
 
     figures: list[TagFigures] = []
     for t in tags:

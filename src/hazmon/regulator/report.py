@@ -362,9 +362,17 @@ def render_html(reports: list[dict[str, Any]], lang: str = "zh") -> str:
     )
 
 
-def render_pdf(reports: list[dict[str, Any]], lang: str = "zh") -> bytes:
-    from weasyprint import HTML  # type: ignore[import-untyped]
+class ReportUnavailable(RuntimeError):
+    """The PDF cannot be made on this machine (WeasyPrint or its system libraries are missing)."""
 
+
+def render_pdf(reports: list[dict[str, Any]], lang: str = "zh") -> bytes:
+    try:
+        from weasyprint import HTML  # type: ignore[import-untyped]
+    except (ImportError, OSError) as e:  # OSError: Pango or its fonts are not installed
+        raise ReportUnavailable(
+            f"PDF reports need WeasyPrint and Pango with a CJK font (deploy/services.sh installs them): {e}"
+        ) from None
     pdf = HTML(string=render_html(reports, lang)).write_pdf()
     assert pdf is not None
     return bytes(pdf)

@@ -19,7 +19,7 @@ from hazmon.reading import now_us
 from hazmon.regulator.compliance import handling_times, site_compliance
 from hazmon.regulator.installations import installation_grades
 from hazmon.regulator.period import MIN_GAP_MINUTES, enterprise_figures, period_figures
-from hazmon.regulator.report import MEDIA_TYPES, build_report, render
+from hazmon.regulator.report import MEDIA_TYPES, ReportUnavailable, build_report, render
 from hazmon.storage.store import guarded
 
 router = APIRouter(tags=["compliance"])
@@ -89,7 +89,10 @@ async def get_compliance(
                 ]  # fmt: skip
 
         reports = await guarded(build, "compliance report")
-        body = await asyncio.to_thread(render, reports, format, lang)
+        try:
+            body = await asyncio.to_thread(render, reports, format, lang)
+        except ReportUnavailable as e:
+            raise HTTPException(503, str(e)) from None
         # ASCII only: a header is latin-1, and an id from the query string may be anything
         name = re.sub(r"[^A-Za-z0-9._-]", "_", f"compliance-{enterprise or site or 'all'}-{end:%Y%m%d}.{format}")
         return Response(
