@@ -20,6 +20,7 @@ Appends take a transaction-scoped advisory lock, so concurrent writers build one
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 from dataclasses import dataclass
@@ -78,6 +79,14 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return self.finding is None
+
+
+def cli_actor() -> str:
+    """Who runs a command-line change, as the audit trail records it: ``cli:<login name>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
 
 
 def canonical_detail(detail: dict[str, Any] | None) -> str:

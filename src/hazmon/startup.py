@@ -53,6 +53,7 @@ class Configuration:
     warnings: list[str] = field(default_factory=list)
     rules: RuleSet | None = None
     gateways: list[GatewayConfig] = field(default_factory=list)
+    summaries: dict[str, str] = field(default_factory=dict)  # site id -> what the write changed
 
 
 def _describe(setting: str, error: Exception) -> str:
@@ -112,17 +113,23 @@ def fingerprint(site: Site) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-async def write(conn: asyncpg.Connection, config: Configuration, *, actor: str = ACTOR) -> TagIndex:
+async def write(
+    conn: asyncpg.Connection, config: Configuration, *, actor: str = ACTOR, setting: str = "HAZMON_SITE"
+) -> TagIndex:
     """Upsert the sites and audit the change, in one transaction; returns the tag index after it.
-    A refusal by the registry (a tag id owned by another site) rolls everything back."""
+    A refusal by the registry (a tag id owned by another site) rolls everything back and is a
+    StartupError naming ``setting`` and the file."""
     async with conn.transaction():
         for site in config.sites:
             digest = fingerprint(site)
             try:
                 summary = await upsert_site(conn, site)
             except (RegistryError, GradingError) as e:
+                where = str(config.site_files.get(site.id, site.id))
                 raise StartupError(
-                    f"HAZMON_SITE ({config.site_files.get(site.id, site.id)}): {e}; nothing was changed"
+                    f"{setting} ({where}): {e}; nothing was changed"
+                    if setting
+                    else f"{where}: {e}; nothing was changed"
                 ) from None
             last = await conn.fetchval(
                 "SELECT detail FROM audit_log WHERE action = 'site.load' AND target = $1 ORDER BY seq DESC LIMIT 1",
@@ -141,5 +148,6 @@ async def write(conn: asyncpg.Connection, config: Configuration, *, actor: str =
                         "summary": str(summary),
                     },
                 )
+            config.summaries[site.id] = str(summary)
             log.info("site %s loaded: %s", site.id, summary)
         return await tag_index(conn)

@@ -9,6 +9,7 @@ from pathlib import Path
 from hazmon.alarms.alarm import PRIORITY_CODES, Priority
 from hazmon.alarms.compiler import check_rules, compile_rules, load_rules
 from hazmon.alarms.rules import COLUMNS, RuleSet, responses_for
+from hazmon.alarms.rules import _selects as selects
 from hazmon.errors import InvalidFile
 from hazmon.plant.site import Site, load_site
 from hazmon.plant.tag import TagIndex
@@ -44,6 +45,19 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     rule_set = load_rules(args.files, sites)
     against = f" against {', '.join(s.id for s in sites)}" if sites else ""
+    # A selector that matches no tag of the sites: a `match` glob is a mistake (error); a selection by
+    # kind, gas, substance or signal is a preset that does not apply here (warning).
+    unmatched = unmatched_selectors(rule_set, sites)
+    of = f"of {', '.join(s.id for s in sites)}"
+    mistakes = [(path, sel) for path, sel, specific in unmatched if specific]
+    for path, sel, specific in unmatched:
+        if not specific:
+            print(f"warning: {path}.select {sel} matches no tag {of}", file=sys.stderr)
+    if mistakes:
+        print(f"{len(mistakes)} error(s):", file=sys.stderr)
+        for path, sel in mistakes:
+            print(f"  {path}.select.match: {sel} matches no tag {of}", file=sys.stderr)
+        return 1
     print(f"ok: {len(rule_set.rules)} rules in {len(args.files)} file(s){against}")
     missing = missing_responses(rule_set, sites)
     if missing:
@@ -72,4 +86,18 @@ def missing_responses(rule_set: RuleSet, sites: list[Site]) -> list[tuple[str, s
                 code = int(compiled.priority[row, col])
                 if code in urgent and key not in have:
                     out.append((f"{tag.id}:{compiled.condition_name(row, col)}", PRIORITY_CODES[code].value))
+    return out
+
+
+def unmatched_selectors(rule_set: RuleSet, sites: list[Site]) -> list[tuple[str, str, bool]]:
+    """(rule path, selector, has a `match` glob) of each rule that selects no tag of ``sites``."""
+    if not sites:
+        return []
+    tags = [t for s in sites for t in s.tags]
+    out = []
+    for ref in rule_set.rules:
+        if not any(selects(ref.rule.select, t) for t in tags):
+            sel = ref.rule.select.model_dump(mode="json", exclude_none=True)
+            text = ", ".join(f"{k}: {v}" for k, v in sel.items())
+            out.append((ref.path, "{" + text + "}", ref.rule.select.match is not None))
     return out

@@ -48,19 +48,22 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
+    from hazmon import startup
+    from hazmon.audit import cli_actor
     from hazmon.config import load_settings
     from hazmon.storage.database import open_database
-    from hazmon.storage.registry import upsert_site
 
     site, warnings = load_graded_site(args.file)
     for w in warnings:
         print(f"{args.file}: warning: {w}", file=sys.stderr)
     settings = load_settings()
+    config = startup.Configuration(sites=[site], site_files={site.id: args.file})
 
     async def run() -> None:
+        # upserted with its audit row (who, which file, what changed) in one transaction
         async with open_database(settings) as db, db.pool.acquire() as conn:
-            summary = await upsert_site(conn, site)
-            print(f"{args.file}: loaded site {site.id}: {summary}")
+            await startup.write(conn, config, actor=cli_actor(), setting="")
+        print(f"{args.file}: loaded site {site.id}: {config.summaries[site.id]}")
 
     asyncio.run(run())
     return 0

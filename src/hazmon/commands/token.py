@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,10 +37,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    from hazmon.audit import cli_actor
+
+    return cli_actor()
 
 
 def _run(fn: Callable[[Any], Awaitable[int]]) -> int:
@@ -64,17 +62,23 @@ def _create(args: argparse.Namespace) -> int:
     from hazmon.auth import create_token
 
     async def op(conn: Any) -> int:
-        new = await create_token(
-            conn, args.role, sites=args.site, enterprises=args.enterprise, name=args.name, created_by=_actor()
-        )
-        info = new.info
-        await audit.append(
-            conn,
-            actor=_actor(),
-            action="token.create",
-            target=info.id,
-            detail={"role": info.role.value, "sites": info.sites, "enterprises": info.enterprises, "name": info.name},
-        )
+        async with conn.transaction():  # the token exists only with its audit row
+            new = await create_token(
+                conn, args.role, sites=args.site, enterprises=args.enterprise, name=args.name, created_by=_actor()
+            )
+            info = new.info
+            await audit.append(
+                conn,
+                actor=_actor(),
+                action="token.create",
+                target=info.id,
+                detail={
+                    "role": info.role.value,
+                    "sites": info.sites,
+                    "enterprises": info.enterprises,
+                    "name": info.name,
+                },
+            )
         scope = ", ".join([f"site {s}" for s in info.sites] + [f"enterprise {e}" for e in info.enterprises]) or "all"
         print(f"token {info.id} ({info.name}): role {info.role.value}, scope {scope}", file=sys.stderr)
         print("the token is shown once; store it now:", file=sys.stderr)
@@ -107,8 +111,9 @@ def _revoke(args: argparse.Namespace) -> int:
     from hazmon.auth import revoke_token
 
     async def op(conn: Any) -> int:
-        info = await revoke_token(conn, args.token_id)
-        await audit.append(conn, actor=_actor(), action="token.revoke", target=info.id, detail={"name": info.name})
+        async with conn.transaction():  # revoked and audited, or neither
+            info = await revoke_token(conn, args.token_id)
+            await audit.append(conn, actor=_actor(), action="token.revoke", target=info.id, detail={"name": info.name})
         print(f"token {info.id} ({info.name}, {info.role.value}) revoked")
         return 0
 
