@@ -216,3 +216,28 @@ async def test_pdf_report_has_chinese_headings_and_figures_and_the_cli_writes_th
         env=env_vars,
     )
     assert missing.returncode == 1 and "no registered site" in missing.stderr
+
+
+async def test_a_device_that_is_down_lowers_the_online_ratio_and_stable_operation(pg_url: str, tmp_path: Path) -> None:
+    started = datetime.now(UTC)
+    async with demo_api(pg_url, tmp_path, with_modbus=True) as (rt, tokens, client):
+        headers = {"Authorization": f"Bearer {tokens.regulator}"}
+
+        async def lost() -> list[dict[str, Any]]:
+            r = await client.get("/api/v1/alarms", params={"site": "demo-tank-farm"}, headers=headers)
+            return [a for a in r.json() if a["condition"] == "comm.LOSS" and a["alarm_id"].startswith("demo-modbus")]
+
+        alarms = await _until(lost, 30, "the Modbus PLCs' communication-loss alarms")
+        await rt.flush_journal()
+        params = {"enterprise": "ecs", "from": started.isoformat(), "to": datetime.now(UTC).isoformat()}
+        r = await client.get("/api/v1/compliance", params=params, headers=headers)
+        assert r.status_code == 200, r.text
+        period = r.json()[0]["period"]
+        down = {a["alarm_id"].rpartition(":")[0] for a in alarms}
+        for device in down:
+            assert period["devices"][device]["offline_s"] > 0, period["devices"]
+            assert period["devices"][device]["online_ratio"] < 1
+        assert period["online_ratio"] < 1
+        ent = r.json()[0]["enterprise_period"]
+        assert ent["online_ratio"] == period["online_ratio"]
+        assert ent["status"] == ("stable" if ent["online_ratio"] >= 0.95 else "unstable")
