@@ -97,33 +97,61 @@ async def serve_opcua(port: int, objects: int, per: int, rate: float, seconds: f
     print(json.dumps({"written": written}), flush=True)
 
 
-async def serve_modbus(ports: list[int], registers: int, seconds: float) -> None:
-    """One pymodbus server per port (a device each); every register changes once a second."""
+async def serve_modbus(ports: list[int], registers: int, seconds: float, units: int = 1) -> None:
+    """pymodbus servers (one per port), each answering ``units`` unit ids (1..units); every register
+    changes once a second: register i of every unit holds ``(step + i) % 65536`` during second ``step``.
+
+    Counts what it serves: for each (port, unit, step) how many times each register was read, so the
+    benchmark can check every served value against the database (lost, or stored twice)."""
     import logging
 
     from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
     from pymodbus.server import ModbusTcpServer
 
     logging.getLogger("pymodbus").setLevel(logging.ERROR)
+    step = 0
+    served: dict[tuple[int, int, int], np.ndarray] = {}
+
+    class Counting:
+        """The server's datastore, counting the registers it serves."""
+
+        def __init__(self, inner: Any, port: int) -> None:
+            self.inner, self.port = inner, port
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1) -> Any:
+            got = await self.inner.async_getValues(device_id, func_code, address, count)
+            if func_code == 3 and isinstance(got, list):
+                counts = served.setdefault((self.port, device_id, step), np.zeros(registers, np.int64))
+                counts[address : address + count] += 1
+            return got
+
     servers = []
     for p in ports:
-        dev = ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [0] * registers))
-        s = ModbusTcpServer(ModbusServerContext(devices={1: dev}, single=False), address=("127.0.0.1", p))
+        devices = {
+            u: ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, [i % 65536 for i in range(registers)]))
+            for u in range(1, units + 1)
+        }
+        s = ModbusTcpServer(ModbusServerContext(devices=devices, single=False), address=("127.0.0.1", p))
+        s.context = Counting(s.context, p)
         await s.serve_forever(background=True)
         servers.append(s)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     t0 = time.monotonic()
-    step = 0
     while time.monotonic() - t0 < seconds:
         step += 1
         values = [(step + i) % 65536 for i in range(registers)]
         for s in servers:
-            await s.async_setValues(1, 3, 0, values)
+            for u in range(1, units + 1):
+                await s.async_setValues(u, 3, 0, values)
         await asyncio.sleep(max(0.0, t0 + step - time.monotonic()))
     for s in servers:
         await s.shutdown()
-    print(json.dumps({"written": step}), flush=True)
+    table = [[p, u, st, c.tolist()] for (p, u, st), c in served.items()]
+    print(json.dumps({"written": int(sum(c.sum() for c in served.values())), "served": table}), flush=True)
 
 
 def publish_mqtt(port: int, points: int, per_message: int, rate: float, seconds: float) -> None:
@@ -201,6 +229,7 @@ class Source:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
+        self.report: dict[str, Any] = {}
 
     async def ready(self) -> None:
         assert self.proc.stdout is not None
@@ -217,7 +246,8 @@ class Source:
         assert self.proc.stdout is not None
         out = await asyncio.to_thread(self.proc.stdout.read)
         await asyncio.to_thread(self.proc.wait, 60)
-        return int(json.loads(out.strip().splitlines()[-1])["written"])
+        self.report = json.loads(out.strip().splitlines()[-1])
+        return int(self.report["written"])
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -241,6 +271,10 @@ class Sources:
     async def written(self) -> int:
         return sum([await s.written() for s in self.sources])
 
+    @property
+    def report(self) -> dict[str, Any]:
+        return {"served": [row for s in self.sources for row in s.report.get("served", [])]}
+
     def kill(self) -> None:
         for s in self.sources:
             s.kill()
@@ -256,6 +290,7 @@ async def run_workload(
     asked_per_s: float,
     produced: Callable[[int], int],
     to_db: bool = True,
+    where: dict[str, tuple[int, int, int]] | None = None,
 ) -> dict[str, Any]:
     url = await fresh_db(admin_url, "hazmon_bench_gw")
     db = await connect(url, pool_size=4, run_migrations=False)
@@ -293,15 +328,23 @@ async def run_workload(
                 await pump_task
             fstats = fwd.stats()
         conn = await asyncpg.connect(url)
+        accounting = None
         try:
             rows = await conn.fetchval("SELECT count(*) FROM readings WHERE quality < 128") if to_db else store.stored
             dup = await conn.fetchval("SELECT count(*) - count(DISTINCT (tag, time)) FROM readings WHERE quality < 128")
+            if where is not None and to_db and isinstance(source, Sources):
+                accounting = await modbus_accounting(conn, index, source.report["served"], where)
         finally:
             await conn.close()
         rate = (s1 - s0) / (t1 - t0)
         cpu = ((c1.user - c0.user) + (c1.system - c0.system)) / (t1 - t0) * 100
         lat = np.array(store.latencies_us or [0]) / 1000
         expected = produced(written)
+        delivered = round(int(rows) / expected, 4) if expected else None
+        if accounting is not None:  # Modbus: against what the servers served, per poll
+            expected = accounting["served"]
+            delivered = round((expected - accounting["lost"]) / expected, 4) if expected else None
+            dup = accounting["duplicates"]
         return {
             "workload": name,
             "asked_per_s": asked_per_s,
@@ -309,8 +352,9 @@ async def run_workload(
             "share_of_asked": round(rate / asked_per_s, 3),
             "produced": expected,
             "stored_total": int(rows),
-            "delivered_share": round(int(rows) / expected, 4) if expected else None,
+            "delivered_share": delivered,
             "duplicates": int(dup),
+            "connections": getattr(gw, "connections_opened", None),
             "cpu_pct_one_core": round(cpu, 1),
             "rss_mb": round(rss, 1),
             "latency_ms_p50": round(float(np.percentile(lat, 50)), 1),
@@ -351,33 +395,79 @@ def opcua_workload(
     return doc, tags, src, rate, lambda written: written + len(tags)
 
 
+@dataclass
+class ModbusWorkload:
+    doc: dict[str, Any]
+    tags: list[str]
+    source: Sources
+    asked: float
+    where: dict[str, tuple[int, int, int]]  # tag -> (port, unit, register)
+
+
 def modbus_workload(
-    name: str, devices: int, registers: int, poll_ms: float, seconds: float, procs: int = 1
-) -> tuple[Any, ...]:
-    ports = [free_port() for _ in range(devices)]
-    # the devices are pymodbus servers in ``procs`` processes (one process can serve ~2,000 reads/s)
+    name: str,
+    devices: int,
+    registers: int,
+    poll_ms: float,
+    seconds: float,
+    *,
+    units_per_server: int,
+    template: bool = False,
+    procs: int = 1,
+) -> ModbusWorkload:
+    """``devices`` Modbus devices of ``registers`` holding registers (uint16), ``units_per_server`` unit
+    ids behind each pymodbus server; ``template``: each device's tags as one template line (a "range"),
+    else one configured tag per register (the gateway coalesces them)."""
+    servers = devices // units_per_server
+    ports = [free_port() for _ in range(servers)]
+    # the servers run in ``procs`` processes (one process can serve ~2,000 reads/s)
     parts = [ports[i::procs] for i in range(procs)]
     src = Sources(
-        [Source(["serve-modbus", ",".join(map(str, part)), str(registers), str(seconds + 3)]) for part in parts]
+        [
+            Source(["serve-modbus", ",".join(map(str, part)), str(registers), str(seconds + 3), str(units_per_server)])
+            for part in parts
+            if part
+        ]
     )
-    tags = [f"M{d}.R{r}" for d in range(devices) for r in range(registers)]
+    where: dict[str, tuple[int, int, int]] = {}
+    device_docs = []
+    for d in range(devices):
+        port, unit = ports[d // units_per_server], d % units_per_server + 1
+        for r in range(registers):
+            where[f"M{d}.R{r}"] = (port, unit, r)
+        dev: dict[str, Any] = {"id": f"M{d}", "port": port, "unit": unit, "timeout_s": 2}
+        if template:
+            dev["templates"] = [{"tag": f"M{d}.R{{n}}", "first": 0, "count": registers, "address": 0, "type": "uint16"}]
+        else:
+            dev["tags"] = [{"tag": f"M{d}.R{r}", "address": r, "type": "uint16"} for r in range(registers)]
+        device_docs.append(dev)
     doc = {
         "id": name,
         "protocol": "modbus",
         "site": "bench",
         "poll_groups": {"default": poll_ms},
-        "devices": [
-            {
-                "id": f"M{d}",
-                "port": p,
-                "timeout_s": 2,
-                "tags": [{"tag": f"M{d}.R{r}", "address": r, "type": "uint16"} for r in range(registers)],
-            }
-            for d, p in enumerate(ports)
-        ],
+        "devices": device_docs,
     }
-    asked = devices * registers * 1000 / poll_ms
-    return doc, tags, src, asked, None  # polled: "produced" is what the polls returned (see below)
+    return ModbusWorkload(doc, list(where), src, devices * registers * 1000 / poll_ms, where)
+
+
+async def modbus_accounting(
+    conn: asyncpg.Connection, index: TagIndex, served: list[Any], where: dict[str, tuple[int, int, int]]
+) -> dict[str, int]:
+    """Every value the device servers served, against the database: register r holds (step + r) % 65536
+    during second ``step``, so a stored value names the poll period it came from. Lost: served more
+    often than stored; duplicates: stored more often than served (per tag, source value and period)."""
+    expected: dict[tuple[int, int, int, int], int] = {}
+    for port, unit, step, counts in served:
+        for r in np.flatnonzero(np.asarray(counts)).tolist():
+            expected[(port, unit, step % 65536, r)] = int(counts[r])
+    stored: dict[tuple[int, int, int, int], int] = {}
+    for row in await conn.fetch("SELECT tag, value, count(*) AS n FROM readings WHERE quality < 128 GROUP BY 1, 2"):
+        port, unit, r = where[index.id(row["tag"])]
+        stored[(port, unit, (int(row["value"]) - r) % 65536, r)] = int(row["n"])
+    lost = sum(max(0, n - stored.get(k, 0)) for k, n in expected.items())
+    dup = sum(max(0, n - expected.get(k, 0)) for k, n in stored.items())
+    return {"served": sum(expected.values()), "lost": lost, "duplicates": dup}
 
 
 def start_broker(conf: Path) -> subprocess.Popen[bytes]:
@@ -392,7 +482,7 @@ async def bench_modbus_baseline(devices: int, registers: int, seconds: float, pr
     ports = [free_port() for _ in range(devices)]
     parts = [ports[i::procs] for i in range(procs)]
     src = Sources(
-        [Source(["serve-modbus", ",".join(map(str, part)), str(registers), str(seconds + 3)]) for part in parts]
+        [Source(["serve-modbus", ",".join(map(str, part)), str(registers), str(seconds + 3), "1"]) for part in parts]
     )
     await src.ready()
     src.go()
@@ -455,31 +545,39 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         doc, tags, src, asked, produced = opcua_workload("opcua-10k", 100, 100, 11_000, secs)
         results.append(await run_workload("opcua-10k", args.pg, doc, tags, src, secs, asked, produced))
         print(json.dumps(results[-1]), file=sys.stderr)
-    if wanted("B2"):
-        doc, tags, src, asked, produced = opcua_workload("B2", 50, 100, 5_000, secs)
-        results.append(await run_workload("B2", args.pg, doc, tags, src, secs, asked, produced))
-        print(json.dumps(results[-1]), file=sys.stderr)
+    # the standard workloads (BENCH-WORKLOADS.md), each on the layout it names
+    for name, objects, per, mode in (
+        ("B1", 10, 100, "subscribe"),
+        ("B2", 50, 100, "subscribe"),
+        ("B3", 1, 5_000, "subscribe"),
+        ("B5", 50, 100, "poll"),
+    ):
+        if wanted(name):
+            rate = objects * per  # every variable changes once a second
+            doc, tags, src, asked, produced = opcua_workload(name, objects, per, rate, secs, mode=mode)
+            results.append(await run_workload(name, args.pg, doc, tags, src, secs, asked, produced))
+            print(json.dumps(results[-1]), file=sys.stderr)
     if wanted("modbus-200k"):
         results.append(await bench_modbus_baseline(20, 500, secs / 2, args.modbus_procs))
         print(json.dumps(results[-1]), file=sys.stderr)
-    if wanted("B5"):
-        doc, tags, src, _, _ = opcua_workload("B5", 50, 100, 5_000, secs, mode="poll")
-        r = await run_workload("B5", args.pg, doc, tags, src, secs, 5_000, lambda written: 0)
-        r["produced"] = r["delivered_share"] = None  # polled: every poll of every variable is stored
-        results.append(r)
-        print(json.dumps(results[-1]), file=sys.stderr)
-    for name, devices, regs, poll, to_db in (
-        ("modbus-200k", 20, 500, 50.0, True),
-        ("modbus-200k-no-db", 20, 500, 50.0, False),
-        ("A4", 20, 100, 100.0, True),
+    for name, devices, regs, poll, units, template, to_db in (
+        # hazmon's own throughput target: 20 servers of one device each (not a standard layout)
+        ("modbus-200k", 20, 500, 50.0, 1, False, True),
+        ("modbus-200k-no-db", 20, 500, 50.0, 1, False, False),
+        # the standard layout: 20 unit ids behind one server
+        ("A1", 20, 100, 1000.0, 20, True, True),
+        ("A2", 20, 100, 100.0, 20, True, True),
+        ("A3", 20, 100, 1000.0, 20, False, True),
+        ("A4", 20, 100, 100.0, 20, False, True),
     ):
         if not wanted(name.removesuffix("-no-db")):
             continue
-        doc, tags, src, asked, _ = modbus_workload(name, devices, regs, poll, secs, args.modbus_procs)
-        r = await run_workload(name, args.pg, doc, tags, src, secs, asked, lambda written: 0, to_db=to_db)
-        # polling: every poll of every register is a stored reading; "produced" = polls answered
-        r["produced"] = None
-        r["delivered_share"] = None
+        w = modbus_workload(
+            name, devices, regs, poll, secs, units_per_server=units, template=template, procs=args.modbus_procs
+        )
+        r = await run_workload(
+            name, args.pg, w.doc, w.tags, w.source, secs, w.asked, lambda written: 0, to_db=to_db, where=w.where
+        )
         results.append(r)
         print(json.dumps(results[-1]), file=sys.stderr)
     if wanted("mqtt-50k"):
@@ -536,8 +634,8 @@ def main() -> None:
         asyncio.run(serve_opcua(int(port), int(objects), int(per), float(rate), float(seconds)))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "serve-modbus":
-        _, _, ports, registers, seconds = sys.argv
-        asyncio.run(serve_modbus([int(p) for p in ports.split(",")], int(registers), float(seconds)))
+        _, _, ports, registers, seconds, units = sys.argv
+        asyncio.run(serve_modbus([int(p) for p in ports.split(",")], int(registers), float(seconds), int(units)))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "publish-mqtt":
         _, _, port, points, per_message, rate, seconds = sys.argv
@@ -549,7 +647,9 @@ def main() -> None:
         "--pg", default=os.environ.get("HAZMON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
     parser.add_argument("--modbus-procs", type=int, default=1, help="processes serving the Modbus devices")
-    parser.add_argument("--only", default="", help="comma-separated workloads: opcua-10k,B2,B5,modbus-200k,A4,mqtt-50k")
+    parser.add_argument(
+        "--only", default="", help="comma-separated workloads: opcua-10k,B1,B2,B3,B5,modbus-200k,A1,A2,A3,A4,mqtt-50k"
+    )
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print(json.dumps(result))

@@ -522,9 +522,6 @@ class ModbusGatewayImpl(Gateway):
                             registers = await self._read_block(link, dev, block)
                         except _DeviceRefused as e:
                             refused = e
-                        if first:
-                            answered()  # an exception response is an answer too
-                            first = False
                         if refused is not None:
                             stats.alive()  # it answers, with an exception
                             self._refused(dev, stats, block, refused, parts)
@@ -546,6 +543,11 @@ class ModbusGatewayImpl(Gateway):
                     stats.error("partial_cycle")
                     self.emit(stats, ReadingBatch.concat(parts) if len(parts) > 1 else parts[0])
                 raise
+            if first:
+                # a whole cycle answered (exception responses are answers too): the unit is connected;
+                # a unit that answers some blocks and not others stays lost, with its own backoff
+                answered()
+                first = False
             if parts:
                 self.emit(stats, ReadingBatch.concat(parts) if len(parts) > 1 else parts[0])
             await asyncio.sleep(max(0.0, min(due.values()) - time.monotonic()))
