@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from api_helpers import demo_api, ingest
 from conftest import create_database, drop_database
 from hazmon import audit
 from hazmon.cli import main
@@ -245,3 +246,30 @@ async def test_a_log_with_rows_before_the_genesis_migration_keeps_them(pg_admin_
     finally:
         await c.close()
         await drop_database(pg_admin_url, url)
+
+
+async def test_a_failed_operator_action_is_audited_as_refused(pg_url: str, tmp_path: Path) -> None:
+    """Issue 11, item 12: an operator action that fails leaves a trace in the audit trail, with why."""
+    async with demo_api(pg_url, tmp_path) as (rt, tokens, client):
+        await ingest(rt, {"V101.GT1": 30.0})
+        op = {"Authorization": f"Bearer {tokens.operator}"}
+        alarm = "V101.GT1:gas.H"
+        assert (await client.post(f"/api/v1/alarms/{alarm}/ack", headers=op)).status_code == 200
+        assert (await client.post(f"/api/v1/alarms/{alarm}/ack", headers=op)).status_code == 409
+        assert (await client.post("/api/v1/alarms/NO.SUCH:gas.H/ack", headers=op)).status_code == 404
+        too_long = {"reason": "maintenance", "duration_s": 10 * 86_400}
+        assert (await client.post(f"/api/v1/alarms/{alarm}/shelve", headers=op, json=too_long)).status_code == 422
+        trail = (await client.get("/api/v1/audit", headers={"Authorization": f"Bearer {tokens.admin}"})).json()
+        refused = [e for e in trail if e["action"].endswith(".refused")]
+        assert [(e["action"], e["target"], e["detail"]["status"]) for e in refused] == [
+            ("alarm.shelve.refused", alarm, 422),
+            ("alarm.acknowledge.refused", "NO.SUCH:gas.H", 404),
+            ("alarm.acknowledge.refused", alarm, 409),
+        ]
+        assert all(e["actor"] == "alice" and e["role"] == "operator" for e in refused)
+        assert refused[0]["site"] == "demo-tank-farm" and refused[0]["detail"]["duration_s"] == 864_000
+        assert "acknowledged" in refused[2]["detail"]["reason"]
+        # the successful acknowledgement is audited as before, once
+        assert [e["action"] for e in trail].count("alarm.acknowledge") == 1
+        async with rt.db.pool.acquire() as conn:
+            assert (await audit.verify(conn)).ok

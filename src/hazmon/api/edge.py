@@ -69,11 +69,14 @@ def find_nul(value: Any, path: str = "") -> str | None:
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats as strings ('nan', 'inf') and bytes decoded, for an error answer."""
+    """``value`` with non-finite floats as strings ('nan', 'inf'), bytes decoded and lone surrogates
+    escaped, for an error answer."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, str):  # a lone surrogate (valid JSON "\ud800") cannot be encoded as UTF-8
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -7,6 +7,7 @@ or not applied at all (503). Operator text with control characters is refused (4
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -23,12 +24,13 @@ from hazmon.alarms.engine import AlarmEngine
 from hazmon.api.deps import Operator, Reader, RuntimeDep, ensure_sees
 from hazmon.api.edge import INT64_MAX, NoNul
 from hazmon.api.routes.tags import time_range
+from hazmon.api.trail import record
 from hazmon.api.where import NOWHERE, Place, directory
 from hazmon.auth import Principal
 from hazmon.live import AlarmListView, encode_json, event_dict, iso_local, owner_of, snapshot_dict
 from hazmon.recorder import RecordNotPossible
 from hazmon.runtime import Actor, Runtime
-from hazmon.storage.store import guarded
+from hazmon.storage.store import StoreError, guarded
 
 router = APIRouter(prefix="/alarms", tags=["alarms"])
 
@@ -331,7 +333,11 @@ async def _act(
     comment: str | None = None,
     duration_s: float | None = None,
 ) -> dict[str, Any]:
-    snap = _get(runtime, alarm_id)
+    try:
+        snap = _get(runtime, alarm_id)
+    except HTTPException as e:
+        await _audit_refusal(runtime, user, action, alarm_id, None, e.status_code, str(e.detail), comment, duration_s)
+        raise
     place = _place(runtime, snap.alarm_id, snap.tag_id)
     _ensure_sees_alarm(user, place, alarm_id)
     site = place.site
@@ -340,10 +346,13 @@ async def _act(
         # applied and recorded (journal + audit trail, or the disk spool during an outage), or not at all
         done = await runtime.act(action, alarm_id, actor, comment=comment, duration_s=duration_s, site=site)
     except UnknownAlarm:
+        await _audit_refusal(runtime, user, action, alarm_id, site, 404, "unknown alarm", comment, duration_s)
         raise HTTPException(404, f"unknown alarm {alarm_id!r}") from None
     except InvalidTransition as e:
+        await _audit_refusal(runtime, user, action, alarm_id, site, 409, str(e), comment, duration_s)
         raise HTTPException(409, str(e)) from None
     except ValueError as e:
+        await _audit_refusal(runtime, user, action, alarm_id, site, 422, str(e), comment, duration_s)
         raise HTTPException(422, str(e)) from None
     except RecordNotPossible as e:
         raise HTTPException(503, str(e)) from None
@@ -352,6 +361,28 @@ async def _act(
         "events": [event_dict(e, site) for e in done.events],
         "record": done.record,
     }
+
+
+async def _audit_refusal(
+    runtime: Runtime,
+    user: Principal,
+    action: str,
+    alarm_id: str,
+    site: str | None,
+    status: int,
+    reason: str,
+    comment: str | None,
+    duration_s: float | None,
+) -> None:
+    """An operator action that failed is in the audit trail too, as ``alarm.<action>.refused`` with
+    why. Auditing a refusal that cannot be written does not change the answer (logged instead)."""
+    detail: dict[str, Any] = {"status": status, "reason": reason}
+    if comment is not None:
+        detail["comment"] = comment
+    if duration_s is not None:
+        detail["duration_s"] = duration_s
+    with contextlib.suppress(StoreError):  # record() has logged the whole entry
+        await record(runtime, user, f"alarm.{action}.refused", alarm_id, site, detail)
 
 
 @router.post("/ack", summary="Acknowledge several alarms; each is reported on its own")
@@ -391,7 +422,14 @@ async def shelve(runtime: RuntimeDep, user: Operator, alarm_id: str, body: Shelv
     engine = _engine(runtime)
     max_s = engine.max_shelve_us / 1e6
     if body.duration_s > max_s:
-        raise HTTPException(422, f"duration_s: at most {max_s:g} s ({max_s / 3600:g} h) may be shelved")
+        why = f"duration_s: at most {max_s:g} s ({max_s / 3600:g} h) may be shelved"
+        try:
+            snap = engine.get(alarm_id)
+            site = _place(runtime, snap.alarm_id, snap.tag_id).site
+        except UnknownAlarm:
+            site = None
+        await _audit_refusal(runtime, user, "shelve", alarm_id, site, 422, why, body.reason, body.duration_s)
+        raise HTTPException(422, why)
     return _json(await _act(runtime, user, "shelve", alarm_id, comment=body.reason, duration_s=body.duration_s))
 
 
