@@ -212,8 +212,8 @@ async def test_export_pages_through_many_rows(env: tuple[Runtime, Tokens, httpx.
     try:
         t0 = now_us() - 7200 * US_PER_S
         for i in range(30):
-            # pairs of readings share a timestamp: page boundaries fall inside ties
-            await ingest(rt, {"V102.LT": float(i)}, ts_us=t0 + (i // 2) * US_PER_S)
+            # half a second apart (a tag has one reading per time: migrations/040), 7 rows per page
+            await ingest(rt, {"V102.LT": float(i)}, ts_us=t0 + i * US_PER_S // 2)
         assert rt.forwarder is not None
         await rt.forwarder.flush(10)
         start = datetime.fromtimestamp(t0 / US_PER_S, UTC)
