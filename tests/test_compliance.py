@@ -29,7 +29,9 @@ async def test_regulator_sees_data_alarms_handling_and_grades(env: tuple[Runtime
     await ingest(rt, {"V101.GT1": 60.0, "V101.GT2": 1.0}, t0)
     await ingest(rt, {"V101.GT1": 62.0, "V101.GT2": 1.0}, t0 + 20_000_000)
     await rt.flush_journal()
+    acked_from = now_us()
     await rt.operate("acknowledge", "V101.GT1:gas.HH", "alice", comment="evacuated the sphere area")
+    acked_by = now_us()
 
     headers = {"Authorization": f"Bearer {tokens.regulator}"}
     r = await client.get("/api/v1/compliance", params={"enterprise": "ecs", "since": "1d"}, headers=headers)
@@ -49,7 +51,11 @@ async def test_regulator_sees_data_alarms_handling_and_grades(env: tuple[Runtime
     assert alarms["oldest_active_s"] >= 20
     handling = inst["HI-01"]["handling"]
     assert handling["acknowledged"] == 1 and handling["pending"] == handling["activations"] - 1
-    assert handling["median_time_to_ack_s"] >= 0
+    # the HH alarm activated with the first reading above 50 %LEL (at t0) and was acknowledged just now
+    # (reported to 0.1 s)
+    low, high = (acked_from - t0) / 1e6 - 0.05, (acked_by - t0) / 1e6 + 0.05
+    assert low <= handling["median_time_to_ack_s"] <= high, (low, high, handling)
+    assert handling["p90_time_to_ack_s"] == handling["median_time_to_ack_s"]  # one acknowledgement
 
 
 async def test_scope_of_the_compliance_view(env: tuple[Runtime, Tokens, httpx.AsyncClient]) -> None:
