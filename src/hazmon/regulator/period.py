@@ -147,20 +147,73 @@ def _ceil_minute(t: datetime) -> datetime:
     return f if f == t else f + MINUTE
 
 
-# The minutes of [start, end) in which each tag has readings of good or uncertain quality (not NaN),
-# with their count, min, max, first and last value: the rollup for [lo, hi), raw readings elsewhere.
-_MINUTES = f"""
-    SELECT tag, bucket AS m, n, min, max, first, last FROM readings_1m
-    WHERE tag = ANY($1::int[]) AND bucket >= $3 AND bucket < $4
-    UNION ALL
-    SELECT tag, date_trunc('minute', time) AS m, count(*), min(value), max(value),
-           (array_agg(value ORDER BY time))[1], (array_agg(value ORDER BY time DESC))[1]
-    FROM readings
-    WHERE tag = ANY($1::int[]) AND ((time >= $2 AND time < $3) OR (time >= $4 AND time < $5))
-      AND quality < {BAD_QUALITY} AND value <> 'NaN'
-    GROUP BY 1, 2
-"""
 _GOOD = f"quality < {BAD_QUALITY} AND value <> 'NaN'"
+
+
+@dataclass
+class _Run:
+    """Minutes with data of one tag, in order: ``first``..``last``, missing minutes only where ``holes``
+    (pairs of the minutes with data either side of a hole longer than the threshold)."""
+
+    first: datetime
+    last: datetime
+    holes: list[tuple[datetime, datetime]] = field(default_factory=list)
+
+
+async def _minutes(
+    conn: asyncpg.Connection, keys: list[int], start: datetime, end: datetime, threshold: timedelta
+) -> tuple[dict[int, int], dict[int, list[_Run]]]:
+    """Readings received per tag, and its minutes with data as runs: the 1-minute rollup where
+    maintenance has built it (one aggregate, and a scan in order only for tags that miss minutes
+    in it), raw readings at the edges of the period."""
+    lo, hi = await _regions(conn, start, end)
+    counts: dict[int, int] = {}
+    runs: dict[int, list[_Run]] = {k: [] for k in keys}
+    edge = await conn.fetch(
+        f"""
+        SELECT tag, date_trunc('minute', time) AS m, count(*) AS n FROM readings
+        WHERE tag = ANY($1::int[]) AND ((time >= $2 AND time < $3) OR (time >= $4 AND time < $5)) AND {_GOOD}
+        GROUP BY 1, 2
+        """,
+        keys,
+        start,
+        lo,
+        hi,
+        end,
+    )
+    for r in edge:
+        counts[r["tag"]] = counts.get(r["tag"], 0) + int(r["n"])
+        runs[r["tag"]].append(_Run(r["m"], r["m"]))
+    if hi > lo:
+        rolled = await conn.fetch(
+            "SELECT tag, sum(n)::bigint AS n, count(*) AS minutes, min(bucket) AS first_m, max(bucket) AS last_m "
+            "FROM readings_1m WHERE tag = ANY($1::int[]) AND bucket >= $2 AND bucket < $3 GROUP BY tag",
+            keys,
+            lo,
+            hi,
+        )
+        holed = [r["tag"] for r in rolled if r["minutes"] < (r["last_m"] - r["first_m"]) / MINUTE + 1]
+        holes: dict[int, list[tuple[datetime, datetime]]] = {}
+        if holed:
+            for h in await conn.fetch(
+                """
+                SELECT tag, prev, bucket FROM (
+                    SELECT tag, bucket, lag(bucket) OVER (PARTITION BY tag ORDER BY bucket) AS prev
+                    FROM readings_1m WHERE tag = ANY($1::int[]) AND bucket >= $2 AND bucket < $3
+                ) x WHERE bucket - prev > $4
+                """,
+                holed,
+                lo,
+                hi,
+                threshold,
+            ):
+                holes.setdefault(h["tag"], []).append((h["prev"], h["bucket"]))
+        for r in rolled:
+            counts[r["tag"]] = counts.get(r["tag"], 0) + int(r["n"])
+            runs[r["tag"]].append(_Run(r["first_m"], r["last_m"], sorted(holes.get(r["tag"], []))))
+    for v in runs.values():
+        v.sort(key=lambda run: run.first)
+    return counts, runs
 
 
 async def _presence(
@@ -168,30 +221,19 @@ async def _presence(
 ) -> tuple[dict[int, int], dict[int, list[Gap]]]:
     """Per tag: readings received, and the gaps longer than ``gap`` with their exact times. Gaps are
     found between minutes with data, then timed to the readings on either side (index look-ups)."""
-    lo, hi = await _regions(conn, start, end)
-    rows = await conn.fetch(
-        f"""
-        WITH p AS ({_MINUTES}),
-        w AS (SELECT tag, m, n, lag(m) OVER (PARTITION BY tag ORDER BY m) AS prev FROM p)
-        SELECT tag, sum(n)::bigint AS n, min(m) AS first_m, max(m) AS last_m,
-               array_agg(prev ORDER BY m) FILTER (WHERE m - prev > $6) AS gap_prev,
-               array_agg(m ORDER BY m) FILTER (WHERE m - prev > $6) AS gap_next
-        FROM w GROUP BY tag
-        """,
-        keys,
-        start,
-        lo,
-        hi,
-        end,
-        gap - MINUTE,
-    )
-    counts = {r["tag"]: int(r["n"]) for r in rows}
+    threshold = gap - MINUTE  # minutes with data further apart than this may hold a gap over ``gap``
+    counts, runs = await _minutes(conn, keys, start, end, threshold)
     # what to time exactly: (tag, minute before the gap or None, minute after the gap or None)
     probes: list[tuple[int, datetime | None, datetime | None]] = []
-    for r in rows:
-        probes.append((r["tag"], None, r["first_m"]))
-        probes += [(r["tag"], a, b) for a, b in zip(r["gap_prev"] or [], r["gap_next"] or [], strict=True)]
-        probes.append((r["tag"], r["last_m"], None))
+    for tag, rs in runs.items():
+        if not rs:
+            continue
+        probes.append((tag, None, rs[0].first))
+        for i, run in enumerate(rs):
+            probes += [(tag, a, b) for a, b in run.holes]
+            if i + 1 < len(rs) and rs[i + 1].first - run.last > threshold:
+                probes.append((tag, run.last, rs[i + 1].first))
+        probes.append((tag, rs[-1].last, None))
     timed = await conn.fetch(
         f"""
         SELECT c.i,
@@ -224,16 +266,21 @@ async def _presence(
 
 
 async def _sis_trips(conn: asyncpg.Connection, keys: list[int], start: datetime, end: datetime) -> dict[int, int]:
-    """Transitions from 0 to non-zero: only the minutes that hold both, or follow a 0, are read raw."""
+    """Transitions from 0 to non-zero. Only the minutes that can hold one are read raw: those with a
+    non-zero value that also hold a 0, or do not follow a minute whose last value is non-zero."""
     if not keys:
         return {}
     lo, hi = await _regions(conn, start, end)
-    candidates = await conn.fetch(
+    rows = await conn.fetch(
         f"""
-        WITH p AS ({_MINUTES}),
-        w AS (SELECT tag, m, min, max, first, lag(last) OVER (PARTITION BY tag ORDER BY m) AS prev_last FROM p)
-        SELECT tag, m FROM w
-        WHERE max <> 0 AND (min = 0 OR prev_last = 0 OR prev_last IS NULL)
+        SELECT tag, bucket AS m, min, last FROM readings_1m
+        WHERE tag = ANY($1::int[]) AND bucket >= $3 AND bucket < $4 AND max <> 0
+        UNION ALL
+        SELECT tag, date_trunc('minute', time) AS m, min(value), (array_agg(value ORDER BY time DESC))[1]
+        FROM readings
+        WHERE tag = ANY($1::int[]) AND ((time >= $2 AND time < $3) OR (time >= $4 AND time < $5)) AND {_GOOD}
+        GROUP BY 1, 2 HAVING max(value) <> 0
+        ORDER BY 1, 2
         """,
         keys,
         start,
@@ -241,9 +288,16 @@ async def _sis_trips(conn: asyncpg.Connection, keys: list[int], start: datetime,
         hi,
         end,
     )
+    candidates: list[tuple[int, datetime]] = []
+    prev: asyncpg.Record | None = None
+    for r in rows:
+        held = prev is not None and prev["tag"] == r["tag"] and r["m"] - prev["m"] == MINUTE and prev["last"] != 0
+        if r["min"] == 0 or not held:
+            candidates.append((r["tag"], r["m"]))
+        prev = r
     if not candidates:
         return {}
-    rows = await conn.fetch(
+    counted = await conn.fetch(
         f"""
         SELECT c.tag, (
             SELECT count(*) FROM (
@@ -259,13 +313,13 @@ async def _sis_trips(conn: asyncpg.Connection, keys: list[int], start: datetime,
         ) AS trips
         FROM unnest($1::int[], $2::timestamptz[]) AS c(tag, m)
         """,
-        [r["tag"] for r in candidates],
-        [r["m"] for r in candidates],
+        [c[0] for c in candidates],
+        [c[1] for c in candidates],
         start,
         end,
     )
     out: dict[int, int] = {}
-    for r in rows:
+    for r in counted:
         out[r["tag"]] = out.get(r["tag"], 0) + int(r["trips"])
     return out
 
