@@ -9,8 +9,15 @@ client) and RSS, and latency from the reading's timestamp to the store's confirm
 for Modbus the timestamp is the poll, for OPC UA and MQTT the source's change time).
 Baseline in the same run: ReadingStore.write of ready-made batches (the store's ceiling here).
 
+The standard workloads (../shared/BENCH-WORKLOADS.md) run on the layouts they name: A1-A4 are 20
+unit ids behind one pymodbus server; B1-B3 and B5 asyncua servers with 10, 50 or 1 device objects.
+For Modbus, delivered and duplicates are counted against what the servers served: register r holds
+(second + r) % 65536 during each second and the servers count each register served per second, so
+every stored value is matched to a served one (lost: served more often than stored; duplicate:
+stored more often than served).
+
     python bench/gateways.py [--seconds 10] [--pg postgresql://postgres@127.0.0.1:5432/postgres]
-                             [--only opcua-10k,B2,...]
+                             [--only A1,A2,A3,A4,B1,B2,B3,B5,opcua-10k,modbus-200k,mqtt-50k]
 
 The last stdout line is one JSON object.
 """
