@@ -51,6 +51,14 @@ async def env(pg_url: str, tmp_path: Path) -> AsyncIterator[tuple[Runtime, Token
         yield rt, tokens, client, pg_url, t0
 
 
+@pytest.fixture
+async def env_any(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[Runtime, Tokens, httpx.AsyncClient, str, int]]:
+    """The same on PostgreSQL and on TimescaleDB (readings in a hypertable)."""
+    async with demo_api(db_url, tmp_path) as (rt, tokens, client):
+        t0 = await _history(rt, db_url)
+        yield rt, tokens, client, db_url, t0
+
+
 async def _history(rt: Runtime, pg_url: str) -> int:
     """Four minutes of HI-02 (ammonia) at 1 s: T201.LT silent from 60 s to 180 s, T201.LSHH trips at
     120 s; a gas alarm on V101 standing since 25 h; a leak on V102 acknowledged ten minutes later."""
@@ -83,9 +91,9 @@ async def _history(rt: Runtime, pg_url: str) -> int:
 
 
 async def test_period_figures_per_tag_installation_site_and_enterprise(
-    env: tuple[Runtime, Tokens, httpx.AsyncClient, str, int],
+    env_any: tuple[Runtime, Tokens, httpx.AsyncClient, str, int],
 ) -> None:
-    _, tokens, client, _, t0 = env
+    rt, tokens, client, _, t0 = env_any
     headers = {"Authorization": f"Bearer {tokens.regulator}"}
     params = {"enterprise": "ecs", "from": _iso(t0), "to": _iso(t0 + 240 * US), "gap_minutes": "2"}
     r = await client.get("/api/v1/compliance", params=params, headers=headers)
@@ -118,7 +126,6 @@ async def test_period_figures_per_tag_installation_site_and_enterprise(
     assert inst["HI-02"]["monitoring_missing"] == [] and inst["HI-02"]["gb18218"]["grade_zh"] == "一级"
 
     # the same figures once the 1-minute rollup covers the period (only the edges are then read raw)
-    rt = env[0]
     async with rt.db.pool.acquire() as conn:
         await refresh_rollups(conn, rt.db.caps)
         assert await conn.fetchval("SELECT count(*) FROM readings_1m") > 0
