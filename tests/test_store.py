@@ -218,3 +218,54 @@ async def test_broken_migration_changes_nothing(pg_url: str, tmp_path: Path) -> 
         assert await conn.fetchval("SELECT max(version) FROM schema_version") == 1
     finally:
         await conn.close()
+
+
+async def test_restarting_hazmon_does_not_store_unchanged_opcua_values_again(pg_url: str, tmp_path: Path) -> None:
+    """Issue 11, item 10, end to end: hazmon with an OPC UA subscription on 16 unchanged variables,
+    restarted twice. Each start delivers the 16 current values again (with their source times); the
+    store keeps 16 rows, not 16 more per restart."""
+    import yaml
+
+    from gateway_helpers import EXAMPLE_NS, OpcServer, wait_for
+    from hazmon.config import load_settings
+    from hazmon.gateways.config import parse_gateway_config
+    from hazmon.runtime import run_runtime
+
+    opc = OpcServer(per_device=16)
+    await opc.start(initial=42.0)
+    try:
+        site_doc = yaml.safe_load((ROOT / "tests" / "data" / "mini-site.yaml").read_text(encoding="utf-8"))
+        site_doc["tags"] = [
+            {"id": f"UA.{n}", "name": n, "kind": "pressure", "equipment": "TK", "unit": "kPa", "range": [0, 100]}
+            for n in opc.names()
+        ]
+        site_doc["equipment"][0].pop("in_service_tag", None)
+        site_file = tmp_path / "ua-site.yaml"
+        site_file.write_text(yaml.safe_dump(site_doc, allow_unicode=True), encoding="utf-8")
+        gateway = {
+            "id": "ua",
+            "protocol": "opcua",
+            "site": site_doc["site"]["id"],
+            "endpoint": opc.endpoint,
+            "namespace": EXAMPLE_NS,
+            "publishing_interval_ms": 100,
+            "timeout_s": 2,
+            "tags": [{"tag": f"UA.{n}", "node": f"s={n}"} for n in opc.names()],
+        }
+        config = parse_gateway_config({"gateway": gateway})
+        settings = load_settings(database_url=pg_url, data_dir=tmp_path / "data", site=site_file, rules=[], gateways=[])
+        conn = await asyncpg.connect(pg_url)
+        try:
+            for start in range(3):
+                async with run_runtime(settings, gateway_configs=[config]) as rt:
+                    await wait_for(lambda rt=rt: rt.stats.readings >= 16, timeout=30, what="the 16 current values")
+                    assert rt.forwarder is not None
+                    await rt.forwarder.flush(10)
+                    stored = await conn.fetchval("SELECT count(*) FROM readings")
+                    assert stored == 16, f"start {start + 1}: {stored} rows stored for 16 unchanged values"
+            assert await conn.fetchval("SELECT count(DISTINCT (tag, time)) FROM readings") == 16
+            assert await conn.fetchval("SELECT min(value) FROM readings") == 42.0
+        finally:
+            await conn.close()
+    finally:
+        await opc.stop()
