@@ -28,10 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nats.errors import Error as NatsError
+
 from hazmon.alarms import journal
 from hazmon.alarms.alarm import AlarmEvent, split_alarm_id
 from hazmon.alarms.compiler import compile_rules, load_rules
 from hazmon.alarms.engine import AlarmEngine
+from hazmon.backoff import Backoff, BackoffConfig
 from hazmon.cluster.bus import ENGINE_ACK_WAIT_S, WRITER_ACK_WAIT_S, Bus, partition_of
 from hazmon.cluster.codec import CodecError, decode_batch, encode_batch
 from hazmon.config import Settings
@@ -110,12 +113,26 @@ class StageStats:
 def bus_publisher(bus: Bus, site_of_key: dict[int, str], partitions: int) -> Any:
     """``Runtime.publisher`` for the gateway role: a gateway's batch goes to its site's partition."""
 
+    backoff = Backoff(BackoffConfig(initial_s=0.2, max_s=5.0, jitter=0.2))
+
     async def publish(batch: ReadingBatch) -> None:
+        """Retries until the bus takes the batch (its id makes a retry a no-op): meanwhile the gateway's
+        own bounded buffer fills, and what it drops it counts (``dropped_readings``)."""
         if len(batch) == 0:
             return
         site = site_of_key.get(int(batch.tag[0]), "")
         subject = bus.subjects.readings(partition_of(site, partitions))
-        await bus.publish(subject, encode_batch(batch), str(batch.batch_id))
+        payload = encode_batch(batch)
+        while True:
+            try:
+                await bus.publish(subject, payload, str(batch.batch_id))
+            except (NatsError, TimeoutError, OSError) as e:
+                delay = backoff.next_delay()
+                log.warning("gateway: the bus did not take batch %s (%s); retrying in %.1f s", batch.batch_id, e, delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            return
 
     return publish
 
