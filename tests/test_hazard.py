@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from api_helpers import SITE, SITE_FILE, Tokens, demo_api
-from hazmon.plant.site import CAS_RE, Chemical, Installation, InstallationKind, cas_check_ok
+from hazmon.plant.site import CAS_RE, Chemical, Installation, InstallationKind, Site, cas_check_ok, load_site
 from hazmon.regulator.chemicals import catalogue, find
-from hazmon.regulator.gb18218 import GradingError, grade
+from hazmon.regulator.gb18218 import GradingError, grade, identification
 from hazmon.runtime import Runtime
 
 
@@ -176,3 +176,32 @@ async def test_api_installations_give_the_same_grades(env: tuple[Runtime, Tokens
     assert (await client.get("/api/v1/installations", headers=other)).json() == []
     assert (await client.get("/api/v1/installations/HI-02", headers=other)).status_code == 403
     assert (await client.get("/api/v1/installations")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("name", "cas", "path", "says"),
+    [
+        ("盐酸", "7647-01-0", "cas-named", "by its CAS number 7647-01-0"),  # hydrochloric acid: anhydrous HCl's CAS
+        ("盐酸", "7647-01-0", "scoped", "not hydrochloric acid"),
+        ("氨", "1336-21-6", "cas", "is not that row's (7664-41-7)"),  # ammonia solution named as ammonia
+        ("硝酸", None, "scoped", "nitric acid above 70%"),
+    ],
+)
+def test_identifications_to_confirm_are_warnings(name: str, cas: str | None, path: str, says: str) -> None:
+    site = _site_with(Chemical(name=name, cas=cas, quantity_t=10))
+    errors, warnings = identification(site)
+    assert errors == []
+    field = "cas" if path == "cas" else "name"
+    assert any(w.path == f"installations[0].chemicals[0].{field}" and says in w.message for w in warnings), warnings
+    # stating Q settles it: no warning
+    site = _site_with(Chemical(name=name, cas=cas, quantity_t=10, critical_quantity_t=500, category="J5"))
+    assert identification(site) == ([], [])
+
+
+def _site_with(chem: Chemical) -> Site:
+    doc = load_site(SITE_FILE).model_dump(mode="json", by_alias=True)
+    doc["installations"] = [{**doc["installations"][0], "chemicals": [chem.model_dump(mode="json")]}]
+    doc["equipment"] = [e for e in doc["equipment"] if e["installation"] == doc["installations"][0]["id"]]
+    keep = {e["id"] for e in doc["equipment"]}
+    doc["tags"] = [t for t in doc["tags"] if t["equipment"] in keep]
+    return Site.model_validate(doc)

@@ -22,7 +22,7 @@ from typing import Any
 
 from hazmon.errors import Problem
 from hazmon.plant.site import Chemical, Installation, Site
-from hazmon.regulator.chemicals import NamedChemical, find
+from hazmon.regulator.chemicals import NamedChemical, find, normalise
 
 # Table 2: critical quantity by hazard category for chemicals not named in Table 1.
 CATEGORY_QUANTITY_T: dict[str, Fraction] = {
@@ -157,6 +157,51 @@ def level_of(r: Fraction) -> int:
     return 4
 
 
+# Table 1 rows that cover one form or concentration only: a chemical found there by its CAS number
+# or a generic name may be another form (hydrochloric acid has anhydrous hydrogen chloride's CAS).
+SCOPED_ROWS: dict[int, str] = {
+    8: "formaldehyde above 90% only",
+    11: "anhydrous hydrogen chloride only, not hydrochloric acid",
+    37: "dry nitrocellulose, or wetted with less than 25% water or alcohol",
+    38: "unmodified nitrocellulose, or plasticized with less than 18% plasticizer",
+    39: "nitrocellulose wetted with at least 25% alcohol",
+    40: "nitrocellulose with at most 12.6% nitrogen",
+    41: "nitrocellulose wetted with at least 25% water",
+    42: "nitrocellulose solution, at most 12.6% nitrogen and 55% nitrocellulose",
+    43: "ammonium nitrate with more than 0.2% combustible substances",
+    44: "ammonium nitrate with at most 0.2% combustible substances",
+    45: "ammonium nitrate fertilizer with at most 0.4% combustible substances",
+    56: "compressed or liquefied oxygen",
+    72: "methyl ethyl ketone peroxide, available oxygen above 10% up to 10.7%, at least 48% type A diluent",
+    81: "nitric acid above 70%, other than red fuming",
+}
+
+
+def _identification_notes(chem: Chemical, named: NamedChemical, by: str) -> list[tuple[str, str]]:
+    """Warnings for a Table 1 identification a person should confirm."""
+    notes = []
+    own_names = {normalise(n) for n in (named.zh, named.en, *named.aliases)}
+    if by == "cas" and normalise(chem.name) not in own_names:
+        notes.append(("name", f"{chem.name!r} is graded as {named.label} by its CAS number {chem.cas}"))
+    if by == "name" and chem.cas is not None and named.cas and chem.cas not in named.cas:
+        notes.append(
+            (
+                "cas",
+                f"{chem.name!r} is graded as {named.label} by its name, but CAS {chem.cas} is not that row's "
+                f"({', '.join(named.cas)}): if it is another substance, give its critical_quantity_t and category",
+            )
+        )
+    if named.no in SCOPED_ROWS:
+        notes.append(
+            (
+                "name",
+                f"{named.label} covers {SCOPED_ROWS[named.no]}: if {chem.name!r} is another form or concentration, "
+                "give its critical_quantity_t and category",
+            )
+        )
+    return notes
+
+
 def contribution(chem: Chemical) -> tuple[Contribution | None, list[tuple[str, str]], list[tuple[str, str]]]:
     """One chemical identified: its contribution, or None; and (field, message) errors and warnings."""
     errors: list[tuple[str, str]] = []
@@ -165,6 +210,8 @@ def contribution(chem: Chemical) -> tuple[Contribution | None, list[tuple[str, s
     named = found.chemical
     if found.problem is not None:
         errors.append(("cas" if chem.cas else "name", found.problem))
+    if named is not None and named.no and found.problem is None and chem.critical_quantity_t is None:
+        warnings += [(f, m) for f, m in _identification_notes(chem, named, found.by)]
     category = chem.category
     if category is not None and category not in CATEGORY_QUANTITY_T:
         errors.append(
@@ -174,7 +221,9 @@ def contribution(chem: Chemical) -> tuple[Contribution | None, list[tuple[str, s
     critical: Fraction | None
     if chem.critical_quantity_t is not None:
         critical, q_source = exact(chem.critical_quantity_t), "site file"
-        if named is not None and named.q is not None and named.q != critical:
+        # a Q that differs from Table 1's is worth a word, unless the file says it is another form
+        doubtful = named is not None and bool(_identification_notes(chem, named, found.by))
+        if named is not None and named.q is not None and named.q != critical and not doubtful:
             warnings.append(
                 ("critical_quantity_t", f"{named.label} has Q = {named.q} t; the site file's {critical} t is used")
             )
