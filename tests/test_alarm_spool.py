@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import pytest
 
 from api_helpers import ingest
 from hazmon.alarms.alarm import AlarmEvent, AlarmState, Priority
-from hazmon.alarms.pending import AlarmSpool
+from hazmon.alarms.pending import AlarmSpool, Pending
 from hazmon.config import load_settings
-from hazmon.runtime import ALARM_SPOOL_FILE, run_runtime
+from hazmon.recorder import RecordNotPossible
+from hazmon.runtime import ALARM_SPOOL_FILE, Actor, run_runtime
 from tcpproxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,45 +27,79 @@ SITE = ROOT / "sites" / "demo-tank-farm.yaml"
 RULES = sorted((ROOT / "alarm_rules").glob("*.yaml"))
 
 
-def test_spool_round_trip_and_torn_line(tmp_path: Path) -> None:
-    spool = AlarmSpool(tmp_path / "pending.jsonl")
-    e = AlarmEvent(
+def _gas_event() -> AlarmEvent:
+    return AlarmEvent(
         "V101.GT1:gas.H", "V101.GT1", "gas.H", Priority.HIGH, AlarmState.NORMAL, AlarmState.ACTIVE_UNACK,
         30.0, 25.0, 1_780_000_000_000_000, None, None, "activate",
     )  # fmt: skip
+
+
+def test_spool_round_trip_journaled_marks_and_torn_line(tmp_path: Path) -> None:
+    spool = AlarmSpool(tmp_path / "pending.jsonl")
+    e = _gas_event()
     ack = replace(
-        e, prev_state=AlarmState.ACTIVE_UNACK, new_state=AlarmState.ACTIVE_ACK, action="acknowledge", user="op1"
-    )
-    spool.append([e])
-    spool.append([ack])
+        e, prev_state=AlarmState.ACTIVE_UNACK, new_state=AlarmState.ACTIVE_ACK, action="acknowledge", user="op1",
+        comment="NUL \x00 and a lone surrogate \ud800 are kept",
+    )  # fmt: skip
+    first, second, third = Pending([e]), Pending([ack], {"actor": "op1", "action": "alarm.acknowledge"}), Pending([e])
+    spool.append([first])
+    spool.append([second, third])
+    assert [i.seq for i in (first, second, third)] == [1, 2, 3]
+    spool.mark_journaled([first, third])
     with spool.path.open("a") as f:
         f.write('{"alarm_id": "torn')  # a crash in the middle of a write
-    assert spool.load() == [e, ack]
-    spool.clear()
-    assert spool.load() == []
+    again = AlarmSpool(spool.path)
+    (left,) = again.load()
+    assert left.events == [ack] and left.audit == {"actor": "op1", "action": "alarm.acknowledge"}
+    # the torn line is moved aside with its reason, not dropped and not fatal
+    assert again.moved_aside == 1
+    (aside,) = [json.loads(line) for line in again.dead_letter_path.read_text().splitlines()]
+    assert aside["line"] == '{"alarm_id": "torn' and "line 5" in aside["reason"]
+    # numbering goes on after what the file holds
+    later = Pending([e])
+    again.append([later])
+    assert later.seq == 4
+    again.clear()
+    assert again.load() == []
 
 
-async def test_alarm_raised_during_an_outage_reaches_the_journal_after_a_restart(pg_url: str, tmp_path: Path) -> None:
+def test_old_format_lines_are_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "pending.jsonl"
+    path.write_text(json.dumps(asdict(_gas_event())) + "\n" + "\x00garbage\n", encoding="utf-8")
+    spool = AlarmSpool(path)
+    (item,) = spool.load()
+    assert item.events == [_gas_event()] and spool.moved_aside == 1
+
+
+async def test_alarm_raised_during_an_outage_survives_a_crash_and_a_shutdown(pg_url: str, tmp_path: Path) -> None:
     u = urlsplit(pg_url)
     proxy = TcpProxy(u.hostname or "127.0.0.1", u.port or 5432)
     await proxy.start()
     url = urlunsplit(u._replace(netloc=f"{u.username}@127.0.0.1:{proxy.port}"))
-    settings = load_settings(database_url=url, data_dir=tmp_path, site=SITE, rules=RULES)
-    pending = tmp_path / ALARM_SPOOL_FILE
+    (tmp_path / "run").mkdir()
+    (tmp_path / "crashed").mkdir()
+    settings = load_settings(database_url=url, data_dir=tmp_path / "run", site=SITE, rules=RULES)
+    pending = tmp_path / "run" / ALARM_SPOOL_FILE
     try:
         async with run_runtime(settings) as rt:
             await proxy.go_down()
             await ingest(rt, {"V101.GT1": 30.0})  # a leak: gas.H activates while the database is down
-            deadline = time.monotonic() + 20
-            while not (pending.exists() and "V101.GT1:gas.H" in pending.read_text()):
-                assert time.monotonic() < deadline, "the event never reached the disk spool"
-                await asyncio.sleep(0.1)
-            # the process ends here as if it crashed: the journal never got the event
+            # on disk before anything else happened (no wait): what a crash at this instant leaves
+            assert "V101.GT1:gas.H" in pending.read_text()
+            shutil.copy(pending, tmp_path / "crashed" / ALARM_SPOOL_FILE)
+            await _until(lambda: rt.recorder.down, 20, "the writer to find the database away")
+            # an operator action during the outage: applied, on disk, journaled later
+            ack = await rt.act("acknowledge", "V101.GT1:gas.H", Actor("alice", "t1", "operator"))
+            assert ack.record == "queued"
+            # a normal shutdown during the outage: nothing is dropped with the flush timeout
+        text = pending.read_text()
+        assert "V101.GT1:gas.H" in text and "alarm.acknowledge" in text
         await proxy.come_up()
-        async with run_runtime(settings) as rt:
+        crashed = load_settings(database_url=url, data_dir=tmp_path / "crashed", site=SITE, rules=RULES)
+        async with run_runtime(crashed) as rt:
             assert rt.engine is not None
             assert rt.engine.get("V101.GT1:gas.H").state is AlarmState.ACTIVE_UNACK  # restored, not forgotten
-        assert not pending.exists()
+        assert not (tmp_path / "crashed" / ALARM_SPOOL_FILE).exists()
     finally:
         await proxy.stop()
     conn = await asyncpg.connect(pg_url)
@@ -69,3 +108,52 @@ async def test_alarm_raised_during_an_outage_reaches_the_journal_after_a_restart
     finally:
         await conn.close()
     assert [r["action"] for r in rows] == ["activate"]
+
+
+async def test_after_the_shutdown_the_queued_action_is_journaled_and_audited(pg_url: str, tmp_path: Path) -> None:
+    u = urlsplit(pg_url)
+    proxy = TcpProxy(u.hostname or "127.0.0.1", u.port or 5432)
+    await proxy.start()
+    url = urlunsplit(u._replace(netloc=f"{u.username}@127.0.0.1:{proxy.port}"))
+    settings = load_settings(database_url=url, data_dir=tmp_path, site=SITE, rules=RULES)
+    try:
+        async with run_runtime(settings) as rt:
+            await ingest(rt, {"V102.GT1": 30.0})
+            await rt.flush_journal()
+            await proxy.go_down()
+            await ingest(rt, {"V103.GT1": 30.0})
+            await _until(lambda: rt.recorder.down, 20, "the writer to find the database away")
+            assert (await rt.act("acknowledge", "V102.GT1:gas.H", Actor("alice", "t1", "operator"))).record == "queued"
+            # disk refuses too: an action is refused, not applied without a record
+            spool_path = rt.recorder.spool.path
+            rt.recorder.spool.path = tmp_path / "not-a-file"
+            rt.recorder.spool.path.mkdir()
+            with pytest.raises(RecordNotPossible):
+                await rt.act("acknowledge", "V103.GT1:gas.H", Actor("alice", "t1", "operator"))
+            assert rt.engine is not None and rt.engine.get("V103.GT1:gas.H").state is AlarmState.ACTIVE_UNACK
+            rt.recorder.spool.path = spool_path
+        await proxy.come_up()
+        async with run_runtime(settings) as rt:
+            assert rt.engine is not None
+            assert rt.engine.get("V102.GT1:gas.H").state is AlarmState.ACTIVE_ACK
+    finally:
+        await proxy.stop()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        acks = await conn.fetch("SELECT alarm_id, \"user\" FROM alarm_journal WHERE action = 'acknowledge'")
+        audit = await conn.fetch(
+            "SELECT actor, token_id, role, target FROM audit_log WHERE action = 'alarm.acknowledge'"
+        )
+        activated = await conn.fetchval("SELECT count(*) FROM alarm_journal WHERE alarm_id = 'V103.GT1:gas.H'")
+    finally:
+        await conn.close()
+    assert [(r["alarm_id"], r["user"]) for r in acks] == [("V102.GT1:gas.H", "alice")]
+    assert [tuple(r) for r in audit] == [("alice", "t1", "operator", "V102.GT1:gas.H")]
+    assert activated == 1
+
+
+async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -235,3 +236,32 @@ async def test_gateways_report_each_device(env: tuple[Runtime, Tokens, httpx.Asy
     assert g["connected"] is False  # nothing listens on its port
     assert all(d["connected"] is False for d in g["devices"])
     assert (await c.get("/api/v1/gateways", headers=_h(tokens.regulator_other))).json() == []
+
+
+CONTROL = ["valve\x00closed", "bell\x07", "cr\rlf", "esc\x1b[31m", "del\x7f", "c1\x85", "half\ud800"]
+
+
+@pytest.mark.parametrize("bad", CONTROL)
+async def test_operator_text_with_control_characters_is_refused(
+    env: tuple[Runtime, Tokens, httpx.AsyncClient], bad: str
+) -> None:
+    rt, tokens, c = env
+    h = _h(tokens.operator)
+    before = rt.engine.get(GAS_H).state if rt.engine else None
+    for url, body in [
+        (f"/api/v1/alarms/{GAS_H}/ack", {"comment": bad}),
+        (f"/api/v1/alarms/{GAS_H}/comment", {"text": bad}),
+        (f"/api/v1/alarms/{GAS_H}/shelve", {"reason": bad, "duration_s": 60}),
+        (f"/api/v1/alarms/{GAS_H}/out-of-service", {"reason": bad}),
+        ("/api/v1/alarms/ack", {"ids": [GAS_H], "comment": bad}),
+    ]:
+        # as JSON escapes (\u0000, \ud800): what a client sends on the wire
+        r = await c.post(url, headers={**h, "Content-Type": "application/json"}, content=json.dumps(body))
+        assert r.status_code == 422, (url, r.text)
+        assert "control character" in r.text or "unicode" in r.text
+    assert rt.engine is not None and rt.engine.get(GAS_H).state == before  # nothing applied
+    # newline and tab are fine, and reach the journal and the audit trail as written
+    r = await c.post(f"/api/v1/alarms/{GAS_H}/ack", headers=h, json={"comment": "line 1\n\tline 2 — 已通知"})
+    assert r.status_code == 200 and r.json()["record"] == "journaled"
+    hist = (await c.get("/api/v1/alarms/history", headers=_h(tokens.regulator))).json()
+    assert hist["events"][0]["comment"] == "line 1\n\tline 2 — 已通知"

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
-from hazmon.alarms.alarm import AlarmState
+from api_helpers import demo_runtime, ingest
+from hazmon.alarms.alarm import AlarmEvent, AlarmState, Priority
 from hazmon.alarms.compiler import compile_rules, load_rules
 from hazmon.alarms.engine import AlarmEngine
 from hazmon.alarms.journal import JournalError, append_events, history, load_current, to_datetime
+from hazmon.alarms.pending import AlarmSpool, Pending
 from hazmon.plant.site import load_site
 from hazmon.plant.tag import TagIndex
-from hazmon.reading import ReadingBatch
+from hazmon.reading import ReadingBatch, now_us
+from hazmon.recorder import JOURNAL_OWNER
+from hazmon.runtime import ALARM_SPOOL_FILE, Actor
 
 DATA = Path(__file__).parent / "data"
 S = 1_000_000
@@ -121,3 +130,92 @@ async def test_shelving_end_survives_later_comments(pg_url: str) -> None:
         assert until == {"TK.PT:pressure.H": T0 + 600 * S, "TK.PT:pressure.HH": T0 + 900 * S}
     finally:
         await conn.close()
+
+
+# ---------------------------------------------------------------------- refused writes, on a real runtime
+
+
+async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def _dead_letters(data_dir: Path) -> list[dict[str, Any]]:
+    path = data_dir / "alarm-journal.dead-letter.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="ascii").splitlines()] if path.exists() else []
+
+
+JOURNAL_ALARM = f"{JOURNAL_OWNER}:comm.LOSS"
+
+
+async def test_a_refused_write_goes_to_the_dead_letter_file_and_blocks_nothing(pg_url: str, tmp_path: Path) -> None:
+    async with demo_runtime(pg_url, tmp_path) as rt:
+        assert rt.engine is not None
+        await ingest(rt, {"V101.GT1": 30.0, "V102.GT1": 30.0})
+        await rt.flush_journal()
+        # A NUL that got past the API: PostgreSQL refuses U+0000 in text, whatever the retries.
+        t0 = time.monotonic()
+        refused = await rt.act("comment", "V101.GT1:gas.H", Actor("alice", "t1", "operator"), comment="bad\x00text")
+        assert refused.record == "dead-letter" and time.monotonic() - t0 < 5
+        # operators are told: the journal's alarm stands
+        assert rt.engine.get(JOURNAL_ALARM).state is AlarmState.ACTIVE_UNACK
+        # and the next action is journaled and audited at once, not stuck behind the refused one
+        ack = await rt.act("acknowledge", "V102.GT1:gas.H", Actor("alice", "t1", "operator"))
+        assert ack.record == "journaled"
+        await ingest(rt, {"V103.GT1": 30.0})
+        await rt.flush_journal()
+        assert not (tmp_path / ALARM_SPOOL_FILE).exists()  # nothing left pending
+    (dead,) = _dead_letters(tmp_path)
+    assert dead["events"][0]["comment"] == "bad\x00text" and dead["audit"]["action"] == "alarm.comment"
+    assert "refused by the database" in dead["reason"]
+    conn = await asyncpg.connect(pg_url)
+    try:
+        journal_rows = {
+            (r["alarm_id"], r["action"]) for r in await conn.fetch("SELECT alarm_id, action FROM alarm_journal")
+        }
+        audit_rows = [(r["action"], r["target"]) for r in await conn.fetch("SELECT action, target FROM audit_log")]
+    finally:
+        await conn.close()
+    assert ("V101.GT1:gas.H", "comment") not in journal_rows
+    assert {
+        ("V102.GT1:gas.H", "acknowledge"),
+        ("V103.GT1:gas.H", "activate"),
+        (JOURNAL_ALARM, "activate"),
+    } <= journal_rows
+    assert ("alarm.acknowledge", "V102.GT1:gas.H") in audit_rows
+    assert ("alarm.comment", "V101.GT1:gas.H") not in audit_rows
+
+
+async def test_start_up_never_fails_on_a_bad_pending_file(pg_url: str, tmp_path: Path) -> None:
+    t = now_us()
+    gas = AlarmEvent(
+        "V101.GT1:gas.H", "V101.GT1", "gas.H", Priority.HIGH, AlarmState.NORMAL, AlarmState.ACTIVE_UNACK,
+        30.0, 25.0, t,
+    )  # fmt: skip
+    note = AlarmEvent(
+        "V101.GT1:gas.H", "V101.GT1", "gas.H", Priority.HIGH, AlarmState.ACTIVE_UNACK, AlarmState.ACTIVE_UNACK,
+        30.0, 25.0, t + 1, "bob", "nul\x00inside", "comment",
+    )  # fmt: skip
+    spool = AlarmSpool(tmp_path / ALARM_SPOOL_FILE)
+    spool.append([Pending([gas]), Pending([note], {"actor": "bob", "action": "alarm.comment", "target": gas.alarm_id})])
+    with spool.path.open("a", encoding="ascii") as f:
+        f.write('{"seq": 3, "events": [{"alarm_id": "V1\n')  # torn by a crash
+    async with demo_runtime(pg_url, tmp_path) as rt:
+        assert rt.engine is not None
+        # the readable, acceptable event was replayed before the engine restored its state
+        assert rt.engine.get("V101.GT1:gas.H").state is AlarmState.ACTIVE_UNACK
+        await _until(lambda: rt.engine is not None and rt.engine.get(JOURNAL_ALARM).active, 10, "the journal alarm")
+    assert not spool.path.exists()
+    reasons = [d["reason"] for d in _dead_letters(tmp_path)]
+    assert len(reasons) == 2
+    assert any("refused by the database" in r for r in reasons) and any("unreadable" in r for r in reasons)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        actions = [
+            r["action"] for r in await conn.fetch("SELECT action FROM alarm_journal WHERE alarm_id = $1", gas.alarm_id)
+        ]
+    finally:
+        await conn.close()
+    assert actions == ["activate"]

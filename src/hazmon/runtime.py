@@ -10,6 +10,12 @@ Hot path, per batch from a gateway::
 
 A clock task ticks the engine once a second (stale data, delays, shelve expiry, re-alarm) and tells
 it which devices have lost communication.
+
+Every long-running task (each gateway's pump, the forwarder's drain, the journal writer, the clock,
+maintenance) is a component of a ``Supervisor`` (hazmon.supervisor): one that ends unexpectedly is
+restarted with backoff, counted, and raises ``hazmon.<component>:comm.LOSS`` until it has run again
+for a while. System alarms (``hazmon.*`` and gateway devices) are placed at the sites they affect
+(``system_sites``), so the operators of those sites see them.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,37 +35,76 @@ import numpy.typing as npt
 
 from hazmon import metrics, startup
 from hazmon.alarms import journal
-from hazmon.alarms.alarm import AlarmEvent
+from hazmon.alarms.alarm import AlarmEvent, AlarmSnapshot
 from hazmon.alarms.compiler import compile_rules
 from hazmon.alarms.engine import AlarmEngine
-from hazmon.alarms.pending import AlarmSpool
+from hazmon.alarms.pending import AlarmSpool, Pending
+from hazmon.auth import AuthThrottle, TokenCache
 from hazmon.config import Settings
-from hazmon.gateways import Gateway, open_gateway
+from hazmon.gateways import ConnectionState, Gateway, open_gateway
 from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway
 from hazmon.live import AlarmListView, LiveHub, set_site_timezone
 from hazmon.plant.directory import Directory, build_directory
 from hazmon.plant.site import Site
 from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch, now_us
+from hazmon.recorder import JOURNAL_OWNER, QUEUED, AlarmRecorder, RecordNotPossible
+from hazmon.regulator.uplink import UPLINK_OWNER, Uplink
 from hazmon.storage.database import Database, open_database
 from hazmon.storage.forwarder import Forwarder
 from hazmon.storage.maintenance import Maintenance
-from hazmon.storage.store import ReadingStore, StoreError, guarded
+from hazmon.storage.store import ReadingStore
+from hazmon.supervisor import Component, Supervisor
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
-JOURNAL_RETRY_S = 1.0
-JOURNAL_ACQUIRE_TIMEOUT_S = 5.0
-ALARM_SPOOL_FILE = "alarm-journal.pending.jsonl"
+ALARM_SPOOL_FILE = "alarm-journal.pending.jsonl"  # the recorder's write-ahead log; dead letters beside it
+OPERATE_WAIT_S = 2.0  # how long an operator action waits for the journal before answering "queued"
 # Readings lost to a full disk spool raise `hazmon.storage:comm.LOSS`, held this long after the last loss.
 STORAGE_OWNER = "hazmon.storage"
 DATA_LOSS_HOLD_US = 60_000_000
+GatewayConfig = OpcUaGateway | ModbusGateway | MqttGateway
+SYSTEM_PREFIX = "hazmon."  # owners of system alarms: hazmon.<component>
+
+
+def component_owner(component: str) -> str:
+    """The engine's name for a supervised component: its alarm is `hazmon.<component>:comm.LOSS`."""
+    return f"{SYSTEM_PREFIX}{component}"
+
+
+def gateway_component(gateway_id: str) -> str:
+    return f"gateway.{gateway_id}"
+
+
+class GatewayEnded(Exception):
+    """A gateway's batch stream ended while the runtime still runs."""
 
 
 def device_alarm_owner(gateway_id: str, device_id: str) -> str:
     """The engine's name for a gateway's device: its communication alarm is `<owner>:comm.LOSS`."""
     return f"{gateway_id}.{device_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who runs an operator action, as the journal and the audit trail record it."""
+
+    name: str
+    token_id: str | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """An operator action that was applied: its events, the alarm before and after, and where it is
+    recorded — ``journaled`` (journal and audit trail), ``queued`` (on disk, journaled and audited
+    when the database is back) or ``dead-letter`` (the database refused it; an alarm is raised)."""
+
+    events: list[AlarmEvent]
+    before: AlarmSnapshot
+    after: AlarmSnapshot
+    record: str
 
 
 @dataclass
@@ -87,25 +131,53 @@ class Runtime:
     gateways: list[Gateway] = field(default_factory=list)
     stats: PipelineStats = field(default_factory=PipelineStats)
     site_of: dict[str, str] = field(default_factory=dict)  # tag or device id -> site id
-    _journal_queue: asyncio.Queue[list[AlarmEvent]] = field(default_factory=asyncio.Queue)
     _device_ok: dict[str, bool] = field(default_factory=dict)
     _dropped_seen: int = 0
     # gateways that report changes only (OPC UA subscriptions): gateway id -> its tag keys
     _by_exception: dict[str, npt.NDArray[np.int32]] = field(default_factory=dict)
     _last_drop_us: int | None = None
-    _journal_busy: bool = False
-    alarm_spool: AlarmSpool = field(default_factory=lambda: AlarmSpool(Path(".hazmon") / ALARM_SPOOL_FILE))
+    # every alarm event and operator action goes to the journal through it (see hazmon.recorder)
+    recorder: AlarmRecorder = field(init=False)
+    # API tokens checked recently (served through a database outage) and failed logins per address
+    token_cache: TokenCache = field(default_factory=TokenCache)
+    auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
+    # the long-running tasks, restarted when they end (see hazmon.supervisor)
+    supervisor: Supervisor = field(default_factory=Supervisor)
+    # system alarm owner (hazmon.<component>) -> the sites it affects
+    system_sites: dict[str, frozenset[str]] = field(default_factory=dict)
+    gateway_configs: dict[str, GatewayConfig] = field(default_factory=dict)  # gateway id -> its configuration
+    # opens a gateway, like open_gateway(config, tags, data_dir=...): at start, and again after a crash
+    gateway_factory: Callable[..., Gateway] = open_gateway
+    _spool_errors_seen: int = 0
+    data_loss_hold_us: int = DATA_LOSS_HOLD_US  # hazmon.storage stays raised this long after the last loss
     # the current alarms as the API lists them, serialised once per change (built by the alarm routes)
     alarm_view: AlarmListView | None = None
+    # set by `hazmon serve --role gateway`: batches go to the message bus instead of engine and store
+    publisher: Callable[[ReadingBatch], Awaitable[None]] | None = None
+    # the uplink to the provincial risk-monitoring platform, when configured (hazmon.regulator.uplink)
+    uplink: Uplink | None = None
     _directory: tuple[object, object, object, tuple[int, int, int], Directory] | None = None
+
+    def __post_init__(self) -> None:
+        self.recorder = AlarmRecorder(
+            self.db,
+            AlarmSpool(self.settings.data_dir / ALARM_SPOOL_FILE),
+            lambda owner: self.site_of.get(owner),
+            on_alarm=self._journal_alarm,
+            on_failure=self._journal_failed,
+        )
+
+    @property
+    def alarm_spool(self) -> AlarmSpool:
+        return self.recorder.spool
 
     def directory(self) -> Directory:
         """Where every tag and device is (site, installation, equipment), rebuilt when the sites change."""
-        size = (len(self.sites), len(self.site_of), len(self.tags))
+        size = (len(self.sites), len(self.site_of), len(self.tags) + 1_000_000 * len(self.system_sites))
         hit = self._directory
         if hit and hit[0] is self.site_of and hit[1] is self.sites and hit[2] is self.tags and hit[3] == size:
             return hit[4]
-        d = build_directory(self.sites, self.site_of, self.tags)
+        d = build_directory(self.sites, self.site_of, self.tags, self.system_sites)
         self._directory = (self.site_of, self.sites, self.tags, size, d)
         return d
 
@@ -142,35 +214,54 @@ class Runtime:
         if events:
             self._record(events)
         self.hub.publish_values(batch, self.tags)
-        if self.forwarder is not None:
+        if self.publisher is not None:  # `hazmon serve --role gateway`: engine shards and writers take it
+            await self.publisher(batch)
+        elif self.forwarder is not None:
             await self.forwarder.put(batch)
         else:
             await self.store.write(batch)
 
     def _record(self, events: list[AlarmEvent]) -> None:
+        """Events of the engine: on disk (the recorder's write-ahead log) before anyone sees them."""
         self.stats.events += len(events)
-        self._journal_queue.put_nowait(events)
-        self.hub.publish_events(events, self.site_of.get)
+        self.recorder.submit(Pending(events))
+        self.hub.publish_events(events, self.directory().place_of)
+        if self.uplink is not None:
+            self.uplink.on_events(events)  # raise/clear: queued for the platform at once
+
+    def _journal_alarm(self, ok: bool) -> None:
+        """The recorder dead-lettered events (``ok=False``), or the hold after the last one passed."""
+        if self.engine is not None:
+            self._record(self._device_state(JOURNAL_OWNER, ok, now_us()))
+
+    def _journal_failed(self) -> None:
+        self.stats.journal_failures += 1
 
     # ------------------------------------------------------------------ operator actions
 
-    async def operate(
+    async def act(
         self,
         action: str,
         alarm_id: str,
-        user: str,
+        actor: Actor,
         *,
         comment: str | None = None,
         duration_s: float | None = None,
-    ) -> list[AlarmEvent]:
-        """Run an operator action on the engine; its events are journaled and published.
+        site: str | None = None,
+    ) -> ActionResult:
+        """Run an operator action: applied on the engine **and** recorded — journaled with its
+        audit-trail entry in one transaction, or, while the database is away, on disk to be
+        journaled and audited when it is back — or not applied at all.
 
         ``action``: acknowledge, reset, shelve, unshelve, remove_from_service, return_to_service,
-        comment. Raises hazmon.alarms.alarm.UnknownAlarm / InvalidTransition from the engine.
+        comment. Raises hazmon.alarms.alarm.UnknownAlarm / InvalidTransition from the engine (nothing
+        applied), ValueError for an unknown action, RecordNotPossible when neither the database nor
+        the disk can record it (nothing applied).
         """
         if self.engine is None:
             raise RuntimeError("no rule engine is configured")
         engine = self.engine
+        user = actor.name
         now = now_us()
         ops: dict[str, Callable[[], list[AlarmEvent]]] = {
             "acknowledge": lambda: engine.acknowledge(alarm_id, user, comment, now),
@@ -183,50 +274,59 @@ class Runtime:
         }
         if action not in ops:
             raise ValueError(f"unknown alarm action {action!r}")
-        events = ops[action]()  # engine calls are synchronous: atomic with respect to ingest
-        if events:
-            self._record(events)
-            await self.flush_journal()
-        return events
+        before = engine.get(alarm_id)
+        if not self.recorder.writable():
+            raise RecordNotPossible(
+                "the alarm journal's database is unavailable and its disk spool cannot be written: "
+                "the action was not applied"
+            )
+        # From here to submit() nothing awaits: the engine call, its record on disk and its publication
+        # are one step with respect to ingest and to other actions.
+        events = ops[action]()
+        after = engine.get(alarm_id)
+        detail: dict[str, Any] = {"from": str(before.state), "to": str(after.state)}
+        if comment is not None:
+            detail["comment"] = comment
+        if duration_s is not None:
+            detail["duration_s"] = duration_s
+        entry: dict[str, Any] = {
+            "actor": actor.name,
+            "token_id": actor.token_id,
+            "role": actor.role,
+            "action": f"alarm.{action}",
+            "target": alarm_id,
+            "site_id": site,
+            "detail": detail,
+        }
+        item = Pending(events, entry)
+        self.stats.events += len(events)
+        self.recorder.submit(item)
+        self.hub.publish_events(events, self.directory().place_of)
+        if self.uplink is not None:
+            self.uplink.on_events(events)  # a reset clears a latched alarm: the platform hears of it
+        record = await self.recorder.wait(item, 0.0 if self.recorder.down else OPERATE_WAIT_S)
+        if record == QUEUED:
+            log.warning("%s of %s by %s: applied, kept on disk until the journal takes it", action, alarm_id, user)
+        return ActionResult(events, before, after, record)
+
+    async def operate(
+        self,
+        action: str,
+        alarm_id: str,
+        user: str,
+        *,
+        comment: str | None = None,
+        duration_s: float | None = None,
+    ) -> list[AlarmEvent]:
+        """``act`` for a user without a token (the CLI, tests): returns the events."""
+        result = await self.act(action, alarm_id, Actor(user), comment=comment, duration_s=duration_s)
+        return result.events
 
     async def flush_journal(self, timeout_s: float = 10.0) -> None:
-        """Wait until every queued alarm event is in the journal (or the timeout passes)."""
-        deadline = time.monotonic() + timeout_s
-        while not self._journal_queue.empty() or self._journal_busy:
-            if time.monotonic() > deadline:
-                raise TimeoutError("alarm journal did not catch up")
-            await asyncio.sleep(0.01)
+        """Wait until every alarm event and action is settled in the journal (TimeoutError after ``timeout_s``)."""
+        await self.recorder.flush(timeout_s)
 
     # ------------------------------------------------------------------ background tasks
-
-    async def _journal_writer(self) -> None:
-        """Writes queued events in order; on a database outage keeps them and retries."""
-        while True:
-            events = await self._journal_queue.get()
-            self._journal_busy = True
-            spooled = 0  # how many of `events` are already in the disk spool
-            try:
-                while True:
-                    while not self._journal_queue.empty():
-                        events.extend(self._journal_queue.get_nowait())
-                    try:
-                        await guarded(functools.partial(self._append_journal, events), "alarm journal")
-                        break
-                    except (StoreError, journal.JournalError) as e:
-                        self.stats.journal_failures += 1
-                        # on disk before the next try: a crash during the outage loses no alarm
-                        self.alarm_spool.append(events[spooled:])
-                        spooled = len(events)
-                        log.warning("alarm journal write failed (%d events kept on disk, retrying): %s", len(events), e)
-                        await asyncio.sleep(JOURNAL_RETRY_S)
-                if spooled:
-                    self.alarm_spool.clear()
-            finally:
-                self._journal_busy = False
-
-    async def _append_journal(self, events: list[AlarmEvent]) -> None:
-        async with self.db.pool.acquire(timeout=JOURNAL_ACQUIRE_TIMEOUT_S) as conn:
-            await journal.append_events(conn, events, self.site_of.get)
 
     async def _clock(self) -> None:
         """Ticks the engine and reports device communication changes to it."""
@@ -247,13 +347,21 @@ class Runtime:
                     # a subscription sends only changes: a live server's quiet tags are not stale
                     self.engine.refresh_stale(keys, now)
             if self.forwarder is not None:
-                dropped = self.forwarder.stats().dropped_readings
+                fs = self.forwarder.stats()
+                dropped = fs.dropped_readings
                 if dropped > self._dropped_seen:
-                    log.error("disk spool full: %d readings lost so far", dropped)
+                    reasons = ", ".join(f"{k} {v}" for k, v in fs.dropped_by_reason.items() if v)
+                    log.error("readings did not reach the database: %d so far (%s)", dropped, reasons)
+                    self._last_drop_us = now
+                if fs.spool_errors > self._spool_errors_seen:  # the spool's disk fails: durability is gone
+                    log.error("disk spool errors: %d so far (%s)", fs.spool_errors, fs.last_error)
                     self._last_drop_us = now
                 self._dropped_seen = dropped
-                losing = self._last_drop_us is not None and now - self._last_drop_us < DATA_LOSS_HOLD_US
+                self._spool_errors_seen = fs.spool_errors
+                losing = self._last_drop_us is not None and now - self._last_drop_us < self.data_loss_hold_us
                 events += self._device_state(STORAGE_OWNER, not losing, now)
+            if self.uplink is not None:  # the platform has not had our data for too long
+                events += self._device_state(UPLINK_OWNER, not self.uplink.backlog_overdue(now), now)
             events += self.engine.tick(now)
             if events:
                 self._record(events)
@@ -266,35 +374,59 @@ class Runtime:
         log.log(logging.INFO if ok else logging.WARNING, "%s: %s", owner, "restored" if ok else "lost")
         return self.engine.set_device_comm(owner, ok, now)
 
-    async def _pump(self, gw: Gateway) -> None:
+    # ------------------------------------------------------------------ supervision
+
+    async def _pump(self, index: int) -> None:
+        """A gateway's batches into the hot path. Its stream ending (a crash inside the gateway) is a
+        failure: the supervisor calls this again, which opens the gateway anew."""
+        gw = self.gateways[index]
+        if gw.health().state is ConnectionState.STOPPED and gw.id in self.gateway_configs:
+            await gw.stop()
+            gw = self.gateway_factory(self.gateway_configs[gw.id], self.tags, data_dir=self.settings.data_dir)
+            await gw.start()
+            self.gateways[index] = gw
+            log.warning("gateway %s opened again", gw.id)
         async for batch in gw.batches():
             await self.ingest(batch)
+        errors = [d.last_error for d in gw.health().devices.values() if d.last_error]
+        raise GatewayEnded(f"gateway {gw.id} stopped delivering readings" + (f": {errors[0]}" if errors else ""))
 
+    def _component_changed(self, c: Component) -> None:
+        """A supervised task failed (``c.ok`` False) or runs again: its system alarm follows."""
+        if self.engine is not None:
+            self._record(self._device_state(component_owner(c.name), c.ok, now_us()))
 
-async def _supervised(name: str, coro: Callable[[], Awaitable[None]]) -> None:
-    """Run a background loop; a crash is logged loudly and the loop restarted after a pause."""
-    while True:
-        try:
-            await coro()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background task %s crashed; restarting in 1 s", name)
-            await asyncio.sleep(1.0)
+    def system_alarm_active(self, owner: str) -> bool:
+        """Whether the runtime holds ``owner``'s system alarm raised (``hazmon.storage``, a component...)."""
+        return not self._device_ok.get(owner, True)
 
+    def served_sites(self) -> frozenset[str]:
+        """The sites this runtime serves: its site files' and its gateways'."""
+        return frozenset(s.id for s in self.sites) | frozenset(c.site for c in self.gateway_configs.values())
 
-GatewayConfig = OpcUaGateway | ModbusGateway | MqttGateway
+    def place_system_alarm(self, owner: str, sites: frozenset[str]) -> None:
+        """A system alarm affects ``sites``: their operators see it (one site: it is that site's)."""
+        self.system_sites[owner] = sites
+        if len(sites) == 1:
+            self.site_of[owner] = next(iter(sites))
+        if self.engine is not None:
+            self.engine.register_device(owner, [])
 
 
 @asynccontextmanager
 async def run_runtime(
-    settings: Settings, *, gateway_configs: Sequence[GatewayConfig] | None = None
+    settings: Settings,
+    *,
+    gateway_configs: Sequence[GatewayConfig] | None = None,
+    supervisor: Supervisor | None = None,
+    gateway_factory: Callable[..., Gateway] = open_gateway,
 ) -> AsyncIterator[Runtime]:
     """Start everything the settings describe; stop it all, in reverse order, on exit.
 
     ``gateway_configs`` replaces the gateway files named in the settings (the demo passes the
-    configurations its simulator actually serves).
+    configurations its simulator actually serves). ``supervisor`` sets the restart policy of the
+    long-running tasks; ``gateway_factory`` opens a gateway as ``open_gateway(config, tags,
+    data_dir=...)`` does (the default), at start and again after a gateway crashed.
     """
     # Site, rules and gateway files validated as a whole before anything starts, then written in one
     # transaction (hazmon.startup): a start that fails leaves the database as it was.
@@ -313,10 +445,13 @@ async def run_runtime(
             set_site_timezone(site.id, site.site.timezone)  # alarm times in the site's local time
         if loaded.rules is not None:
             runtime.engine = AlarmEngine(compile_rules(loaded.rules, runtime.sites, runtime.tags))
-        sources: list[asyncio.Task[Any]] = []  # stopped first: no new data
-        sinks: list[asyncio.Task[Any]] = []  # stopped once the journal has caught up
+        if supervisor is not None:
+            runtime.supervisor = supervisor
+        runtime.supervisor.on_change = runtime._component_changed
+        runtime.gateway_factory = gateway_factory
         for config in gateway_configs:
-            gw = open_gateway(config, runtime.tags, data_dir=settings.data_dir)
+            runtime.gateway_configs[config.id] = config
+            gw = gateway_factory(config, runtime.tags, data_dir=settings.data_dir)
             await stack.enter_async_context(gw)
             runtime.gateways.append(gw)
             if isinstance(config, OpcUaGateway) and config.mode == "subscribe":
@@ -326,38 +461,60 @@ async def run_runtime(
                 runtime.site_of[owner] = config.site
                 if runtime.engine is not None:
                     runtime.engine.register_device(owner, keys)
-        runtime.alarm_spool = AlarmSpool(settings.data_dir / ALARM_SPOOL_FILE)
-        pending = runtime.alarm_spool.load()
-        if pending:  # alarm events of a previous run that never reached the journal
-            async with db.pool.acquire() as conn:
-                await journal.append_events(conn, pending, runtime.site_of.get)
-            runtime.alarm_spool.clear()
-            log.warning("%d alarm events left on disk by the previous run are now in the journal", len(pending))
+        # alarm events and actions of a previous run that never reached the journal; never fatal
+        await runtime.recorder.replay()
+        # System alarms: storage, journal and the supervised components affect every site served; a
+        # gateway's, the sites of its tags.
+        served = runtime.served_sites()
+        components = ["clock", "journal-writer", "forwarder", "maintenance"]
+        for owner in (STORAGE_OWNER, JOURNAL_OWNER, *(component_owner(c) for c in components)):
+            runtime.place_system_alarm(owner, served)
+        for gw in runtime.gateways:
+            keys = np.concatenate([*gw.devices().values(), np.zeros(0, np.int32)])
+            tag_sites = {runtime.site_of.get(runtime.tags.id(int(k)), "") for k in np.unique(keys)}
+            gw_sites = frozenset(s for s in tag_sites if s) | {runtime.gateway_configs[gw.id].site}
+            runtime.place_system_alarm(component_owner(gateway_component(gw.id)), gw_sites)
+        if settings.uplink.endpoint is not None:
+            runtime.uplink = Uplink(
+                settings.uplink,
+                settings.data_dir,
+                sites=lambda: runtime.sites,
+                tags=lambda: runtime.tags,
+                latest=lambda keys: runtime.hub.latest_values(keys, runtime.tags),
+                site_of=runtime.site_of.get,
+            )
+            for owner in (UPLINK_OWNER, component_owner("uplink-task")):
+                runtime.place_system_alarm(owner, served)
         if runtime.engine is not None:
-            runtime.engine.register_device(STORAGE_OWNER, [])
             async with db.pool.acquire() as conn:
                 restored = runtime.engine.restore(await journal.load_current(conn))
             log.info("rule engine: %d tags, %d alarms restored from the journal", runtime.engine.n_tags, restored)
+            for owner in runtime.system_sites:  # a system alarm standing from before clears when all is well
+                if runtime.engine.get(f"{owner}:comm.LOSS").active:
+                    runtime._device_ok[owner] = False
         runtime.forwarder = Forwarder(metrics.TimedWriter(runtime.store), settings.data_dir / "spool")
-        await stack.enter_async_context(runtime.forwarder)
+        stack.callback(runtime.forwarder.close)
         maintenance = Maintenance(db, retention_days=settings.retention_days, interval_s=settings.rollup_interval_s)
-        sinks.append(asyncio.create_task(_supervised("maintenance", maintenance.run), name="maintenance"))
-        sinks.append(asyncio.create_task(_supervised("journal", runtime._journal_writer), name="journal"))
-        sources.append(asyncio.create_task(_supervised("clock", runtime._clock), name="clock"))
-        for gw in runtime.gateways:
-            sources.append(asyncio.create_task(_supervised(f"gateway {gw.id}", functools.partial(runtime._pump, gw))))
+        sup = runtime.supervisor
+        # sinks, stopped once the journal has caught up
+        sup.start("forwarder", runtime.forwarder.run, essential=True, group="sinks")
+        sup.start("journal-writer", runtime.recorder.run, essential=True, group="sinks")
+        sup.start("maintenance", maintenance.run, group="sinks")
+        if runtime.uplink is not None:
+            sup.start("uplink-task", runtime.uplink.run, group="sinks")
+        # sources, stopped first: no new data
+        sup.start("clock", runtime._clock, essential=True, group="sources")
+        for i, gw in enumerate(runtime.gateways):
+            sup.start(gateway_component(gw.id), functools.partial(runtime._pump, i), essential=True, group="sources")
         try:
             yield runtime
         finally:
-            await _cancel(sources)
+            await sup.stop("sources")
+            for gw in runtime.gateways:  # those opened again after a crash (the first ones: the exit stack)
+                await gw.stop()
             with contextlib.suppress(TimeoutError):
                 await runtime.flush_journal(timeout_s=5.0)
-            await _cancel(sinks)
-
-
-async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+            if runtime.forwarder.stats().store_available:
+                await runtime.forwarder.flush(runtime.forwarder.close_timeout_s)
+            await sup.stop()
+            runtime.recorder.keep_leftovers()  # what the journal did not take is on disk for the next start

@@ -2,8 +2,10 @@
 
 Protocol (JSON text messages; full description in docs/api.md):
 
-1. Connect with the token as ``?token=hzm_…`` or an ``Authorization: Bearer`` header — a bad token
-   is refused at the handshake with HTTP 401 — or without either and send it in the first message.
+1. Authenticate without putting the token in the URL: an ``Authorization: Bearer`` header where the
+   client can set one (a bad token is refused at the handshake with HTTP 401, 429 when the address
+   failed too often), else a first message ``{"type": "auth", "token": "hzm_…"}`` (or ``"token"`` in
+   the subscribe message). ``?token=hzm_…`` still works; the secret is redacted from every log line.
 2. Send ``{"type": "subscribe", "sites": [...], "tags": [...], "alarms_only": false}`` (and
    ``"token"`` if not given at connect). Neither sites nor tags: every site of the token's scope.
 3. Receive ``{"type": "snapshot", "alarms": [...], "values": [...]}``, then ``{"type": "events",
@@ -11,9 +13,11 @@ Protocol (JSON text messages; full description in docs/api.md):
    (latest values, coalesced). A new ``subscribe`` replaces the subscription (and sends a new
    snapshot); ``{"type": "ping"}`` is answered with ``{"type": "pong"}``.
 
-Closing codes: 4401 no/invalid token, 4403 outside the token's role or scope, 4400 bad message,
-4404 unknown tag, 4408 no subscription within the time allowed, 1013 the client fell too far behind
-(reconnect: the new snapshot covers what was missed).
+Closing codes: 4401 no, invalid or revoked token (an open connection is closed within 5 s of a
+revocation; a database outage closes nothing), 4429 too many failed authentications from the address,
+4403 outside the token's role or scope, 4400 bad message, 4404 unknown tag, 4408 no subscription
+within the time allowed, 1013 the client fell too far behind (reconnect: the new snapshot covers what
+was missed) or the token cannot be checked now.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
 
-from hazmon.api.deps import bearer_token, principal_for
+from hazmon.api.deps import AuthFailed, authenticate_client, bearer_token, client_address, principal_for
 from hazmon.api.where import directory
 from hazmon.auth import Permission, Principal
 from hazmon.live import Follow, SlowClient, Subscription
@@ -42,7 +46,7 @@ log = logging.getLogger(__name__)
 
 FIRST_MESSAGE_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 10.0
-REAUTH_S = 30.0  # how often an open connection's token is checked again (revocation)
+REAUTH_S = 2.0  # how often an open connection's token is checked again: a revoked token is cut within 5 s
 
 
 class Refused(Exception):
@@ -103,9 +107,8 @@ def _subscription(runtime: Runtime, user: Principal, msg: dict[str, Any]) -> tup
         keys = np.concatenate(parts) if parts else np.zeros(0, np.int32)
     # Snapshot and registration in one synchronous step: no event can fall between them.
     snapshot = runtime.engine.current() if runtime.engine is not None else []
-    sub, alarms = runtime.hub.subscribe(
-        follow, snapshot, lambda owner: where.places[owner].site if owner in where.places else None, keys, runtime.tags
-    )
+    # a system alarm's place lists every site it affects: a client following one of them gets it
+    sub, alarms = runtime.hub.subscribe(follow, snapshot, where.place_of, keys, runtime.tags)
     values = runtime.hub.latest_values(sub.value_keys, runtime.tags)
     body = {
         "type": "snapshot",
@@ -120,14 +123,26 @@ def _subscription(runtime: Runtime, user: Principal, msg: dict[str, Any]) -> tup
 
 async def _authenticate(ws: WebSocket, runtime: Runtime, token: str | None) -> Principal:
     try:
-        user = await principal_for(runtime, token)
+        user = await authenticate_client(runtime, token, client_address(ws), "a token is required")
+    except AuthFailed as e:
+        raise Refused(4429 if e.status == 429 else 4401, e.detail) from None
     except StoreError as e:
-        raise Refused(1011, f"token check failed: {e}") from None
-    if user is None:
-        raise Refused(4401, "invalid or revoked token" if token else "a token is required")
+        raise Refused(1013, f"cannot check the token now: {e}") from None
     if not user.may(Permission.READ):
         raise Refused(4403, f"role {user.role.value} may not read")
     return user
+
+
+async def _recheck(runtime: Runtime, token: str, user: Principal) -> Principal:
+    """The token of an open connection, checked again: revoked -> 4401. While the database is
+    unreachable the connection keeps its principal: an outage closes no console."""
+    try:
+        again = await principal_for(runtime, token)
+    except StoreError:
+        return user
+    if again is None:
+        raise Refused(4401, "invalid or revoked token")
+    return again
 
 
 async def _first_message(ws: WebSocket) -> dict[str, Any]:
@@ -137,17 +152,21 @@ async def _first_message(ws: WebSocket) -> dict[str, Any]:
         raise Refused(4408, f"send a subscribe message within {FIRST_MESSAGE_TIMEOUT_S:g} s") from None
 
 
+_DENIAL_STATUS = {4401: 401, 4403: 403, 4429: 429}
+
+
 @router.websocket("/live")
 async def live(ws: WebSocket) -> None:
     runtime: Runtime = ws.app.state.runtime
-    token = ws.query_params.get("token") or bearer_token(ws)
+    # The header first; ?token= still works (uvicorn logs the URL: hazmon.logs redacts the secret).
+    token = bearer_token(ws) or ws.query_params.get("token")
     user: Principal | None = None
     if token is not None:
         # Refuse a bad token at the handshake, with a plain HTTP status.
         try:
             user = await _authenticate(ws, runtime, token)
         except Refused as r:
-            status = 401 if r.code == 4401 else 403 if r.code == 4403 else 503
+            status = _DENIAL_STATUS.get(r.code, 503)
             await ws.send_denial_response(JSONResponse({"detail": r.detail}, status_code=status))
             return
     await ws.accept()
@@ -159,31 +178,26 @@ async def live(ws: WebSocket) -> None:
         if user is None:
             token = first.get("token") if isinstance(first.get("token"), str) else None
             user = await _authenticate(ws, runtime, token)
-            if first.get("type") == "auth":
-                first = await _first_message(ws)
+        if first.get("type") == "auth":
+            first = await _first_message(ws)
         first.pop("token", None)
         if first["type"] != "subscribe":
             raise Refused(4400, 'the first message is {"type": "subscribe", ...}')
+        assert token is not None  # authenticated
         sub, snapshot = _subscription(runtime, user, first)
         await ws.send_text(json.dumps(snapshot, ensure_ascii=False))
         recv = asyncio.create_task(ws.receive_text())
-        checked = time.monotonic()
+        # One task takes the subscription's messages; it is never cancelled once it may hold some
+        # (what it took off the queue is always sent, whatever else completes meanwhile).
+        nxt = asyncio.create_task(sub.next_messages())
+        next_check = time.monotonic() + REAUTH_S
         while True:
-            nxt = asyncio.create_task(sub.next_messages())
-            done, _ = await asyncio.wait({recv, nxt}, timeout=REAUTH_S, return_when=asyncio.FIRST_COMPLETED)
-            if time.monotonic() - checked >= REAUTH_S:
-                # A token revoked while connected loses the stream within REAUTH_S.
-                user = await _authenticate(ws, runtime, token)
-                checked = time.monotonic()
-            if nxt in done:
+            await asyncio.wait({recv, nxt}, timeout=max(0.0, next_check - time.monotonic()), return_when=FIRST)
+            if nxt.done():
                 for text in nxt.result():
                     await asyncio.wait_for(ws.send_text(text), SEND_TIMEOUT_S)
-            else:
-                nxt.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await nxt
-            nxt = None
-            if recv in done:
+                nxt = asyncio.create_task(sub.next_messages())
+            if recv.done():
                 msg = _parse(recv.result())
                 recv = asyncio.create_task(ws.receive_text())
                 if msg["type"] == "ping":
@@ -191,11 +205,18 @@ async def live(ws: WebSocket) -> None:
                 elif msg["type"] == "subscribe":
                     msg.pop("token", None)
                     new_sub, snapshot = _subscription(runtime, user, msg)
+                    # the old subscription's unsent messages are superseded by the new snapshot
+                    await _cancel(nxt)
                     sub.close()
                     sub = new_sub
                     await ws.send_text(json.dumps(snapshot, ensure_ascii=False))
+                    nxt = asyncio.create_task(sub.next_messages())
                 else:
                     raise Refused(4400, f"unknown message type {msg['type']!r}")
+            if time.monotonic() >= next_check:
+                # A token revoked while connected loses the stream within REAUTH_S + TOKEN_TTL_S.
+                user = await _recheck(runtime, token, user)
+                next_check = time.monotonic() + REAUTH_S
     except Refused as r:
         with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
             await ws.send_text(json.dumps({"type": "error", "code": r.code, "detail": r.detail}))
@@ -212,9 +233,17 @@ async def live(ws: WebSocket) -> None:
         pass
     finally:
         for task in (recv, nxt):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
-                    await task
+            if task is not None:
+                await _cancel(task)
         if sub is not None:
             sub.close()
+
+
+FIRST = asyncio.FIRST_COMPLETED
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, SlowClient, RuntimeError, OSError):
+        await task
