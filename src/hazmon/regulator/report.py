@@ -12,6 +12,7 @@ import io
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
@@ -133,6 +134,7 @@ async def build_report(
     head = await conn.fetchrow("SELECT seq, hash FROM audit_head")
     return {
         "enterprise": {"id": ent.id, "name": ent.name, "uscc": ent.uscc},
+        "timezone": sites[0].site.timezone,  # times in the HTML and PDF are shown in it
         "from": start.isoformat(),
         "to": end.isoformat(),
         "generated_at": now.isoformat(),
@@ -238,8 +240,19 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _local(iso: str, tz: str) -> str:
+    """An ISO time in the site's time zone, as people there read it: 2026-11-30 18:55:16 (UTC+08:00)."""
+    try:
+        t = datetime.fromisoformat(iso).astimezone(ZoneInfo(tz))
+    except (ValueError, KeyError, ZoneInfoNotFoundError):
+        return _e(iso)
+    offset = t.strftime("%z")
+    return _e(f"{t:%Y-%m-%d %H:%M:%S} (UTC{offset[:3]}:{offset[3:]})")
+
+
 def _enterprise_html(rep: dict[str, Any], lang: str) -> str:
     e, f = rep["enterprise"], rep["figures"]
+    tz = str(rep.get("timezone") or "UTC")
     head = rep["audit_head"]
     ap = f["alarms_by_priority"]
     status_cls = "ok" if f["status"] == "stable" else "bad"
@@ -247,7 +260,14 @@ def _enterprise_html(rep: dict[str, Any], lang: str) -> str:
         f"<h1>{t('title', lang)}</h1>",
         _table(
             [t("enterprise", lang), t("uscc", lang), t("period", lang), t("generated", lang)],
-            [[_e(e["name"]), _e(e["uscc"]), f"{_e(rep['from'])} — {_e(rep['to'])}", _e(rep["generated_at"])]],
+            [
+                [
+                    _e(e["name"]),
+                    _e(e["uscc"]),
+                    f"{_local(rep['from'], tz)} — {_local(rep['to'], tz)}",
+                    _local(rep["generated_at"], tz),
+                ]
+            ],
         ),
         f"<p>{t('audit_head', lang)}: seq {_e(head and head['seq'])} "
         f"<span class='hash'>{_e(head and head['hash'])}</span></p>",
@@ -333,7 +353,7 @@ def _enterprise_html(rep: dict[str, Any], lang: str) -> str:
             parts.append(
                 _table(
                     [t("tag", lang), t("from", lang), t("to", lang), t("minutes", lang)],
-                    [[_e(tag), _e(g["from"]), _e(g["to"]), _e(g["minutes"])] for tag, g in gaps[:200]],
+                    [[_e(tag), _local(g["from"], tz), _local(g["to"], tz), _e(g["minutes"])] for tag, g in gaps[:200]],
                 )
             )
         else:
