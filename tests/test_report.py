@@ -223,6 +223,15 @@ async def test_pdf_report_has_chinese_headings_and_figures_and_the_cli_writes_th
         env=env_vars,
     )
     assert missing.returncode == 1 and "no registered site" in missing.stderr
+    down = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "hazmon", "report", "compliance", "--enterprise", "ecs", "-o", str(en)],
+        capture_output=True,
+        text=True,
+        env={**env_vars, "HAZMON_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+    )
+    assert down.returncode == 1 and "cannot connect to the database" in down.stderr
+    assert "Traceback" not in down.stderr
 
 
 async def test_a_device_that_is_down_lowers_the_online_ratio_and_stable_operation(pg_url: str, tmp_path: Path) -> None:

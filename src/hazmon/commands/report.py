@@ -71,7 +71,7 @@ def _compliance(args: argparse.Namespace) -> int:
     from hazmon.regulator.period import MIN_GAP_MINUTES
     from hazmon.regulator.report import ReportUnavailable, build_report, render
     from hazmon.runtime import device_alarm_owner
-    from hazmon.storage.database import open_database
+    from hazmon.storage.database import DatabaseUnavailable, open_database
 
     now = datetime.now(UTC)
     try:
@@ -142,7 +142,11 @@ def _compliance(args: argparse.Namespace) -> int:
                 gap_minutes=args.gap_minutes,
             )
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except DatabaseUnavailable as e:
+        print(f"hazmon: {e} (HAZMON_DATABASE_URL)", file=sys.stderr)
+        return 1
     if report is None:
         print(f"hazmon: no registered site of enterprise {args.enterprise!r}", file=sys.stderr)
         return 1
