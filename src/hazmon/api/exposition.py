@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector
 
 from hazmon.alarms.alarm import AlarmState, Priority
 from hazmon.metrics import HOT_PATH
+from hazmon.reading import now_us
+from hazmon.regulator.uplink import Uplink
 from hazmon.runtime import Runtime
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format generate_latest writes
@@ -109,6 +111,9 @@ class RuntimeCollector(Collector):
             yield _counter("hazmon_dropped_readings_total", "Readings lost to a full spool", f.dropped_readings)
             yield _counter("hazmon_store_outages_total", "Times the database became unavailable", f.outages)
 
+        if runtime.uplink is not None:
+            yield from _uplink(runtime.uplink)
+
         hub = runtime.hub
         yield _gauge("hazmon_live_clients", "WebSocket clients subscribed", hub.clients)
         yield _counter(
@@ -118,6 +123,34 @@ class RuntimeCollector(Collector):
         pool = runtime.db.pool
         yield _gauge("hazmon_db_pool_size", "Database connections open", pool.get_size())
         yield _gauge("hazmon_db_pool_idle", "Database connections idle", pool.get_idle_size())
+
+
+def _uplink(uplink: Uplink) -> Iterator[Metric]:
+    """The uplink to the provincial platform: its disk backlog and what was sent, refused or dropped."""
+    q, st = uplink.queue, uplink.stats
+    yield _gauge("hazmon_uplink_backlog_messages", "Uplink messages not yet acknowledged by the platform", q.backlog)
+    yield _gauge(
+        "hazmon_uplink_backlog_oldest_seconds",
+        "Age of the oldest uplink message not yet acknowledged",
+        q.oldest_age_s(now_us()) or 0.0,
+    )
+    yield _gauge("hazmon_uplink_queue_bytes", "Size of the uplink's disk queue", q.bytes)
+    yield _gauge("hazmon_uplink_up", "1 when the last POST to the platform succeeded", 1 if st.up else 0)
+    yield _counter("hazmon_uplink_sent_total", "Uplink messages acknowledged by the platform", st.sent)
+    enq = CounterMetricFamily("hazmon_uplink_enqueued", "Uplink messages queued, by type", labels=["type"])
+    for kind, n in sorted(st.enqueued.items()):
+        enq.add_metric([kind], n)
+    yield enq
+    for name, help_text, counts in (
+        ("hazmon_uplink_rejected", "Uplink messages the platform refused for good, by reason", st.rejected),
+        ("hazmon_uplink_post_failures", "Failed uplink POSTs (retried), by reason", st.post_failures),
+        ("hazmon_uplink_dropped", "Uplink messages dropped unsent (queue full)", q.dropped),
+    ):
+        family = CounterMetricFamily(name, help_text, labels=["reason"])
+        for reason, n in sorted(counts.items()):
+            family.add_metric([reason], n)
+        yield family
+    yield _counter("hazmon_uplink_heartbeats_total", "Heartbeats the platform acknowledged", st.heartbeats)
 
 
 class _HotPath(Collector):
