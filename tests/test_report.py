@@ -142,6 +142,9 @@ async def test_period_figures_per_tag_installation_site_and_enterprise(
 async def test_unknown_format_or_period_is_a_422(env: tuple[Runtime, Tokens, httpx.AsyncClient, str, int]) -> None:
     _, tokens, client, _, _ = env
     headers = {"Authorization": f"Bearer {tokens.regulator}"}
+    admin = {"Authorization": f"Bearer {tokens.admin}"}
+    r = await client.get("/api/v1/compliance", params={"enterprise": "nobody", "format": "pdf"}, headers=admin)
+    assert r.status_code == 404 and "nothing to report" in r.text
     bad = [{"format": "xml"}, {"format": "CSV "}, {"lang": "fr"}, {"from": "1h", "to": "2h"}, {"to": "soon"}]
     for params in [*bad, {"gap_minutes": "1"}, {"gap_minutes": "nan"}]:
         r = await client.get("/api/v1/compliance", params=params, headers=headers)

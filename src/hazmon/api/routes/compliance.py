@@ -74,6 +74,8 @@ async def get_compliance(
     }
     keys = {t: k for t, k in runtime.tags.items()}
     if format != "json":
+        if not sites:
+            raise HTTPException(404, "no registered site in this token's scope matches: nothing to report")
         by_enterprise: dict[str, list[Site]] = {}
         for s in sites:
             by_enterprise.setdefault(s.enterprise.id, []).append(s)
