@@ -519,11 +519,11 @@ class ModbusGatewayImpl(Gateway):
                     for block in plan[group]:
                         refused: _DeviceRefused | None = None
                         try:
-                            registers = await self._read_block(link, dev, block)
+                            registers = await self._read_block(link, dev, block, stats)
                         except _DeviceRefused as e:
                             refused = e
+                        stats.alive()  # every answered request is a sign of life (a cycle may wait on others)
                         if refused is not None:
-                            stats.alive()  # it answers, with an exception
                             self._refused(dev, stats, block, refused, parts)
                             continue
                         block.failing = False
@@ -563,12 +563,14 @@ class ModbusGatewayImpl(Gateway):
         n = len(block.keys)
         parts.append(ReadingBatch.from_columns(block.keys, now_us(), np.full(n, np.nan), int(Quality.BAD_CONFIG)))
 
-    async def _read_block(self, link: _TcpLink | _RtuLink, dev: ModbusDevice, block: Block) -> Any:
-        """One read, retried ``dev.retries`` times when the unit does not answer."""
-        for attempt in range(dev.retries + 1):
+    async def _read_block(self, link: _TcpLink | _RtuLink, dev: ModbusDevice, block: Block, stats: DeviceStats) -> Any:
+        """One read, retried ``dev.retries`` times when an answering unit does not answer. A unit already
+        lost is probed once: on a shared line every attempt holds the others up for ``timeout_s``."""
+        retries = dev.retries if stats.state is ConnectionState.CONNECTED else 0
+        for attempt in range(retries + 1):
             try:
                 return await link.read(dev.unit, block.table, block.start, block.count, dev.timeout_s)
             except _UnitSilent:
-                if attempt == dev.retries:
+                if attempt == retries:
                     raise
         raise AssertionError("unreachable")
