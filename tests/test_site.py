@@ -181,3 +181,15 @@ def test_missing_required_monitoring_is_a_site_check_warning(tmp_path: Path) -> 
     assert "warning: equipment[0]: HI-01: no level tag (液位) — required for sphere V101" in r.stderr
     clean = subprocess.run([sys.executable, "-m", "hazmon", "site", "check", str(DEMO)], capture_output=True, text=True)
     assert "warning" not in clean.stderr
+
+
+def test_an_unknown_hazard_category_is_an_error_naming_the_table(tmp_path: Path) -> None:
+    def bad_category(doc: dict[str, Any]) -> None:
+        doc["installations"][0]["chemicals"][1]["category"] = "W99"
+
+    with pytest.raises(InvalidFile) as e:
+        load_graded_site(_with(tmp_path, "category.yaml", bad_category))
+    problems = {p.path: p.message for p in e.value.problems}
+    assert "Table 2" in problems["installations[0].chemicals[1].category"]
+    # propylene is not named in Table 1: without a valid category it cannot be graded at all
+    assert "not named in GB 18218 Table 1" in problems["installations[0].chemicals[1].name"]
