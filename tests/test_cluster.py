@@ -24,6 +24,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nats.js.errors import NotFoundError
 
 from conftest import _missing
 from hazmon.alarms.alarm import AlarmEvent
@@ -230,12 +231,14 @@ async def test_shards_and_writers_lose_and_double_nothing_when_a_shard_is_killed
         try:
 
             async def all_done() -> bool:
-                for p in (p_demo, p_scale):
-                    ci = await bus.js.consumer_info(s.readings_stream, f"engine-{p}")
+                for consumer in (f"engine-{p_demo}", f"engine-{p_scale}", "writers"):
+                    try:
+                        ci = await bus.js.consumer_info(s.readings_stream, consumer)
+                    except NotFoundError:  # its process is still starting
+                        return False
                     if ci.num_pending or ci.num_ack_pending:
                         return False
-                w = await bus.js.consumer_info(s.readings_stream, "writers")
-                return not (w.num_pending or w.num_ack_pending)
+                return True
 
             await _until(all_done, 120, "every batch judged and stored")
             rows = await conn.fetchval("SELECT count(*) FROM readings")
