@@ -10,8 +10,8 @@ Where each number comes from (see docs/regulator.md):
   name: ``chemicals.py``); else Table 2 by the site file's ``category``. A chemical found by none of
   these cannot be graded: :func:`identification` reports it with its path.
 - β: the site file's ``beta``; else Table 3 (named toxic gases); else Table 4 by the site file's
-  ``category``, else by the category Table 1's data records (flammable gases W2, explosives W1.1);
-  else 1.
+  ``category``, else by the category Table 1's data records (flammable gases W2, explosives W1.1,
+  flammable liquids of category 1 W5.1); else 1.
 """
 
 from __future__ import annotations
