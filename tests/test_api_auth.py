@@ -6,6 +6,11 @@ cannot be added without saying who may call it.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +18,24 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+import websockets.asyncio.client
 import yaml
 from fastapi.routing import APIWebSocketRoute
 from starlette.routing import WebSocketRoute
 
-from api_helpers import SITE, SITE_FILE, Tokens, demo_runtime, ingest, make_tokens
+from api_helpers import SITE, SITE_FILE, Tokens, demo_runtime, free_port, ingest, make_tokens
 from conftest import create_database, drop_database
 from hazmon.api import create_app
-from hazmon.auth import Permission, Role, authenticate, create_token, ensure_demo_token, revoke_token
+from hazmon.auth import (
+    AuthThrottle,
+    Permission,
+    Role,
+    authenticate,
+    create_token,
+    ensure_demo_token,
+    revoke_token,
+)
 from hazmon.runtime import Runtime
 
 ALARM = "V101.GT1:gas.H"  # combustible gas above 25 %LEL: no on-delay, latching
@@ -133,6 +148,12 @@ async def env(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> As
         await drop_database(pg_admin_url, url)
 
 
+@pytest.fixture(autouse=True)
+def fresh_throttle(env: tuple[Runtime, Tokens]) -> None:
+    """Each test starts with no failed authentication counted (the role table sends bad tokens)."""
+    env[0].auth_throttle = AuthThrottle()
+
+
 @pytest.fixture(scope="module")
 async def client(env: tuple[Runtime, Tokens]) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(runtime=env[0])
@@ -216,15 +237,95 @@ async def test_filtered_lists_show_the_sites_in_scope(client: httpx.AsyncClient,
     assert ALARM in {a["alarm_id"] for a in r.json()}
 
 
-async def test_revocation_takes_effect_at_once(client: httpx.AsyncClient, env: tuple[Runtime, Tokens]) -> None:
+async def test_revocation_takes_effect_within_5_s(client: httpx.AsyncClient, env: tuple[Runtime, Tokens]) -> None:
     runtime = env[0]
     async with runtime.db.pool.acquire() as conn:
         new = await create_token(conn, Role.REGULATOR, enterprises=["ecs"], name="short-lived")
     headers = {"Authorization": f"Bearer {new.secret}"}
     assert (await client.get("/api/v1/sites", headers=headers)).status_code == 200
     async with runtime.db.pool.acquire() as conn:
-        await revoke_token(conn, new.info.id[:6])
-    assert (await client.get("/api/v1/sites", headers=headers)).status_code == 401
+        await revoke_token(conn, new.info.id[:6])  # by another process (the CLI): only the database knows
+    revoked = time.monotonic()
+    while (await client.get("/api/v1/sites", headers=headers)).status_code != 401:
+        assert time.monotonic() - revoked < 5.0, "a revoked token still works after 5 s"
+        await asyncio.sleep(0.1)
+
+
+async def test_failed_authentications_are_logged_and_throttled_per_address(
+    env: tuple[Runtime, Tokens], caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime, tokens = env
+    app = create_app(runtime=runtime)
+    attacker = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("203.0.113.9", 40000)), base_url="http://hazmon"
+    )
+    neighbour = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("198.51.100.4", 40000)), base_url="http://hazmon"
+    )
+    async with attacker, neighbour:
+        # a token the attacker's address also uses legitimately, checked once before the attack
+        ok = {"Authorization": f"Bearer {tokens.regulator}"}
+        assert (await attacker.get("/api/v1/sites", headers=ok)).status_code == 200
+        guesses = [f"hzm_{i:012x}_{secrets.token_urlsafe(32)}" for i in range(1000)]
+        statuses: list[int] = []
+        with caplog.at_level(logging.WARNING, logger="hazmon.auth"):
+            for guess in guesses:
+                r = await attacker.get("/api/v1/sites", headers={"Authorization": f"Bearer {guess}"})
+                statuses.append(r.status_code)
+        assert set(statuses) == {401, 429}
+        first_429 = statuses.index(429)
+        assert first_429 <= 10 and statuses[first_429:].count(401) <= 2  # refills: one try per 5 s
+        r = await attacker.get("/api/v1/sites", headers={"Authorization": f"Bearer {guesses[0]}"})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "too many" in r.json()["detail"]
+        # the attacker's address keeps a token it holds; another address is not affected
+        assert (await attacker.get("/api/v1/sites", headers=ok)).status_code == 200
+        assert (
+            await neighbour.get("/api/v1/sites", headers={"Authorization": f"Bearer {guesses[5]}"})
+        ).status_code == 401
+        # a malformed token is a failure too; a request without a token is counted, not throttled
+        assert (await neighbour.get("/api/v1/sites", headers={"Authorization": "Bearer nope"})).status_code == 401
+        assert (await neighbour.get("/api/v1/sites")).status_code == 401
+    failures = [rec.getMessage() for rec in caplog.records if "authentication failed" in rec.getMessage()]
+    assert failures and all("203.0.113.9" in m or "198.51.100.4" in m for m in failures)
+    assert any("throttled" in rec.getMessage() for rec in caplog.records)
+    secrets_seen = [g.split("_", 2)[2] for g in guesses]
+    assert not any(sec in caplog.text for sec in secrets_seen)  # never the secret
+    assert f"token {guesses[0].split('_')[1]}" in caplog.text  # but which token: its public id
+    counted = runtime.auth_throttle.rejections
+    assert counted["invalid"] >= 10 and counted["throttled"] >= 900
+    assert counted["malformed"] == 1 and counted["missing"] == 1
+
+
+async def test_tokens_never_reach_the_log(env: tuple[Runtime, Tokens], caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn logs a WebSocket's path with ?token=: the secret is redacted, its id kept."""
+    from hazmon.logs import install_redaction
+
+    install_redaction()
+    runtime, tokens = env
+    config = uvicorn.Config(
+        create_app(runtime=runtime), host="127.0.0.1", port=free_port(), log_config=None, log_level="info"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and not task.done(), "uvicorn did not start"
+            await asyncio.sleep(0.01)
+        with caplog.at_level(logging.INFO):
+            url = f"ws://127.0.0.1:{config.port}/api/v1/live?token={tokens.regulator}"
+            async with websockets.asyncio.client.connect(url) as ws:
+                await ws.send('{"type": "subscribe"}')
+                assert json.loads(await ws.recv())["type"] == "snapshot"
+            logging.getLogger("hazmon.test").warning("header was Authorization: Bearer %s", tokens.admin)
+    finally:
+        server.should_exit = True
+        await task
+    text = caplog.text
+    assert "/api/v1/live?token=" in text  # uvicorn did log the request line
+    for secret in (tokens.regulator, tokens.admin):
+        assert secret.split("_", 2)[2] not in text
+        assert f"hzm_{secret.split('_')[1]}_[redacted]" in text
 
 
 async def test_tokens_are_stored_hashed_and_shown_once(client: httpx.AsyncClient, env: tuple[Runtime, Tokens]) -> None:

@@ -122,11 +122,12 @@ async def authenticate_client(runtime: Runtime, token: str | None, address: str,
         throttle.rejections["missing"] += 1
         raise AuthFailed(401, missing)
     valid = looks_like_token(token)
-    if valid:
-        hit = runtime.token_cache.get(hash_token(token))
-        if hit is not None and hit[1] and hit[0] is not None:
-            return hit[0]  # known good: a throttled address does not lock out a token it holds
-    retry = throttle.retry_after(address)
+    hit = runtime.token_cache.get(hash_token(token)) if valid else None
+    if hit is not None and hit[1] and hit[0] is not None:
+        return hit[0]
+    # A token known to be good is checked again even from a throttled address (nobody guesses a
+    # token by sending it): the attack of a neighbour behind the same address locks nobody out.
+    retry = None if hit is not None and hit[0] is not None else throttle.retry_after(address)
     if retry is not None:
         throttle.throttled()
         now = time.monotonic()
