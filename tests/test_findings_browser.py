@@ -63,6 +63,8 @@ async def test_operator_records_and_closes_a_finding_in_the_browser(pg_url: str,
             await reg.fill("#token", tokens.regulator)
             await reg.click("#load")
             await expect(reg.locator("#rows tr", has_text="氨罐T201")).to_contain_text("closed")
+            await expect(reg.locator("#create-section")).to_be_hidden()  # regulators read, they do not record
+            await expect(reg.locator("#rows button")).to_have_count(0)
             await browser.close()
 
     async with demo_runtime(pg_url, tmp_path / "again") as rt, rt.db.pool.acquire() as conn:
