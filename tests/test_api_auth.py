@@ -294,6 +294,12 @@ async def test_failed_authentications_are_logged_and_throttled_per_address(
     counted = runtime.auth_throttle.rejections
     assert counted["invalid"] >= 10 and counted["throttled"] >= 900
     assert counted["malformed"] == 1 and counted["missing"] == 1
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hazmon") as c:
+        metrics = (await c.get("/metrics", headers={"Authorization": f"Bearer {tokens.engineer}"})).text
+    throttled = next(
+        line for line in metrics.splitlines() if line.startswith('hazmon_auth_rejections_total{reason="throttled"}')
+    )
+    assert float(throttled.split()[-1]) >= 900
 
 
 async def test_tokens_never_reach_the_log(env: tuple[Runtime, Tokens], caplog: pytest.LogCaptureFixture) -> None:

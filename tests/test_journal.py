@@ -161,6 +161,7 @@ async def test_a_refused_write_goes_to_the_dead_letter_file_and_blocks_nothing(p
         assert refused.record == "dead-letter" and time.monotonic() - t0 < 5
         # operators are told: the journal's alarm stands
         assert rt.engine.get(JOURNAL_ALARM).state is AlarmState.ACTIVE_UNACK
+        assert rt.recorder.dead_lettered == 1
         # and the next action is journaled and audited at once, not stuck behind the refused one
         ack = await rt.act("acknowledge", "V102.GT1:gas.H", Actor("alice", "t1", "operator"))
         assert ack.record == "journaled"

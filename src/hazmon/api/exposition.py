@@ -43,6 +43,22 @@ class RuntimeCollector(Collector):
         yield _counter("hazmon_batches_total", "Reading batches received from the gateways", stats.batches)
         yield _counter("hazmon_alarm_events_total", "Alarm events (transitions) produced", stats.events)
         yield _counter("hazmon_journal_failures_total", "Failed alarm-journal writes (retried)", stats.journal_failures)
+        recorder = runtime.recorder
+        yield _gauge("hazmon_journal_pending", "Alarm-journal items not written yet (kept on disk)", recorder.pending)
+        yield _counter(
+            "hazmon_journal_dead_letters_total",
+            "Alarm-journal items refused for their content, kept in the dead-letter file",
+            recorder.dead_lettered,
+        )
+        yield _counter(
+            "hazmon_journal_spool_errors_total", "Writes of the alarm spool the disk refused", recorder.spool_errors
+        )
+        auth = CounterMetricFamily(
+            "hazmon_auth_rejections_total", "API authentications refused, by reason", labels=["reason"]
+        )
+        for reason in ("missing", "malformed", "invalid", "throttled"):
+            auth.add_metric([reason], runtime.auth_throttle.rejections[reason])
+        yield auth
         rate = sum(d.readings_per_s for gw in runtime.gateways for d in gw.health().devices.values())
         yield _gauge("hazmon_readings_per_second", "Readings per second over the last ~5 s (all gateways)", rate)
 
