@@ -17,6 +17,7 @@ from hazmon.plant.tag import TagIndex
 from hazmon.reading import Quality
 from hazmon.sim.modbus import ModbusEndpoint
 
+ROOT = Path(__file__).resolve().parents[1]
 # parity N: a Linux pty refuses PARENB when pymodbus reconfigures it (a real UART takes E or O)
 LINE = {"baudrate": 19200, "parity": "N", "stopbits": 1}
 # a radar level gauge (unit 1: level in mm as uint32 CDAB, temperature in 0.1 °C as int16) and a gas
@@ -114,3 +115,45 @@ async def test_two_units_on_one_rs485_line_decode_and_a_silent_one_is_isolated(
         plc.silence(set())
         await wait_for(lambda: gw.health().devices["GDS-1"].connected, what="unit 2 back")
         assert gw.connections_opened == 1  # type: ignore[attr-defined]
+
+
+async def test_the_demo_plcs_served_over_rtu_by_the_simulator(tmp_path: Path) -> None:
+    """`hazmon sim` serves a gateway file's RTU devices on its serial line: the demo PLCs moved to RS-485."""
+    from hazmon.gateways.config import load_gateway_config, tag_ids
+    from hazmon.plant.site import load_site
+    from hazmon.sim import load_scenario, serve
+
+    root = ROOT
+    site = load_site(root / "sites/demo-tank-farm.yaml")
+    demo = load_gateway_config(root / "gateways/demo-modbus.yaml", site)
+    assert isinstance(demo, ModbusGateway)
+    pty = PtyPair(tmp_path)
+    await pty.start()
+
+    def on(port: Path) -> ModbusGateway:
+        line = ModbusSerial(port=str(port), baudrate=19200)
+        devices = [d.model_copy(update={"transport": "rtu", "serial": line, "timeout_s": 0.5}) for d in demo.devices]
+        return demo.model_copy(update={"devices": devices, "poll_groups": {"default": 100.0, "slow": 200.0}})
+
+    try:
+        scenario = load_scenario(root / "simulators/normal.yaml", site)
+        async with serve(site, [on(pty.a)], scenario, seed=1, manual=True) as sim:
+            assert any(e.url.startswith("modbus-rtu://") for e in sim.endpoints)
+            index = TagIndex.from_sites([site])
+            gw = open_gateway(on(pty.b), index, data_dir=tmp_path)
+            async with gw, Collector(gw) as col:
+                await sim.advance(5)
+                model = sim.model
+
+                def matches() -> bool:
+                    for tag in tag_ids(demo):
+                        i = model.index[tag]
+                        got = col.latest(index.key(tag))
+                        if model.quality[i] < 128 and (got is None or abs(got - float(model.values[i])) > 0.01):
+                            return False
+                    return True
+
+                await wait_for(matches, 15, "the demo PLCs' values over RTU")
+                assert gw.connections_opened == 1  # type: ignore[attr-defined]
+    finally:
+        await pty.stop()
