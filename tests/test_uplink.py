@@ -177,11 +177,17 @@ def test_uplink_settings_are_checked() -> None:
 
 
 @asynccontextmanager
-async def receiver(port: int, out: Path, creds: Credentials) -> AsyncIterator[JsonlSink]:
+async def receiver(
+    port: int, out: Path, creds: Credentials, tls: tuple[Path, Path] | None = None
+) -> AsyncIterator[JsonlSink]:
     sink = JsonlSink(out)
-    server = uvicorn.Server(
-        uvicorn.Config(create_receiver({creds.app_id: creds}, sink), host="127.0.0.1", port=port, log_level="error")
-    )
+    app = create_receiver({creds.app_id: creds}, sink)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error")
+    if tls is not None:
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="error", ssl_certfile=str(tls[0]), ssl_keyfile=str(tls[1])
+        )
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
         await wait_for(lambda: server.started, 10, "the receiver to start")
@@ -308,3 +314,60 @@ async def test_base_data_again_when_the_site_changes_and_only_the_named_tags(tmp
     assert {v["tag_code"] for v in values} == {"V101.GT1", "T201.LT"}
     assert values[0]["quality"] == "bad" and values[0]["quality_code"] == 130
     assert all(m["enterprise_code"] == site.enterprise.uscc for m in messages)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, signed by itself (the platform's CA, as the authority would hand it out)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "platform.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "platform.pem", tmp_path / "platform.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+async def test_over_https_the_platform_certificate_is_verified(tmp_path: Path) -> None:
+    port = free_port()
+    cert, key = _self_signed(tmp_path)
+    https = {"endpoint": f"https://127.0.0.1:{port}{UPLINK_PATH}"}
+    trusting = _standalone_uplink(_uplink_settings(port, **https, ca_file=cert), tmp_path / "trusting")
+    doubting = _standalone_uplink(_uplink_settings(port, **https), tmp_path / "doubting")  # system CAs only
+    async with receiver(port, tmp_path / "hub.jsonl", credentials(_uplink_settings(port)), tls=(cert, key)) as sink:
+        tasks = [asyncio.create_task(u.run()) for u in (trusting, doubting)]
+        try:
+            await wait_for(lambda: sink.stats()["by_type"].get("realtime", 0) >= 2, 15, "data over HTTPS")
+            await wait_for(lambda: bool(doubting.stats.post_failures), 10, "the unverified certificate refused")
+            assert doubting.stats.sent == 0 and doubting.queue.backlog > 0  # kept, not lost
+            assert "CERTIFICATE_VERIFY_FAILED" in (doubting.stats.last_error or "")
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+    with pytest.raises(ConfigError, match="ca_file: file not found"):
+        load_settings(uplink={**_uplink_settings(port).model_dump(mode="json"), "app_secret": SECRET,
+                              "sm4_key": KEY, "sm4_iv": IV, "ca_file": str(tmp_path / "nowhere.pem")})  # fmt: skip

@@ -52,6 +52,9 @@ class UplinkSettings(BaseModel):
     backlog_alarm_s: float = Field(default=300.0, gt=0, description="alarm hazmon.uplink when the backlog is older")
     queue_max_mb: float = Field(default=256.0, gt=0, description="disk queue bound; beyond it the oldest go")
     timeout_s: float = Field(default=10.0, gt=0, description="HTTP timeout of one POST")
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate(s) that sign the platform's TLS certificate; unset: the system's"
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> UplinkSettings:
@@ -64,6 +67,8 @@ class UplinkSettings(BaseModel):
         missing = [n for n in ("app_id", "app_secret", "sm4_key", "sm4_iv") if not _given(getattr(self, n))]
         if missing:
             raise ValueError(f"the endpoint is set: set {', '.join(missing)} too (issued by the authority)")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ValueError(f"ca_file: file not found: {self.ca_file}")
         for name in ("sm4_key", "sm4_iv"):
             value = getattr(self, name).get_secret_value().strip()
             if len(value) != 32 or any(c not in "0123456789abcdefABCDEF" for c in value):

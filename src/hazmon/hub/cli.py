@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sm4-key", default=os.environ.get("HAZMON_HUB_SM4_KEY"), help="32 hex digits")
     p.add_argument("--sm4-iv", default=os.environ.get("HAZMON_HUB_SM4_IV"), help="32 hex digits")
     p.add_argument("--out", type=Path, default=Path("hub-received.jsonl"), help="where received messages go")
+    p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     p.add_argument("--log-level", default="warning")
 
 
@@ -32,6 +34,9 @@ def receive(args: argparse.Namespace) -> int:
     from hazmon.regulator.sm4 import SM4Error, parse_hex_key
     from hazmon.regulator.uplink_payload import Credentials
 
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("hazmon hub: give --tls-cert and --tls-key together", file=sys.stderr)
+        return 2
     missing = [n for n in ("app_secret", "sm4_key", "sm4_iv") if not getattr(args, n)]
     if missing:
         print(f"hazmon hub: give {', '.join('--' + m.replace('_', '-') for m in missing)}", file=sys.stderr)
@@ -49,7 +54,14 @@ def receive(args: argparse.Namespace) -> int:
     sink = JsonlSink(args.out)
     app = create_receiver({creds.app_id: creds}, sink)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
+            ssl_keyfile=str(args.tls_key) if args.tls_key else None,
+        )
     finally:
         sink.close()
     return 0

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -164,13 +165,20 @@ class Uplink:
     async def run(self) -> None:
         try:
             async with (
-                httpx.AsyncClient(timeout=self.settings.timeout_s, transport=self._transport) as client,
+                httpx.AsyncClient(
+                    timeout=self.settings.timeout_s, transport=self._transport, verify=self._tls()
+                ) as client,
                 asyncio.TaskGroup() as tg,
             ):
                 tg.create_task(self._producer(), name="uplink producer")
                 tg.create_task(self._sender(client), name="uplink sender")
         finally:
             self._flush_alarms()  # on disk before stopping: a restart loses no alarm transition
+
+    def _tls(self) -> ssl.SSLContext:
+        """Verify the platform's certificate: against ``ca_file`` when given, the system's CAs otherwise."""
+        ca = self.settings.ca_file
+        return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
 
     async def _producer(self) -> None:
         self._refresh(force_base=True)
