@@ -106,6 +106,7 @@ H85 = """rules:
         (0, 3, 0, [84, 86, NAN, NAN, NAN, NAN, 80], []),
         (0, 0, 3, [86, 80, NAN, NAN, NAN, NAN, 86], [(0, "activate")]),
         # the cases of docs/alarms.md
+        (0, 0, 0, [84, 85, 84.99], [(1, "activate"), (2, "clear")]),
         (1, 0, 0, [84, 85, 84.5, 84, 83.99], [(1, "activate"), (4, "clear")]),  # at the limit; below L - d
         (1, 3, 0, [85, 85, 85, 85, 84.9], [(3, "activate")]),  # 3 s continuously at or above
         (1, 3, 0, [86, 86, 84, 86, 86, 86, 86], [(6, "activate")]),  # one sample below restarts the on-delay

@@ -161,8 +161,8 @@ class AlarmEngine:
             rows, ts, v, q, last = rows[keep], ts[keep], v[keep], q[keep], last[keep]
         t.last_ts[rows] = ts
         pend = c.pend[rows]
-        running = np.flatnonzero(pend)  # runs under way: few
-        if len(running):  # a run across a stale gap (no sign of life for the stale time) starts afresh
+        if pend.any():  # a run across a stale gap (no sign of life for the stale time) starts afresh
+            running = np.flatnonzero(pend)  # runs under way: few
             rr = rows[running]
             seen = np.maximum(last[running], t.stale_ref[rr])
             gap = running[ts[running] - seen >= self._stale_after[rr]]
