@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +48,13 @@ def test_compose_file_follows_the_compose_specification() -> None:
         assert (ROOT / env[key]).is_file()
     for key in ("HAZMON_RULES", "HAZMON_GATEWAYS"):
         assert all((ROOT / f).is_file() for f in json.loads(env[key])), key
+    hazmon_services = [s for s in services.values() if str(s.get("image", "")).startswith("hazmon")]
+    assert len(hazmon_services) >= 5  # the single process, and gateway, two shards, writers for scale-out
+    for s in hazmon_services:  # every command is one the CLI takes
+        cli = subprocess.run(
+            [sys.executable, "-m", "hazmon", *s["command"], "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert cli.returncode == 0, f"{s['command']}: {cli.stderr}"
     for volume in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
         src = volume.split(":")[0]
         if src.startswith("./") and not src.endswith("metrics-token"):
