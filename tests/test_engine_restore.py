@@ -69,3 +69,22 @@ async def test_restart_keeps_activation_time_and_does_not_complete_a_pending_on_
         assert [e.action for e in ev if e.alarm_id == "TK.LT:level.HH"] == ["activate"]
     finally:
         await conn.close()
+
+
+async def test_a_device_with_colons_in_its_id_is_journaled_under_its_site(pg_url: str) -> None:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        engine = AlarmEngine(RULES)
+        device = "opc.tcp://10.0.0.7:4840"
+        engine.register_device(device, INDEX.keys_of(["TK.LT"]))
+        events = engine.set_device_comm(device, False, T0)
+        await append_events(conn, events, {device: SITE.id, **{t.id: SITE.id for t in SITE.tags}}.get)
+        site = await conn.fetchval("SELECT site_id FROM alarm_journal WHERE alarm_id = $1", f"{device}:comm.LOSS")
+        assert site == SITE.id
+        restored = AlarmEngine(RULES)
+        restored.register_device(device, INDEX.keys_of(["TK.LT"]))
+        restored.restore(await load_current(conn))
+        snap = restored.get(f"{device}:comm.LOSS")
+        assert (snap.state, snap.activated_us) == (AlarmState.ACTIVE_UNACK, T0)
+    finally:
+        await conn.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hazmon.alarms.alarm import AlarmEvent, AlarmState, InvalidTransition, Priority, UnknownAlarm
+from hazmon.alarms.alarm import AlarmEvent, AlarmState, InvalidTransition, Priority, UnknownAlarm, split_alarm_id
 from hazmon.alarms.compiler import compile_rules, load_rules
 from hazmon.alarms.engine import AlarmEngine
 from hazmon.plant.site import load_site
@@ -303,3 +303,13 @@ def test_a_live_source_that_reports_changes_only_is_not_stale(engine: AlarmEngin
     assert ("TK.LT:quality.STALE", "activate", "normal", "active_unack") in brief(stale, stale=True)
     engine.refresh_stale([key], 13 * S)
     assert ("TK.LT:quality.STALE", "clear", "active_unack", "rtn_unack") in brief(engine.tick(13 * S), stale=True)
+
+
+def test_an_alarm_id_splits_at_its_last_colon() -> None:
+    """Owners may hold colons (an OPC UA endpoint as device id, a node id as tag id); conditions never do."""
+    assert split_alarm_id("V101.LT:level.HH") == ("V101.LT", "level.HH")
+    assert split_alarm_id("opc.tcp://10.0.0.7:4840:comm.LOSS") == ("opc.tcp://10.0.0.7:4840", "comm.LOSS")
+    assert split_alarm_id("ns=2;s=V101:LT:level.H") == ("ns=2;s=V101:LT", "level.H")
+    for bad in ("V101.LT", "V101.LT:", ":level.HH", ""):
+        with pytest.raises(UnknownAlarm):
+            split_alarm_id(bad)
