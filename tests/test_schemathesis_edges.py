@@ -65,10 +65,12 @@ async def test_nul_character_in_a_parameter_is_a_clear_422(
 
 async def test_series_bucket_too_wide_is_refused(env: tuple[Runtime, Tokens, httpx.AsyncClient]) -> None:
     _rt, tokens, client = env
+    before = await _rejections(client, tokens, "invalid_parameter")
     r = await client.get(
         "/api/v1/tags/V101.LT/series", params={"bucket": "99999999999999999999"}, headers=_h(tokens.admin)
     )
     assert r.status_code == 422 and "at most 366 days" in r.json()["detail"], r.text
+    assert await _rejections(client, tokens, "invalid_parameter") == before + 1
     r = await client.get("/api/v1/tags/V101.LT/series", params={"bucket": "1d"}, headers=_h(tokens.admin))
     assert r.status_code == 200 and r.json()["bucket"] == 86400
 

@@ -9,7 +9,7 @@
 - A value the database refuses (``StoreInvalid``: out of range, not representable) is the caller's
   input at fault: 422, not 500.
 - Every refusal made here is counted by reason: ``hazmon_api_rejections_total{reason}`` on
-  ``/metrics`` (nul_character, validation, invalid_value).
+  ``/metrics`` (nul_character, validation, invalid_value, invalid_parameter: a route's own 422).
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from urllib.parse import unquote_plus
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
 from pydantic import AfterValidator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hazmon.metrics import HOT_PATH
@@ -130,6 +132,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": errors}, status_code=422)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """A route's own refusal of a parameter (422: a time range, a bucket, a since, a site file) is
+    counted too; every HTTP error is answered as FastAPI does."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 422:
+        reject("invalid_parameter")
+    return await http_exception_handler(request, exc)
+
+
 async def _invalid_value(request: Request, exc: Exception) -> JSONResponse:
     reject("invalid_value")
     log.info("refused %s %s: %s", request.method, request.url.path, exc)
@@ -166,3 +177,4 @@ def install(app: FastAPI) -> None:
     app.add_middleware(RejectNul)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StoreInvalid, _invalid_value)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
