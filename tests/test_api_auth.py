@@ -101,6 +101,9 @@ ROUTES = [
         f"/api/v1/alarms/{ALARM}/return-to-service",
         Permission.OPERATE,
     ),
+    # the console's context lists only the sites in scope (an object, so not the "empty list" check)
+    Route("GET", "/api/v1/console/context", "/api/v1/console/context", Permission.READ, GLOBAL),
+    Route("GET", "/api/v1/console/response/{alarm_id}", f"/api/v1/console/response/{ALARM}", Permission.READ),
     Route("GET", "/api/v1/gateways", "/api/v1/gateways", Permission.READ, FILTERED),
     Route("GET", "/api/v1/compliance", "/api/v1/compliance", Permission.READ, FILTERED),
     Route("GET", "/api/v1/installations", "/api/v1/installations", Permission.READ, FILTERED),
@@ -134,7 +137,7 @@ PRINCIPALS: dict[str, tuple[Role, bool] | None] = {
     "regulator_other": (Role.REGULATOR, False),
     "admin": (Role.ADMIN, True),
 }
-PUBLIC_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/console"}
+PUBLIC_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/console", "/console/{name}"}
 
 
 @pytest.fixture(scope="module")
