@@ -55,7 +55,7 @@ async def twenty_units() -> AsyncIterator[tuple[ModbusEndpoint, TcpProxy, list[M
             {
                 "id": f"U{u:02d}",
                 "unit": u,
-                "timeout_s": 0.25,
+                "timeout_s": 0.5,
                 "retries": 0,
                 "tags": [
                     {"tag": f"U{u:02d}.LT", "address": 0, "type": "float32"},
@@ -141,7 +141,7 @@ async def test_a_failure_later_in_the_cycle_keeps_what_was_decoded(tmp_path: Pat
         {
             "id": "PLC",
             "unit": 2,
-            "timeout_s": 0.2,
+            "timeout_s": 0.5,
             "retries": 0,
             "tags": [
                 {"tag": "A.LT", "address": 0, "type": "float32"},

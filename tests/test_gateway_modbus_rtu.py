@@ -72,7 +72,7 @@ def _config(port: Path) -> ModbusGateway:
             "poll_groups": {"default": 200},
             "backoff": {"initial_s": 0.1, "max_s": 0.5},
             "devices": [
-                {**d, "transport": "rtu", "serial": {"port": str(port), **LINE}, "timeout_s": 0.3, "retries": 0}
+                {**d, "transport": "rtu", "serial": {"port": str(port), **LINE}, "timeout_s": 0.5, "retries": 0}
                 for d in DEVICES
             ],
         }
