@@ -218,9 +218,7 @@ async def run_one(mode: str, tags: int, args: argparse.Namespace, limit: float) 
 
             await _until(sims_up, 300, "the simulators", sim)
             (d / "bench-rules.yaml").write_text(yaml.safe_dump(alarm_rules(limit)), "utf-8")
-            env_file = dict(
-                line.split("=", 1) for line in (d / "plant" / "serve.env").read_text().splitlines() if line
-            )
+            env_file = dict(line.split("=", 1) for line in (d / "plant" / "serve.env").read_text().splitlines() if line)
             port = _free_base(1)
             env = {
                 **os.environ,
