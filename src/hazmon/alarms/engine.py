@@ -586,8 +586,9 @@ class AlarmEngine:
         """Rebuild alarm states saved before a restart (no events). Returns how many were restored.
 
         An active alarm is taken as still present (its condition is set) so that it is not raised
-        again; the next readings clear it normally. Alarms no longer defined are counted in
-        ``stats["restore_unknown"]``.
+        again; the next readings clear it normally (after its off-delay). No delay under way before
+        the restart is carried over: on- and off-delays start afresh from the first good samples.
+        ``activated_us`` is kept. Alarms no longer defined are counted in ``stats["restore_unknown"]``.
         """
         c = self.cells
         restored = 0
