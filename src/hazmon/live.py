@@ -39,7 +39,22 @@ from hazmon.plant.directory import Place
 from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch
 
-SiteOf = Callable[[str], "str | None"]  # tag or device id -> site id
+# tag or device id -> its site id, or its Place (a system alarm's Place lists the sites it affects)
+SiteOf = Callable[[str], "str | Place | None"]
+
+
+def _where(found: str | Place | None) -> tuple[str | None, frozenset[str]]:
+    """(the site, further sites affected) of what a SiteOf returned."""
+    if isinstance(found, Place):
+        return found.site, found.affects
+    return found, frozenset()
+
+
+def _with_sites(d: dict[str, Any], site: str | None, affects: frozenset[str]) -> dict[str, Any]:
+    if affects:  # a system alarm: every site it affects
+        d["sites"] = sorted(affects | {site} if site is not None else affects)
+    return d
+
 
 MAX_EVENTS = 10_000
 _NO_TS = np.iinfo(np.int64).min
@@ -155,12 +170,13 @@ class Follow:
     tags: frozenset[str] = frozenset()
     alarms_only: bool = False
 
-    def wants(self, site: str | None, owner: str) -> bool:
+    def wants(self, site: str | None, owner: str, affects: frozenset[str] = frozenset()) -> bool:
+        """``affects``: further sites a system alarm affects; following any of them is enough."""
         if owner in self.tags:
             return True
         if self.sites is None:
             return True
-        return site is not None and site in self.sites
+        return (site is not None and site in self.sites) or not affects.isdisjoint(self.sites)
 
 
 class Subscription:
@@ -295,9 +311,9 @@ class LiveHub:
             if s.state is AlarmState.NORMAL:
                 continue
             owner = owner_of(s.alarm_id, s.tag_id)
-            site = site_of(owner)
-            if follow.wants(site, owner):
-                alarms.append(snapshot_dict(s, site))
+            site, affects = _where(site_of(owner))
+            if follow.wants(site, owner, affects):
+                alarms.append(_with_sites(snapshot_dict(s, site), site, affects))
         self._subs.add(sub)
         self.stats.clients = len(self._subs)
         return sub, alarms
@@ -349,12 +365,12 @@ class LiveHub:
             return
         for e in events:
             owner = owner_of(e.alarm_id, e.tag_id)
-            site = site_of(owner)
+            site, affects = _where(site_of(owner))
             text: str | None = None
             for sub in self._subs:
-                if sub.follow.wants(site, owner):
+                if sub.follow.wants(site, owner, affects):
                     if text is None:
-                        text = encode_json(event_dict(e, site))
+                        text = encode_json(_with_sites(event_dict(e, site), site, affects))
                     sub._push(text)
 
     def _grow(self, size: int) -> None:

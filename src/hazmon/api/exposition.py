@@ -124,8 +124,45 @@ class RuntimeCollector(Collector):
             )
             yield _gauge("hazmon_store_available", "1 when the database accepts writes", 1 if f.store_available else 0)
             yield _counter("hazmon_stored_readings_total", "Readings stored in the database", f.stored_readings)
-            yield _counter("hazmon_dropped_readings_total", "Readings lost to a full spool", f.dropped_readings)
+            yield _counter(
+                "hazmon_dropped_readings_total",
+                "Readings that did not reach the database (all reasons)",
+                f.dropped_readings,
+            )
+            lost = CounterMetricFamily(
+                "hazmon_storage_dropped_readings",
+                "Readings that did not reach the database, by reason (spool_full, spool_unwritable, "
+                "spool_corrupt, refused_by_store: set aside in spool/rejected/)",
+                labels=["reason"],
+            )
+            for reason, n in sorted(f.dropped_by_reason.items()):
+                lost.add_metric([reason], n)
+            yield lost
+            yield _counter("hazmon_spool_errors_total", "Disk errors of the reading spool", f.spool_errors)
+            yield _counter(
+                "hazmon_spool_bypassed_readings_total",
+                "Readings written straight to the database because the spool could not take them",
+                f.bypassed_readings,
+            )
             yield _counter("hazmon_store_outages_total", "Times the database became unavailable", f.outages)
+
+        comps = runtime.supervisor.components()
+        c_up = GaugeMetricFamily(
+            "hazmon_component_up",
+            "1 while a supervised task runs (and has not just been restarted)",
+            labels=["component"],
+        )
+        c_restarts = CounterMetricFamily(
+            "hazmon_component_restarts", "Restarts of a supervised task that ended unexpectedly", labels=["component"]
+        )
+        c_failures = CounterMetricFamily(
+            "hazmon_component_failures", "Times a supervised task ended unexpectedly", labels=["component"]
+        )
+        for c in comps:
+            c_up.add_metric([c.name], 1 if c.running and c.ok else 0)
+            c_restarts.add_metric([c.name], c.restarts)
+            c_failures.add_metric([c.name], c.failures)
+        yield from (c_up, c_restarts, c_failures)
 
         if runtime.uplink is not None:
             yield from _uplink(runtime.uplink)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter
 
 from hazmon.api.deps import Reader, RuntimeDep
@@ -46,6 +47,13 @@ async def get_gateways(runtime: RuntimeDep, user: Reader) -> list[dict[str, Any]
                 "reconnects": h.reconnects,
                 "quarantined": h.quarantined,
                 "dropped_readings": h.dropped_readings,
+                # its readings that did not reach the database, by reason (refused_by_store: set aside in
+                # spool/rejected/; spool_unwritable: lost with the spool's disk and the database both failing)
+                "storage_dropped_readings": (
+                    runtime.forwarder.dropped_for(np.concatenate([*gw.devices().values(), np.zeros(0, np.int32)]))
+                    if runtime.forwarder is not None
+                    else {}
+                ),
                 "devices": devices,
             }
         )
