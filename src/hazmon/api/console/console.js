@@ -468,9 +468,11 @@ function setStatus() {
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
   $("status").textContent = t("connecting");
-  ws = new WebSocket(`${proto}://${location.host}/api/v1/live?token=${encodeURIComponent(token)}`);
+  // the token goes in a first "auth" message, not in the URL (URLs end up in server and proxy logs)
+  ws = new WebSocket(`${proto}://${location.host}/api/v1/live`);
   const sock = ws;
   sock.onopen = () => {
+    sock.send(JSON.stringify({ type: "auth", token }));
     sock.send(JSON.stringify({ type: "subscribe", sites: ctx.sites.map((s) => s.id) }));
   };
   sock.onmessage = (m) => {
