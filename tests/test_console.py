@@ -38,7 +38,8 @@ async def test_console_and_offline_docs_are_served_without_a_token() -> None:
     assert "/console/console.js" in page.text
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert "Authorization: `Bearer ${token}`" in script.text  # every call carries the operator's token
-    assert "/api/v1/live?token=" in script.text
+    # the live stream authenticates with a first message: the token stays out of URLs and logs
+    assert '{ type: "auth", token }' in script.text and "/api/v1/live?token=" not in script.text
     assert style.status_code == 200 and missing.status_code == 404
     # /docs loads Swagger UI from the package, not from a CDN, and can authorize with a token
     assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
