@@ -41,7 +41,7 @@ from hazmon.alarms.engine import AlarmEngine
 from hazmon.alarms.pending import AlarmSpool, Pending
 from hazmon.auth import AuthThrottle, TokenCache
 from hazmon.config import Settings
-from hazmon.gateways import ConnectionState, Gateway, open_gateway
+from hazmon.gateways import Gateway, open_gateway
 from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway
 from hazmon.live import AlarmListView, LiveHub, set_site_timezone
 from hazmon.plant.directory import Directory, build_directory
@@ -149,6 +149,7 @@ class Runtime:
     # opens a gateway, like open_gateway(config, tags, data_dir=...): at start, and again after a crash
     gateway_factory: Callable[..., Gateway] = open_gateway
     _spool_errors_seen: int = 0
+    _ended_gateways: set[str] = field(default_factory=set)  # ids whose batch stream ended: opened anew
     data_loss_hold_us: int = DATA_LOSS_HOLD_US  # hazmon.storage stays raised this long after the last loss
     # the current alarms as the API lists them, serialised once per change (built by the alarm routes)
     alarm_view: AlarmListView | None = None
@@ -378,16 +379,19 @@ class Runtime:
 
     async def _pump(self, index: int) -> None:
         """A gateway's batches into the hot path. Its stream ending (a crash inside the gateway) is a
-        failure: the supervisor calls this again, which opens the gateway anew."""
+        failure: the supervisor calls this again, which opens the gateway anew. A failure of the hot
+        path itself (ingest raised) is one too, but the gateway keeps running and is pumped again."""
         gw = self.gateways[index]
-        if gw.health().state is ConnectionState.STOPPED and gw.id in self.gateway_configs:
+        if gw.id in self._ended_gateways and gw.id in self.gateway_configs:
             await gw.stop()
             gw = self.gateway_factory(self.gateway_configs[gw.id], self.tags, data_dir=self.settings.data_dir)
             await gw.start()
             self.gateways[index] = gw
+            self._ended_gateways.discard(gw.id)
             log.warning("gateway %s opened again", gw.id)
         async for batch in gw.batches():
             await self.ingest(batch)
+        self._ended_gateways.add(gw.id)
         errors = [d.last_error for d in gw.health().devices.values() if d.last_error]
         raise GatewayEnded(f"gateway {gw.id} stopped delivering readings" + (f": {errors[0]}" if errors else ""))
 
