@@ -25,6 +25,7 @@ Items the database refuses for their content (not for an outage) go to the dead-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -97,10 +98,18 @@ class AlarmSpool:
         if not text:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
         with path.open("a", encoding="ascii") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        if created:  # the new file's directory entry too, so that a power cut does not lose the file
+            with contextlib.suppress(OSError):
+                fd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     def append(self, items: Sequence[Pending]) -> None:
         """Write the items not on disk yet (fsynced) and number them; raises OSError when the disk refuses."""
