@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -72,14 +73,33 @@ async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
         if IN_CI:
             pytest.fail("chromium is not installed, and CI=true forbids skipping (deploy/services.sh installs it)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    # A broker of its own: concurrent demos on the shared broker would share the gas detectors'
+    # topics and client ids, and knock each other's MQTT gateway off.
+    mqtt_port = free_port()
+    broker = await asyncio.create_subprocess_exec(
+        mosquitto, "-p", str(mqtt_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     port = free_port()
-    data_dir = tmp_path / "data"
+    # the embedded database outside pytest's temporary folders, which a concurrent pytest run of
+    # the same user may prune while the demo runs
+    data_dir = Path(tempfile.mkdtemp(prefix="hazmon-console-test-"))
     log_path = tmp_path / "demo.log"
     log = log_path.open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAZMON_")}
+
+    async def broker_up() -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", mqtt_port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    await until(broker_up, 10, f"mosquitto on port {mqtt_port}")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hazmon", "demo", "--port", str(port), "--data-dir", str(data_dir),
-        "--opcua-port", "0", "--modbus-port", "0",
+        "--opcua-port", "0", "--modbus-port", "0", "--mqtt-port", str(mqtt_port),
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     proxy = TcpProxy("127.0.0.1", port)
@@ -123,6 +143,9 @@ async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
             if proc.returncode is None:
                 proc.kill()
             log.close()
+            broker.terminate()
+            await broker.wait()
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 class Steps:
@@ -226,6 +249,23 @@ async def test_operator_console_in_a_browser(demo: Demo, tmp_path: Path) -> None
             await expect(page.get_by_test_id("grade").first).to_contain_text("重大危险源")
             await expect(page.locator('[data-equipment="V103"]')).to_contain_text("V103.GT1")
             await steps.shot(page, "overview")
+
+            # the journal, searched by tag: the acknowledge and the shelving with the operator's name
+            await page.click("#tabs button[data-tab=history]")
+            await page.fill("#h-tag", "V103.GT1")
+            await page.click("#h-form button[type=submit]")
+            history = page.get_by_test_id("history-rows")
+            await expect(history).to_contain_text("demo-operator", timeout=10_000)
+            await expect(history).to_contain_text("gas detector being recalibrated")
+            await steps.shot(page, "history")
+
+            # the shift handover report: the standing alarm, the comment, alarms per 10 minutes
+            await page.click("#tabs button[data-tab=handover]")
+            report = page.get_by_test_id("handover")
+            await expect(report).to_contain_text(ALARM, timeout=10_000)
+            await expect(report).to_contain_text("gas detector being recalibrated")
+            await expect(report).to_contain_text("确认 1 次")
+            await steps.shot(page, "handover")
             await page.click("#tabs button[data-tab=alarms]")
 
             # 7. a regulator reads the same list without any action button
@@ -252,6 +292,15 @@ async def test_operator_console_in_a_browser(demo: Demo, tmp_path: Path) -> None
             await demo.proxy.come_up()
             await expect(banner).to_be_hidden(timeout=20_000)
             await steps.shot(page, "reconnected")
+
+            # English, on a click (and remembered); names in English then
+            await page.get_by_test_id("lang").click()
+            await expect(page.locator("h1")).to_contain_text("Alarm console")
+            await expect(row.get_by_test_id("state")).to_contain_text("unacknowledged")
+            await expect(row).to_contain_text("Propylene sphere 1")
+            await expect(page.get_by_test_id("connection")).to_contain_text("live")
+            await expect(page.get_by_test_id("event-log")).to_contain_text("acknowledge")
+            await steps.shot(page, "english")
 
             assert errors == [], errors
             await browser.close()

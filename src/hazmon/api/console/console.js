@@ -17,7 +17,7 @@ const TEXT = {
     all_inst: "全部装置", all_equip: "全部设备", all_prio: "全部优先级", all_state: "全部状态",
     live: "实时", connecting: "连接中…", reconnecting: "重新连接中…", token_refused: "令牌无效",
     stale: (s) => `连接中断，最后更新 ${s} 前 — 列表不是实时的`,
-    critical: "紧急", high: "高", medium: "中", low: "低",
+    unacked: "未确认", critical: "紧急", high: "高", medium: "中", low: "低",
     active_unack: "报警未确认", active_ack: "报警已确认", rtn_unack: "已恢复未确认", shelved: "已搁置",
     suppressed: "已抑制", out_of_service: "已停用", normal: "正常",
     ack: "确认", shelve: "搁置", unshelve: "取消搁置", comment: "备注", oos: "停用", rts: "恢复投用", reset: "复位",
@@ -52,7 +52,7 @@ const TEXT = {
     all_inst: "All installations", all_equip: "All equipment", all_prio: "All priorities", all_state: "All states",
     live: "live", connecting: "connecting…", reconnecting: "reconnecting…", token_refused: "token refused",
     stale: (s) => `Connection lost, last update ${s} ago — this list is not live`,
-    critical: "Critical", high: "High", medium: "Medium", low: "Low",
+    unacked: "Unacknowledged", critical: "Critical", high: "High", medium: "Medium", low: "Low",
     active_unack: "active, unacknowledged", active_ack: "active, acknowledged", rtn_unack: "cleared, unacknowledged",
     shelved: "shelved", suppressed: "suppressed", out_of_service: "out of service", normal: "normal",
     ack: "Ack", shelve: "Shelve", unshelve: "Unshelve", comment: "Comment", oos: "Out of service",
@@ -99,8 +99,11 @@ let tz = "Asia/Shanghai";
 let token = sessionStorage.getItem("hazmon-token") || new URLSearchParams(location.search).get("token");
 let ws = null;
 let wsUp = false;
+let statusKey = "connecting";
+const setStatusText = (key) => { statusKey = key; $("status").textContent = t(key); };
 let lastUpdate = 0; // ms, last message from the server
 let selected = null; // alarm id shown in the detail panel
+let dirty = false; // live values arrived since the list was drawn
 const checked = new Set();
 const trend = { pens: [], range: 900, data: new Map(), timer: null };
 const hist = { offset: 0, limit: 50, next: null };
@@ -265,6 +268,21 @@ function actionButtons(a) {
   return out.join(" ");
 }
 
+const activatedCell = (a) => (a.activated_at ? `${clock(a.activated_at)} <span class="dim small">${ago(a.activated_at)}</span>` : "—");
+
+// live values, durations and time left, in place: the rows (and the button under the operator's
+// pointer) stay as they are between alarm events
+function refreshCells() {
+  for (const row of $("alarms").querySelectorAll("tr[data-id]")) {
+    const a = alarms.get(row.dataset.id);
+    if (!a) continue;
+    const value = row.querySelector('[data-cell="value"]');
+    if (value && a.tag) value.innerHTML = valueCell(a);
+    row.querySelector('[data-testid="activated"]').innerHTML = activatedCell(a);
+    row.querySelector('[data-testid="state"]').innerHTML = stateCell(a);
+  }
+}
+
 function render() {
   const rows = filtered().sort(order);
   const group = $("f-group").checked;
@@ -282,9 +300,9 @@ function render() {
     <tr class="p-${esc(a.priority)} ${esc(a.state)}${a.alarm_id === selected ? " selected" : ""}" data-id="${esc(a.alarm_id)}" data-testid="alarm-row">
       <td class="op"><input type="checkbox" data-check ${checked.has(a.alarm_id) ? "checked" : ""}></td>
       <td class="prio p-${esc(a.priority)}"><span class="shape">${SHAPE[a.priority] || ""}</span> ${esc(t(a.priority))}</td>
-      <td title="${esc(fullTime(activated))}" data-testid="activated">${activated ? `${clock(activated)} <span class="dim small">${ago(activated)}</span>` : "—"}</td>
+      <td title="${esc(fullTime(activated))}" data-testid="activated">${activatedCell(a)}</td>
       <td class="alarm-name"><b>${esc(ownerOf(a))}</b> ${esc(a.condition)}<br><span class="dim small">${esc(tagName(ownerOf(a)))}</span></td>
-      <td>${a.tag ? valueCell(a) : ""}</td>
+      <td data-cell="value">${a.tag ? valueCell(a) : ""}</td>
       <td class="state" data-testid="state">${stateCell(a)}</td>
       <td class="small" title="${esc(fullTime(a.since))}" data-testid="changed">${clock(a.since)}${a.user ? `<br><span class="dim">${esc(a.user)}</span>` : ""}</td>
       <td class="op actions">${actionButtons(a)}</td>
@@ -305,7 +323,7 @@ function renderBanner() {
   }
   $("banner").innerHTML = Object.entries(counts).map(([p, n]) =>
     `<span class="count p-${p}${n ? "" : " zero"}" data-testid="count-${p}"><span class="shape">${SHAPE[p]}</span> ${esc(t(p))} ${n}</span>`,
-  ).join("") + `<span class="count${unack ? "" : " zero"}">${lang === "zh" ? "未确认" : "unack"} ${unack}</span>`;
+  ).join("") + `<span class="count${unack ? "" : " zero"}">${t("unacked")} ${unack}</span>`;
 }
 
 function renderDetail() {
@@ -358,7 +376,13 @@ function apply(e) {
   if (!next.response && next.tag) loadResponse(next);
 }
 
+const logged = []; // newest first, as shown
 function logLine(e, live) {
+  if (live) logged.unshift(e); else logged.push(e);
+  if (logged.length > 300) logged.pop();
+  drawLogLine(e, live);
+}
+function drawLogLine(e, live) {
   const line = document.createElement("div");
   const act = TEXT[lang].actions_of?.[e.action] || e.action;
   line.title = fullTime(e.time);
@@ -370,8 +394,10 @@ function logLine(e, live) {
 
 async function loadLog() {
   try {
-    const h = await api("GET", "/api/v1/alarms/history?limit=100");
+    const site = ctx.sites.length === 1 ? `&site=${encodeURIComponent(ctx.sites[0].id)}` : "";
+    const h = await api("GET", `/api/v1/alarms/history?limit=100${site}`);
     $("log").innerHTML = "";
+    logged.length = 0;
     for (const e of h.events) logLine(e, false);
   } catch (err) {
     // a token of several sites must name one: the log then starts with the live events
@@ -467,7 +493,7 @@ function setStatus() {
 
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  $("status").textContent = t("connecting");
+  setStatusText("connecting");
   // the token goes in a first "auth" message, not in the URL (URLs end up in server and proxy logs)
   ws = new WebSocket(`${proto}://${location.host}/api/v1/live`);
   const sock = ws;
@@ -480,7 +506,7 @@ function connect() {
     lastUpdate = Date.now();
     if (msg.type === "snapshot") {
       wsUp = true;
-      $("status").textContent = t("live");
+      setStatusText("live");
       alarms.clear();
       for (const a of msg.alarms) { alarms.set(a.alarm_id, a); if (a.tag) loadResponse(a); }
       for (const v of msg.values) values.set(v.tag, v);
@@ -496,6 +522,7 @@ function connect() {
       for (const e of msg.events) apply(e);
       render();
     } else if (msg.type === "values") {
+      dirty = true;
       for (const v of msg.values) {
         values.set(v.tag, v);
         const d = trend.data.get(v.tag);
@@ -509,11 +536,11 @@ function connect() {
     setStatus();
     if (ev.code === 4401) {
       sessionStorage.removeItem("hazmon-token");
-      $("status").textContent = t("token_refused");
+      setStatusText("token_refused");
       showLogin();
       return;
     }
-    $("status").textContent = t("reconnecting");
+    setStatusText("reconnecting");
     setTimeout(connect, 2000); // the new snapshot covers what was missed
   };
 }
@@ -736,7 +763,10 @@ function translate() {
   for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
   for (const el of document.querySelectorAll("[data-i18n-ph]")) el.placeholder = t(el.dataset.i18nPh);
   $("lang").textContent = lang === "zh" ? "EN" : "中文";
+  $("status").textContent = t(statusKey);
   if (!ctx) return;
+  $("log").innerHTML = "";
+  for (const e of logged) drawLogLine(e, false);
   const site = ctx.sites[0];
   $("site-name").textContent = site ? nameOf(site) : "";
   $("who").textContent = `${ctx.user.name} · ${t("role", ctx.user.role)}${ctx.user.may_operate ? "" : ` · ${t("readonly")}`}`;
@@ -802,7 +832,12 @@ async function start() {
   loadLog();
   connect();
   setInterval(() => { setStatus(); }, 1000);
-  setInterval(() => { if (!$("view-alarms").classList.contains("hidden")) render(); }, 5000);
+  // live values at most once a second; durations ("3 min") every 5 s
+  let ticks = 0;
+  setInterval(() => {
+    ticks++;
+    if ((dirty || ticks % 5 === 0) && !$("view-alarms").classList.contains("hidden")) { dirty = false; refreshCells(); }
+  }, 1000);
   setInterval(drawTrend, 2000);
   setInterval(() => trend.pens.length && reloadTrend(), 60000);
   setInterval(() => { if (!$("view-overview").classList.contains("hidden")) renderOverview(); }, 3000);
