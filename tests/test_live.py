@@ -300,6 +300,14 @@ async def test_ws_bad_messages_are_refused(served: tuple[Runtime, Tokens, str]) 
         await ws.send("not json")
         code, _ = await _closed_with(ws)
     assert code == 4400
+    # a binary frame, and JSON nested deeper than can be decoded: a bad message, not a crash
+    for bad in (b"\x00\x01binary", "[" * 100_000 + "]" * 100_000):
+        async with connect(f"ws://{address}/api/v1/live", additional_headers=_bearer(tokens.operator)) as ws:
+            await ws.send('{"type": "subscribe"}')
+            assert (await _recv(ws))["type"] == "snapshot"
+            await ws.send(bad)
+            code, error = await _closed_with(ws)
+        assert code == 4400 and error is not None
 
 
 async def test_ws_closed_within_5_s_when_its_token_is_revoked(served: tuple[Runtime, Tokens, str]) -> None:

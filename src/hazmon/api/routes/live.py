@@ -68,7 +68,7 @@ class SubscribeMessage(BaseModel):
 def _parse(text: str) -> dict[str, Any]:
     try:
         msg = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or nested past what can be decoded
         raise Refused(4400, "messages are JSON objects") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise Refused(4400, 'messages are JSON objects with a "type"')
@@ -147,12 +147,23 @@ async def _recheck(runtime: Runtime, token: str, user: Principal) -> Principal:
 
 async def _first_message(ws: WebSocket) -> dict[str, Any]:
     try:
-        return _parse(await asyncio.wait_for(ws.receive_text(), FIRST_MESSAGE_TIMEOUT_S))
+        return _parse(await asyncio.wait_for(_receive_text(ws), FIRST_MESSAGE_TIMEOUT_S))
     except TimeoutError:
         raise Refused(4408, f"send a subscribe message within {FIRST_MESSAGE_TIMEOUT_S:g} s") from None
 
 
 _DENIAL_STATUS = {4401: 401, 4403: 403, 4429: 429}
+
+
+async def _receive_text(ws: WebSocket) -> str:
+    """The next text message; a binary one is a bad message (4400), not a crash of the handler."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    text = message.get("text")
+    if not isinstance(text, str):
+        raise Refused(4400, "messages are JSON text, not binary")
+    return text
 
 
 @router.websocket("/live")
@@ -186,7 +197,7 @@ async def live(ws: WebSocket) -> None:
         assert token is not None  # authenticated
         sub, snapshot = _subscription(runtime, user, first)
         await ws.send_text(json.dumps(snapshot, ensure_ascii=False))
-        recv = asyncio.create_task(ws.receive_text())
+        recv = asyncio.create_task(_receive_text(ws))
         # One task takes the subscription's messages; it is never cancelled once it may hold some
         # (what it took off the queue is always sent, whatever else completes meanwhile).
         nxt = asyncio.create_task(sub.next_messages())
@@ -199,7 +210,7 @@ async def live(ws: WebSocket) -> None:
                 nxt = asyncio.create_task(sub.next_messages())
             if recv.done():
                 msg = _parse(recv.result())
-                recv = asyncio.create_task(ws.receive_text())
+                recv = asyncio.create_task(_receive_text(ws))
                 if msg["type"] == "ping":
                     await ws.send_text('{"type":"pong"}')
                 elif msg["type"] == "subscribe":
