@@ -31,12 +31,14 @@ from hazmon.api.routes import (
 )
 from hazmon.auth import Permission
 from hazmon.config import Settings, load_settings
+from hazmon.logs import install_redaction
 from hazmon.runtime import Runtime, run_runtime
 from hazmon.storage.store import StoreError, StoreUnavailable
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the app. Given a ``runtime``, the app serves it and leaves its lifecycle to the caller."""
+    install_redaction()  # no log line carries a token's secret, however the app is served
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
