@@ -119,15 +119,13 @@ class Evaluator:
         t.frz_ref[r] = np.where(same, ref, vv)
         moved = ~same
         t.frz_ts[r[moved]] = tt[moved]
-        frozen = np.zeros(len(sel), np.bool_)
+        fbit = np.uint16(1 << FROZEN)
         still = np.flatnonzero(same)  # usually few: live signals move
         if len(still):
             rs = r[still]
-            frozen[still] = tt[still] - t.frz_ts[rs] >= rc.frozen_us[rs]
-        fbit = np.uint16(1 << FROZEN)
-        on[sel[frozen]] |= fbit
-        thawed = sel[~frozen & ((oc[sel] & fbit) != 0)]  # toward clearing matters only where active: few
-        off[thawed] |= fbit
+            on[sel[still[tt[still] - t.frz_ts[rs] >= rc.frozen_us[rs]]]] |= fbit
+        if (oc & fbit).any():  # toward clearing matters only where active: few
+            off[np.flatnonzero(((oc & ~on & fbit) != 0) & valid)] |= fbit
 
 
 def quiet_band(rc: CompiledRules) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
