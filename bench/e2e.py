@@ -35,7 +35,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from hazmon.sim.service import free_port_run  # noqa: E402
 from scratch_db import drop_db, fresh_db  # noqa: E402
 
 PG_ADMIN = os.environ.get("HAZMON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -97,23 +97,6 @@ def _rss_mib(pids: list[int]) -> float:
         with contextlib.suppress(OSError):
             total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
     return total / 2**20
-
-
-def _free_base(count: int) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + count >= 65535:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no run of free ports")
 
 
 async def _stop(proc: asyncio.subprocess.Process, timeout_s: float = 30) -> None:
@@ -193,7 +176,7 @@ async def ws_latencies(base: str, token: str, stop: asyncio.Event, out: list[flo
 
 async def run_one(mode: str, tags: int, args: argparse.Namespace, limit: float) -> dict[str, Any]:
     tanks = tags // 5
-    opcua_base, modbus_base = _free_base(40), _free_base(10)
+    opcua_base, modbus_base = free_port_run(40), free_port_run(10)
     db_url = await fresh_db(args.db_url or PG_ADMIN, "hazmon_e2e")
     with tempfile.TemporaryDirectory(prefix="hazmon-e2e-") as tmp:
         d = Path(tmp)
@@ -219,7 +202,7 @@ async def run_one(mode: str, tags: int, args: argparse.Namespace, limit: float) 
             await _until(sims_up, 300, "the simulators", sim)
             (d / "bench-rules.yaml").write_text(yaml.safe_dump(alarm_rules(limit)), "utf-8")
             env_file = dict(line.split("=", 1) for line in (d / "plant" / "serve.env").read_text().splitlines() if line)
-            port = _free_base(1)
+            port = free_port_run(1)
             env = {
                 **os.environ,
                 **env_file,

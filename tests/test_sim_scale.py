@@ -10,7 +10,6 @@ import contextlib
 import itertools
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from hazmon.gateways.config import ModbusGateway, OpcUaGateway, load_gateway_con
 from hazmon.plant.site import load_site
 from hazmon.runtime import run_runtime
 from hazmon.sim.scale import TAGS_PER_TANK, scale_layout, write_config
+from hazmon.sim.service import free_port_run
 
 
 def test_layout_spreads_tanks_over_parts_one_protocol_each() -> None:
@@ -57,26 +57,8 @@ def test_write_config_writes_files_that_load(tmp_path: Path) -> None:
     assert (tmp_path / "serve.env").read_text().count("HAZMON_") == 3
 
 
-def _free_base(count: int) -> int:
-    """A port such that it and the next ``count - 1`` are free right now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + count >= 65535:
-            continue
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no run of free ports")
-
-
 async def test_serve_reads_every_simulator_process_from_the_written_files(pg_url: str, tmp_path: Path) -> None:
-    opcua_base, modbus_base = _free_base(2), _free_base(1)
+    opcua_base, modbus_base = free_port_run(2), free_port_run(1)
     out = tmp_path / "sim.log"
     # 300 tanks: 150 over OPC UA in two processes (100 + 50 tanks), 150 over Modbus in one
     sim = await asyncio.create_subprocess_exec(

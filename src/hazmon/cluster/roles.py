@@ -137,6 +137,18 @@ def bus_publisher(bus: Bus, site_of_key: dict[int, str], partitions: int) -> Any
     return publish
 
 
+async def _decoded(msg: Any, stats: StageStats, stage: str) -> ReadingBatch | None:
+    """The batch a message carries; None for a malformed one, which is counted, logged and terminated
+    (never redelivered: it would fail the same way)."""
+    try:
+        return decode_batch(msg.data)
+    except CodecError as e:
+        stats.reject("undecodable")
+        log.error("%s: message %s set aside: %s", stage, msg.metadata.sequence.stream, e)
+        await msg.term()
+        return None
+
+
 # ---------------------------------------------------------------- writer
 
 
@@ -153,12 +165,8 @@ async def run_writer(settings: Settings, bus: Bus, stop: asyncio.Event, stats: S
             except TimeoutError:
                 continue
             for msg in msgs:
-                try:
-                    batch = decode_batch(msg.data)
-                except CodecError as e:
-                    stats.reject("undecodable")
-                    log.error("writer: message %s set aside: %s", msg.metadata.sequence.stream, e)
-                    await msg.term()
+                batch = await _decoded(msg, stats, "writer")
+                if batch is None:
                     continue
                 try:
                     await store.write(batch)
@@ -220,12 +228,8 @@ async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, st
                 except TimeoutError:
                     continue
                 for msg in msgs:
-                    try:
-                        batch = decode_batch(msg.data)
-                    except CodecError as e:
-                        stats.reject("undecodable")
-                        log.error("engine: message on partition %d set aside: %s", partition, e)
-                        await msg.term()
+                    batch = await _decoded(msg, stats, f"engine partition {partition}")
+                    if batch is None:
                         continue
                     async with lock:
                         events = engine.process(batch)
@@ -264,7 +268,7 @@ async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, st
 
 
 async def run_role(role: str, settings: Settings) -> None:
-    """`hazmon serve --role engine|writer` until SIGINT/SIGTERM (the gateway role is in commands.serve)."""
+    """`hazmon serve --role engine|writer|hub` until SIGINT/SIGTERM (the gateway role is in commands.serve)."""
     import signal
 
     stop = asyncio.Event()
@@ -278,6 +282,10 @@ async def run_role(role: str, settings: Settings) -> None:
             await run_writer(settings, bus, stop)
         elif role == "engine":
             await run_engine_shard(settings, bus, stop)
+        elif role == "hub":
+            from hazmon.cluster.hub import run_hub
+
+            await run_hub(settings, bus, stop)
         else:
             raise ValueError(f"role {role!r} has no process of its own here")
     finally:

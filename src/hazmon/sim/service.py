@@ -61,6 +61,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def free_port_run(count: int, host: str = "127.0.0.1") -> int:
+    """A port such that it and the next ``count - 1`` are free right now (scale mode's parts take
+    consecutive ports)."""
+    for _ in range(100):
+        base = free_port(host)
+        if base + count >= 65535:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return base
+    raise SimError(f"no run of {count} free ports on {host}")
+
+
 def _pick(port: int | None, configured: int, host: str) -> int:
     if port is None:
         return configured
