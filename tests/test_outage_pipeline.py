@@ -197,6 +197,8 @@ async def run_outage(pg_url: str, tmp_path: Path, outage_s: float) -> None:
         return all(opc_seen.get(k) == float(src.opc_k) for k in opc_keys)
 
     fwd = Forwarder(ReadingStore(db.pool, db.caps, acquire_timeout_s=1.0), tmp_path / "spool", write_timeout_s=3.0)
+    # no change before the first subscription exists (OPC UA has no history: it would be lost by design)
+    src.opc_paused.set()
     try:
         async with (
             fwd,
@@ -208,6 +210,8 @@ async def run_outage(pg_url: str, tmp_path: Path, outage_s: float) -> None:
             ),
         ):
             await wait_for(lambda: all(g.health().connected for g in gws), 15, "all gateways connected")
+            await wait_for(lambda: all(opc_seen.get(k) == 0.0 for k in opc_keys), 15, "the initial OPC UA values")
+            src.opc_paused.clear()
             await src.mq_publish(50)
             await asyncio.sleep(1.0)
             a_from = src.mb_count + 1  # from here on, no counter value may be missed
