@@ -356,11 +356,11 @@ async def test_ws_loses_no_transition_during_a_slow_token_check(
     real = deps.principal_for
     checks = 0
 
-    async def slow_check(runtime: Runtime, token: str | None) -> Any:
+    async def slow_check(runtime: Runtime, token: str | None, **kwargs: Any) -> Any:
         nonlocal checks
         checks += 1
         await asyncio.sleep(0.3)  # a slow database: transitions keep arriving meanwhile
-        return await real(runtime, token)
+        return await real(runtime, token, **kwargs)
 
     monkeypatch.setattr(live_route, "REAUTH_S", 0.05)
     monkeypatch.setattr(live_route, "principal_for", slow_check)

@@ -313,12 +313,13 @@ class TokenCache:
         self._entries: dict[bytes, _Checked] = {}
         self.served_stale = 0  # answers given from the cache because the database was unreachable
 
-    def get(self, key: bytes) -> tuple[Principal | None, bool] | None:
-        """(principal, fresh) for a token looked up before, or None."""
+    def get(self, key: bytes, max_age_s: float | None = None) -> tuple[Principal | None, bool] | None:
+        """(principal, fresh) for a token looked up before, or None; fresh: looked up less than
+        ``max_age_s`` (default ``ttl_s``) ago."""
         hit = self._entries.get(key)
         if hit is None:
             return None
-        return hit.principal, time.monotonic() - hit.at < self.ttl_s
+        return hit.principal, time.monotonic() - hit.at < (self.ttl_s if max_age_s is None else max_age_s)
 
     def put(self, key: bytes, principal: Principal | None) -> None:
         self._entries.pop(key, None)

@@ -64,17 +64,18 @@ def bearer_token(request: HTTPConnection) -> str | None:
 _unreachable_until: dict[int, float] = {}  # id(token cache) -> monotonic time; lookups skipped till then
 
 
-async def principal_for(runtime: Runtime, token: str | None) -> Principal | None:
+async def principal_for(runtime: Runtime, token: str | None, *, max_age_s: float | None = None) -> Principal | None:
     """The principal of ``token`` (None: missing, malformed, unknown or revoked).
 
     Fresh from the cache, else from the database; while the database is unreachable, what the token
     stood for when last looked up. Raises StoreUnavailable for a token never seen during an outage.
+    ``max_age_s``: how old a cached answer may be (default: the cache's TTL).
     """
     if not token or not looks_like_token(token):
         return None
     cache_ = runtime.token_cache
     key = hash_token(token)
-    hit = cache_.get(key)
+    hit = cache_.get(key, max_age_s)
     if hit is not None and hit[1]:
         return hit[0]
     if hit is not None and time.monotonic() < _unreachable_until.get(id(cache_), 0.0):

@@ -137,7 +137,7 @@ async def _recheck(runtime: Runtime, token: str, user: Principal) -> Principal:
     """The token of an open connection, checked again: revoked -> 4401. While the database is
     unreachable the connection keeps its principal: an outage closes no console."""
     try:
-        again = await principal_for(runtime, token)
+        again = await principal_for(runtime, token, max_age_s=REAUTH_S / 2)
     except StoreError:
         return user
     if again is None:
@@ -225,7 +225,7 @@ async def live(ws: WebSocket) -> None:
                 else:
                     raise Refused(4400, f"unknown message type {msg['type']!r}")
             if time.monotonic() >= next_check:
-                # A token revoked while connected loses the stream within REAUTH_S + TOKEN_TTL_S.
+                # A token revoked while connected loses the stream within 1.5 * REAUTH_S (3 s).
                 user = await _recheck(runtime, token, user)
                 next_check = time.monotonic() + REAUTH_S
     except Refused as r:
