@@ -120,6 +120,7 @@ async def test_console_context_and_alarm_response(env: tuple[Runtime, Tokens, ht
     gt1 = next(t for t in site["tags"] if t["id"] == "V103.GT1")
     assert gt1["name_zh"] == "丙烯球罐1可燃气体检测器1" and gt1["unit"] == "%LEL"
     assert gt1["limits"] == {"H": 25.0, "HH": 50.0}  # drawn on the trend
+    assert sorted(gt1["latched"]) == ["H", "HH"]  # gas alarms latch: the console offers a reset once clear
     reg = (await c.get("/api/v1/console/context", headers=_h(tokens.regulator))).json()
     assert reg["user"]["may_operate"] is False  # the console shows a regulator no action buttons
     other = (await c.get("/api/v1/console/context", headers=_h(tokens.operator_other))).json()

@@ -307,3 +307,90 @@ async def test_operator_console_in_a_browser(demo: Demo, tmp_path: Path) -> None
     finally:
         await api.aclose()
         print(f"\nconsole screenshots: {steps.folder}")
+
+
+async def test_full_lifecycle_in_a_browser(pg_url: str, tmp_path: Path) -> None:
+    """On a runtime fed by the test: acknowledge several at once, comment, remove from and return to
+    service with a reason, and reset a latched gas alarm once the gas has gone."""
+    from playwright.async_api import async_playwright, expect
+
+    from api_helpers import demo_api, ingest, serve
+
+    if not HAVE_CHROMIUM:
+        if IN_CI:
+            pytest.fail("chromium is not installed, and CI=true forbids skipping (deploy/services.sh installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    steps = Steps(tmp_path / "screenshots")
+    async with demo_api(pg_url, tmp_path / "data") as (rt, tokens, client), serve(rt) as host:
+        await ingest(rt, {"V101.GT1": 30.0, "V102.GT1": 60.0, "T201.AT1": 25.0})
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = await browser.new_page(viewport={"width": 1500, "height": 950}, locale="en-GB")
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            # an English browser, but the site's locale (zh-CN) decides the language
+            await page.goto(f"http://{host}/console?token={tokens.operator}")
+            rows = page.get_by_test_id("alarm-row")
+            await expect(rows).to_have_count(4, timeout=20_000)  # V101 H, V102 H and HH, T201 H
+            # priority first: the critical one on top
+            await expect(rows.first).to_have_attribute("data-id", "V102.GT1:gas.HH")
+
+            # filter by installation: the ammonia alarm only
+            await page.get_by_test_id("filter-installation").select_option("HI-02")
+            await expect(rows).to_have_count(1)
+            await expect(rows.first).to_have_attribute("data-id", "T201.AT1:gas.H")
+            await page.get_by_test_id("filter-installation").select_option("")
+            await expect(rows).to_have_count(4)
+
+            # acknowledge several at once
+            for alarm_id in ("V101.GT1:gas.H", "V102.GT1:gas.H"):
+                await page.locator(f'tr[data-id="{alarm_id}"] input[data-check]').check()
+            await page.get_by_test_id("ack-selected").click()
+            for alarm_id in ("V101.GT1:gas.H", "V102.GT1:gas.H"):
+                state = page.locator(f'tr[data-id="{alarm_id}"]').get_by_test_id("state")
+                await expect(state).to_have_text("报警已确认", timeout=10_000)
+            critical = page.locator('tr[data-id="V102.GT1:gas.HH"]')
+            await expect(critical.get_by_test_id("state")).to_have_text("报警未确认")
+            await steps.shot(page, "acknowledged-several")
+
+            # comment
+            ammonia = page.locator('tr[data-id="T201.AT1:gas.H"]')
+            await ammonia.get_by_test_id("act-comment").click()
+            await page.get_by_test_id("dialog-text").fill("field check under way")
+            await page.get_by_test_id("dialog-ok").click()
+            await expect(ammonia).to_contain_text("alice", timeout=10_000)
+
+            # out of service with a reason, then back
+            await ammonia.get_by_test_id("act-oos").click()
+            await page.get_by_test_id("dialog-reason").fill("detector replaced")
+            await page.get_by_test_id("dialog-ok").click()
+            await expect(ammonia.get_by_test_id("state")).to_have_text("已停用", timeout=10_000)
+            await expect(ammonia.get_by_test_id("act-shelve")).to_have_count(0)
+            await steps.shot(page, "out-of-service")
+            await ammonia.get_by_test_id("act-rts").click()
+            await expect(ammonia.get_by_test_id("state")).not_to_have_text("已停用", timeout=10_000)
+
+            # the gas goes: the latched, acknowledged alarm offers a reset, and the reset clears it
+            v101 = page.locator('tr[data-id="V101.GT1:gas.H"]')
+            await expect(v101.get_by_test_id("act-reset")).to_have_count(0)
+            await ingest(rt, {"V101.GT1": 0.0})
+            await expect(v101.get_by_test_id("act-reset")).to_have_count(1, timeout=10_000)
+            await steps.shot(page, "resettable")
+            await v101.get_by_test_id("act-reset").click()
+            await expect(v101).to_have_count(0, timeout=10_000)
+            await steps.shot(page, "reset")
+
+            await rt.flush_journal()
+            auth = {"Authorization": f"Bearer {tokens.operator}"}
+            r = await client.get("/api/v1/alarms/history", params={"user": "alice"}, headers=auth)
+            journal = r.json()["events"]
+            assert {e["action"] for e in journal} >= {
+                "acknowledge",
+                "comment",
+                "remove_from_service",
+                "return_to_service",
+                "reset",
+            }
+            assert errors == [], errors
+            await browser.close()
+    print(f"\nconsole screenshots: {steps.folder}")

@@ -256,11 +256,26 @@ function stateCell(a) {
   return text;
 }
 
+const conditionKey = (c) => (c.startsWith("state.") ? "STATE" : c.slice(c.indexOf(".") + 1));
+// a latched alarm whose condition has cleared (by the live value) waits for an operator's reset
+function canReset(a) {
+  const tg = tags.get(a.tag);
+  const key = conditionKey(a.condition || "");
+  if (!tg || !(tg.latched || []).includes(key) || !a.state.startsWith("active")) return false;
+  const v = values.get(a.tag);
+  if (!v || v.value === null || v.quality !== 0 || a.limit === null || a.limit === undefined) return false;
+  if (key === "H" || key === "HH") return v.value < a.limit;
+  if (key === "L" || key === "LL") return v.value > a.limit;
+  if (key === "STATE") return Math.round(v.value) !== Math.round(a.limit);
+  return false;
+}
+
 function actionButtons(a) {
   if (!ctx.user.may_operate) return "";
   const b = (act, label) => `<button data-act="${act}" data-testid="act-${act}">${t(label)}</button>`;
   const out = [];
   if (UNACK.has(a.state)) out.push(b("ack", "ack"));
+  if (canReset(a)) out.push(b("reset", "reset"));
   if (a.state === "shelved") out.push(b("unshelve", "unshelve"));
   else if (a.state === "out_of_service") out.push(b("rts", "rts"));
   else out.push(b("shelve", "shelve"), b("oos", "oos"));
@@ -273,14 +288,17 @@ const activatedCell = (a) => (a.activated_at ? `${clock(a.activated_at)} <span c
 // live values, durations and time left, in place: the rows (and the button under the operator's
 // pointer) stay as they are between alarm events
 function refreshCells() {
+  let redraw = false;
   for (const row of $("alarms").querySelectorAll("tr[data-id]")) {
     const a = alarms.get(row.dataset.id);
     if (!a) continue;
+    if (ctx.user.may_operate && canReset(a) !== !!row.querySelector('[data-act="reset"]')) redraw = true;
     const value = row.querySelector('[data-cell="value"]');
     if (value && a.tag) value.innerHTML = valueCell(a);
     row.querySelector('[data-testid="activated"]').innerHTML = activatedCell(a);
     row.querySelector('[data-testid="state"]').innerHTML = stateCell(a);
   }
+  if (redraw) render(); // a latched alarm became resettable (or stopped being)
 }
 
 function render() {
@@ -459,6 +477,8 @@ async function act(id, action) {
       const f = await dialog(t("oos_title", id), `<label>${t("reason")} <input name="reason" required data-testid="dialog-reason"></label>`);
       if (!f || !f.reason.trim()) return;
       await api("POST", `${path}/out-of-service`, { reason: f.reason.trim() });
+    } else if (action === "reset") {
+      await api("POST", `${path}/reset`, {});
     } else if (action === "rts") {
       await api("POST", `${path}/return-to-service`, {});
     } else if (action === "comment") {

@@ -50,27 +50,30 @@ async def console_asset(name: str) -> Response:
     return Response(_asset(name), media_type=media, headers={"Cache-Control": "no-cache"})
 
 
-def _limits(runtime: Runtime) -> dict[str, dict[str, float]]:
-    """Alarm limits (HH, H, L, LL) of every tag that has any, from the compiled rules."""
+def _limits(runtime: Runtime) -> dict[str, tuple[dict[str, float], list[str]]]:
+    """Per tag, from the compiled rules: its alarm limits (HH, H, L, LL) and the condition keys that
+    latch (an operator resets them once the condition has cleared)."""
     engine = runtime.engine
     if engine is None:
         return {}
     rules = engine.rules
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, tuple[dict[str, float], list[str]]] = {}
     for row, tag_id in enumerate(rules.tag_ids):
         if tag_id is None:
             continue
+        enabled = rules.priority[row] >= 0
         lim = {
             COLUMNS[col]: float(rules.limit[row, col])
             for col in range(HH, LL + 1)
-            if rules.priority[row, col] >= 0 and math.isfinite(rules.limit[row, col])
+            if enabled[col] and math.isfinite(rules.limit[row, col])
         }
-        if lim:
-            out[tag_id] = lim
+        latched = [COLUMNS[col] for col in range(len(COLUMNS)) if enabled[col] and rules.latch[row, col]]
+        if lim or latched:
+            out[tag_id] = (lim, latched)
     return out
 
 
-def _site_json(site: Site, limits: dict[str, dict[str, float]]) -> dict[str, Any]:
+def _site_json(site: Site, limits: dict[str, tuple[dict[str, float], list[str]]]) -> dict[str, Any]:
     installations = []
     for inst in site.installations:
         try:
@@ -110,7 +113,8 @@ def _site_json(site: Site, limits: dict[str, dict[str, float]]) -> dict[str, Any
                 "range": list(t.range) if t.range else None,
                 "period_s": t.period_s,
                 "states": {str(k): v for k, v in t.states.items()} if t.states else None,
-                "limits": limits.get(t.id, {}),
+                "limits": limits.get(t.id, ({}, []))[0],
+                "latched": limits.get(t.id, ({}, []))[1],
             }
             for t in site.tags
         ],
