@@ -155,6 +155,9 @@ async def test_a_crashed_gateway_is_restarted_alarmed_counted_and_seen_by_its_op
                 ok = await client.get("/healthz")
                 assert ok.status_code == 200, ok.json()
                 assert ok.json()["components"]["gateway.demo-modbus"]["restarts"] == 1
+                sup_gw = (await client.get("/api/v1/gateways", headers=alice)).json()[0]["supervision"]
+                assert sup_gw["restarts"] == 1 and sup_gw["state"] == "running"
+                assert "planted decoder bug" in sup_gw["last_error"]
                 assert (
                     await metric(
                         client, tokens.engineer, 'hazmon_component_restarts_total{component="gateway.demo-modbus"}'

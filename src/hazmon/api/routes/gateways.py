@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import APIRouter
 
 from hazmon.api.deps import Reader, RuntimeDep
+from hazmon.runtime import Runtime
 
 router = APIRouter(tags=["gateways"])
 
@@ -22,6 +23,13 @@ def gateway_site(gw: Any, site_of: dict[str, str]) -> str | None:
         if device_id in site_of:
             return site_of[device_id]
     return None
+
+
+def _supervision(runtime: Runtime, gateway_id: str) -> dict[str, Any] | None:
+    c = runtime.supervisor.get(f"gateway.{gateway_id}")
+    if c is None:
+        return None
+    return {"state": c.state.value, "restarts": c.restarts, "failures": c.failures, "last_error": c.last_error}
 
 
 @router.get("/gateways", summary="Health of every gateway and device of the token's sites")
@@ -49,6 +57,8 @@ async def get_gateways(runtime: RuntimeDep, user: Reader) -> list[dict[str, Any]
                 "dropped_readings": h.dropped_readings,
                 # its readings that did not reach the database, by reason (refused_by_store: set aside in
                 # spool/rejected/; spool_unwritable: lost with the spool's disk and the database both failing)
+                # its task, as the supervisor sees it: restarted after a crash, with the last error
+                "supervision": _supervision(runtime, h.id),
                 "storage_dropped_readings": (
                     runtime.forwarder.dropped_for(np.concatenate([*gw.devices().values(), np.zeros(0, np.int32)]))
                     if runtime.forwarder is not None
