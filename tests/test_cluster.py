@@ -319,3 +319,36 @@ async def test_gateway_role_publishes_what_a_plc_serves_and_a_writer_stores_it(
             await conn.close()
     finally:
         await bus.close()
+
+
+async def test_a_malformed_message_is_set_aside_counted_and_does_not_stop_the_writer(
+    pg_url: str, tmp_path: Path, namespace: str
+) -> None:
+    from hazmon.cluster.roles import StageStats, run_writer
+    from hazmon.config import load_settings
+
+    settings = load_settings(database_url=pg_url, data_dir=tmp_path, nats_namespace=namespace)
+    conn = await asyncpg.connect(pg_url)
+    bus = await Bus.connect(NATS_URL, namespace)
+    try:
+        await upsert_site(conn, load_site(ROOT / "sites" / "demo-tank-farm.yaml"))
+        key = (await tag_index(conn)).key("V101.LT")
+        good = ReadingBatch.from_columns([key, key], [1_000_000, 2_000_000], [5.0, 5.1])
+        await bus.publish(bus.subjects.readings(0), b"HZRB garbage", "bad-1")
+        await bus.publish(bus.subjects.readings(0), encode_batch(good)[:-3], "bad-2")  # truncated
+        await bus.publish(bus.subjects.readings(0), encode_batch(good), str(good.batch_id))
+        stop, stats = asyncio.Event(), StageStats()
+        writer = asyncio.create_task(run_writer(settings, bus, stop, stats))
+
+        async def stored() -> bool:
+            return int(await conn.fetchval("SELECT count(*) FROM readings")) == 2
+
+        await _until(stored, 30, "the good batch behind two malformed ones")
+        stop.set()
+        await asyncio.wait_for(writer, 10)
+        assert stats.rejected == {"undecodable": 2} and stats.batches == 1
+        info = await bus.js.consumer_info(bus.subjects.readings_stream, "writers")
+        assert info.num_pending == 0 and info.num_ack_pending == 0  # terminated, never redelivered
+    finally:
+        await bus.close()
+        await conn.close()

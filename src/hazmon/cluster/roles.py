@@ -30,6 +30,7 @@ from typing import Any
 
 from nats.errors import Error as NatsError
 
+from hazmon import startup
 from hazmon.alarms import journal
 from hazmon.alarms.alarm import AlarmEvent, split_alarm_id
 from hazmon.alarms.compiler import compile_rules, load_rules
@@ -38,10 +39,12 @@ from hazmon.backoff import Backoff, BackoffConfig
 from hazmon.cluster.bus import ENGINE_ACK_WAIT_S, WRITER_ACK_WAIT_S, Bus, partition_of
 from hazmon.cluster.codec import CodecError, decode_batch, encode_batch
 from hazmon.config import Settings
-from hazmon.plant.site import Site, load_site
+from hazmon.errors import InvalidFile
+from hazmon.plant.site import Site
 from hazmon.reading import ReadingBatch, now_us
+from hazmon.regulator.gb18218 import GradingError
+from hazmon.regulator.sitecheck import load_graded_site
 from hazmon.storage.database import open_database
-from hazmon.storage.registry import tag_index, upsert_site
 from hazmon.storage.store import ReadingStore, StoreError
 
 log = logging.getLogger("hazmon.cluster")
@@ -67,6 +70,30 @@ def site_files(settings: Settings) -> list[Path]:
 
 def _owner(alarm_id: str, tag_id: str | None) -> str:
     return tag_id if tag_id is not None else split_alarm_id(alarm_id)[0]
+
+
+def load_configuration(settings: Settings) -> startup.Configuration:
+    """The site files (HAZMON_SITE and HAZMON_SITES) graded and the rule files checked against all of them;
+    a StartupError names every file at fault (exit status 2), and nothing is written."""
+    config = startup.Configuration()
+    failures: list[str] = []
+    for i, path in enumerate(site_files(settings)):
+        setting = "HAZMON_SITE" if settings.site is not None and i == 0 else "HAZMON_SITES"
+        try:
+            site, _warnings = load_graded_site(path)
+        except (InvalidFile, GradingError, OSError) as e:
+            failures.append(f"{setting} ({path}): {e}")
+            continue
+        config.sites.append(site)
+        config.site_files[site.id] = path
+    if not failures:
+        try:
+            config.rules = load_rules(settings.rules, config.sites)
+        except (InvalidFile, OSError) as e:
+            failures.append(f"HAZMON_RULES: {e}")
+    if failures:
+        raise startup.StartupError("the configuration cannot be loaded; nothing was changed:\n" + "\n".join(failures))
+    return config
 
 
 def event_msg_id(e: AlarmEvent) -> str:
@@ -185,17 +212,19 @@ async def run_writer(settings: Settings, bus: Bus, stop: asyncio.Event, stats: S
 async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, stats: StageStats | None = None) -> None:
     stats = stats or StageStats()
     owned = owned_partitions(settings.shard, settings.partitions)
-    sites = [load_site(f) for f in site_files(settings)]
+    config = load_configuration(settings)  # every file checked before anything is written
+    sites = config.sites
     mine = [s for s in sites if partition_of(s.id, settings.partitions) in owned]
+    assert config.rules is not None
     async with open_database(settings) as db:
         async with db.pool.acquire() as conn:
-            for site in mine:
-                await upsert_site(conn, site)
-            tags = await tag_index(conn)
+            # this shard's sites, written with their audit rows in one transaction (as `hazmon serve`)
+            mine_config = startup.Configuration(sites=mine, site_files={s.id: config.site_files[s.id] for s in mine})
+            tags = await startup.write(conn, mine_config, actor=f"hazmon serve --role engine {settings.shard}")
         site_of = {t.id: s.id for s in mine for t in s.tags}
         # rule files are checked against every site, compiled for this shard's: a tag of another shard
         # never goes stale here for want of readings it never gets
-        engine = AlarmEngine(compile_rules(load_rules(settings.rules, sites), mine, tags))
+        engine = AlarmEngine(compile_rules(config.rules, mine, tags))
         async with db.pool.acquire() as conn:
             current = [a for a in await journal.load_current(conn) if _owner(a.alarm_id, a.tag_id) in site_of]
         restored = engine.restore(current)
