@@ -637,7 +637,9 @@ function drawTrend() {
   }
   trend.pens.forEach((p, i) => {
     const pts = (trend.data.get(p) || []).filter(([tt]) => tt >= start);
-    if (pts.length) {
+    if (pts.length === 1) {
+      out += `<circle cx="${x(pts[0][0]).toFixed(1)}" cy="${y(pts[0][1]).toFixed(1)}" r="3" fill="${PEN_COLOURS[i]}" data-testid="pen"/>`;
+    } else if (pts.length) {
       out += `<polyline fill="none" stroke="${PEN_COLOURS[i]}" stroke-width="1.8" points="${pts.map(([tt, v]) => `${x(tt).toFixed(1)},${y(v).toFixed(1)}`).join(" ")}" data-testid="pen"/>`;
     }
   });
