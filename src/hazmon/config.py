@@ -76,6 +76,30 @@ class UplinkSettings(BaseModel):
         return self
 
 
+class HubSettings(BaseModel):
+    """`hazmon serve --role hub`: the regulator hub's uplink receiver feeding the bus (docs/scaling.md, docs/uplink.md).
+
+    Environment: ``HAZMON_HUB__PORT``, ``HAZMON_HUB__CREDENTIALS``, … (or ``hub:`` in the YAML file).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="address the receiver listens on")
+    port: int = Field(default=8600, ge=1, le=65535, description="port of POST /api/v1/uplink")
+    credentials: Path | None = Field(
+        default=None, description="YAML file: per enterprise app id, app_secret, sm4_key, sm4_iv (and its USCCs)"
+    )
+    out: Path | None = Field(default=None, description="received messages (JSON lines); unset: DATA_DIR/hub/")
+    tls_cert: Path | None = Field(default=None, description="serve HTTPS with this certificate (PEM)")
+    tls_key: Path | None = Field(default=None, description="the certificate's private key (PEM)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> HubSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give tls_cert and tls_key together")
+        return self
+
+
 def _given(v: str | SecretStr | None) -> bool:
     if isinstance(v, SecretStr):
         v = v.get_secret_value()
@@ -102,6 +126,7 @@ class Settings(BaseSettings):
     rollup_interval_s: float = Field(default=60.0, gt=0, description="how often hazmon maintains rollups")
     db_pool_size: int = Field(default=8, ge=1, le=200)
     uplink: UplinkSettings = Field(default_factory=UplinkSettings, description="provincial platform uplink")
+    hub: HubSettings = Field(default_factory=HubSettings, description="regulator hub (serve --role hub)")
     # scale-out over NATS JetStream (`hazmon serve --role gateway|engine|writer`, docs/scaling.md)
     sites: list[Path] = Field(default_factory=list, description="more site files (engine shards of many sites)")
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server with JetStream")

@@ -39,10 +39,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     serve.add_argument(
         "--role",
-        choices=("all", "gateway", "engine", "writer"),
+        choices=("all", "gateway", "engine", "writer", "hub"),
         default="all",
         help="all: every stage in this process (default); gateway, engine, writer: one stage, joined to the "
-        "others over NATS JetStream (HAZMON_NATS_URL, HAZMON_PARTITIONS, HAZMON_SHARD; docs/scaling.md)",
+        "others over NATS JetStream (HAZMON_NATS_URL, HAZMON_PARTITIONS, HAZMON_SHARD; docs/scaling.md); hub: "
+        "the regulator's receiver of enterprise uplinks, feeding the same streams (HAZMON_HUB__PORT, "
+        "HAZMON_HUB__CREDENTIALS)",
     )
     serve.set_defaults(handler=_serve)
     demo = sub.add_parser(
@@ -155,7 +157,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
-    if args.role in ("engine", "writer"):
+    if args.role in ("engine", "writer", "hub"):
         from hazmon.cluster.roles import run_role
 
         asyncio.run(run_role(args.role, settings))

@@ -1,19 +1,37 @@
 """Where the hub puts what it receives. ``JsonlSink``: one JSON line per message in a file, duplicates
-(the same ``msg_id`` again: the sender delivers at least once) dropped, counts kept for ``/stats``."""
+(the same ``msg_id`` again: the sender delivers at least once) dropped, counts kept for ``/stats``.
+`hazmon serve --role hub` puts a sink in front of it that also feeds the bus (``hazmon.cluster.hub``)."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 
+class SinkRefused(Exception):
+    """The sink refuses this message for its content (``status``: the HTTP status the receiver answers,
+    400 or 422: the sender sets the message aside instead of retrying it)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class SinkUnavailable(Exception):
+    """The sink cannot take the message now (database or bus away): the receiver answers 503, the sender
+    retries."""
+
+
 class Sink(Protocol):
-    def accept(self, msg: dict[str, Any]) -> bool:
-        """Keep one message; False when it is a duplicate (already kept)."""
+    def accept(self, msg: dict[str, Any]) -> bool | Awaitable[bool]:
+        """Keep one message; False when it is a duplicate (already kept). May be a coroutine; may raise
+        ``SinkRefused`` (bad content) or ``SinkUnavailable`` / ``OSError`` (try again later)."""
         ...
 
     def stats(self) -> dict[str, Any]: ...
@@ -71,9 +89,15 @@ class JsonlSink:
             self._counts.out_of_order += 1
         self._last_seq[stream] = max(seq, self._last_seq.get(stream, 0))
 
-    def accept(self, msg: dict[str, Any]) -> bool:
+    def is_duplicate(self, msg: dict[str, Any]) -> bool:
+        """Whether this message was kept before; counts it as a duplicate when it was."""
         if str(msg["msg_id"]) in self._seen:
             self._counts.duplicates += 1
+            return True
+        return False
+
+    def accept(self, msg: dict[str, Any]) -> bool:
+        if self.is_duplicate(msg):
             return False
         self._file.write(json.dumps(msg, ensure_ascii=False, separators=(",", ":")) + "\n")
         self._file.flush()

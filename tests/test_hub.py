@@ -1,0 +1,280 @@
+"""`hazmon serve --role hub` against real NATS JetStream and PostgreSQL: an enterprise's hazmon (the demo site,
+its own database, the uplink sender of docs/uplink.md) sends base data, real-time values and alarms to the hub
+process over HTTP + SM4; the hub registers the site, publishes reading batches and alarm events on the bus,
+and a writer process stores the readings in the regulator's database, each once — also when a message is
+sent again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import yaml
+
+from api_helpers import RULES, SITE_FILE, free_port, ingest
+from conftest import _missing, create_database, drop_database
+from hazmon.cluster.bus import Bus
+from hazmon.cluster.hub import BusSink, batch_id_of
+from hazmon.config import load_settings
+from hazmon.hub.receiver import UPLINK_PATH, create_receiver
+from hazmon.hub.sink import JsonlSink
+from hazmon.regulator.uplink_payload import Credentials, seal
+from hazmon.runtime import run_runtime
+
+NATS_URL = os.environ.get("HAZMON_TEST_NATS_URL", "nats://127.0.0.1:4222")
+KEY = "0123456789abcdeffedcba9876543210"
+IV = "00112233445566778899aabbccddeeff"
+SECRET = "issued-to-ecs"
+APP = "hz-320500-0001"
+USCC = "91320500MA1XK7Q211"  # the demo enterprise
+CREDS = Credentials(APP, SECRET.encode(), bytes.fromhex(KEY), bytes.fromhex(IV))
+
+
+@pytest.fixture
+async def namespace() -> AsyncIterator[str]:
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    try:
+        bus = await Bus.connect(NATS_URL, ns, connect_timeout=3)
+    except Exception as e:  # any failure to reach the server
+        _missing(f"NATS JetStream at {NATS_URL} ({e})")
+    try:
+        yield ns
+    finally:
+        await bus.delete_streams()
+        await bus.close()
+
+
+@pytest.fixture
+async def enterprise_db(pg_admin_url: str) -> AsyncIterator[str]:
+    """The enterprise's own database (the hub has another: ``pg_url``)."""
+    url = await create_database(pg_admin_url)
+    yield url
+    await drop_database(pg_admin_url, url)
+
+
+async def _until(check: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = await check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def _credentials_file(path: Path, enterprises: list[str] | None = None) -> Path:
+    entry: dict[str, Any] = {"app_id": APP, "app_secret": SECRET, "sm4_key": KEY, "sm4_iv": IV}
+    if enterprises is not None:
+        entry["enterprises"] = enterprises
+    path.write_text(yaml.safe_dump([entry]))
+    return path
+
+
+def _received(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+async def test_an_enterprise_uplink_reaches_the_regulators_database_once_through_hub_and_writer(
+    pg_url: str, enterprise_db: str, tmp_path: Path, namespace: str
+) -> None:
+    port = free_port()
+    out = tmp_path / "hub" / "received.jsonl"
+    env = {
+        **os.environ,
+        "HAZMON_DATABASE_URL": pg_url,
+        "HAZMON_DATA_DIR": str(tmp_path / "hub-data"),
+        "HAZMON_NATS_URL": NATS_URL,
+        "HAZMON_NATS_NAMESPACE": namespace,
+        "HAZMON_PARTITIONS": "4",
+        "HAZMON_HUB__PORT": str(port),
+        "HAZMON_HUB__CREDENTIALS": str(_credentials_file(tmp_path / "hub-credentials.yaml", [USCC])),
+        "HAZMON_HUB__OUT": str(out),
+        "HAZMON_LOG_LEVEL": "INFO",
+    }
+    for name in ("HAZMON_SITE", "HAZMON_RULES", "HAZMON_GATEWAYS", "HAZMON_CONFIG"):
+        env.pop(name, None)
+    log = tmp_path / "stages.log"
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    for role in ("hub", "writer"):
+        procs[role] = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hazmon", "serve", "--role", role,
+            env=env, stdout=log.open("a"), stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    hub_url = f"http://127.0.0.1:{port}"
+    bus = await Bus.connect(NATS_URL, namespace)
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+
+            async def hub_up() -> bool:
+                assert procs["hub"].returncode is None, log.read_text()[-3000:]
+                try:
+                    return (await client.get(f"{hub_url}/healthz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await _until(hub_up, 30, "the hub to listen")
+
+            # the enterprise: its own hazmon, database and uplink to the hub
+            settings = load_settings(
+                database_url=enterprise_db, data_dir=tmp_path / "enterprise", site=SITE_FILE, rules=RULES,
+                uplink={"endpoint": f"{hub_url}{UPLINK_PATH}", "app_id": APP, "app_secret": SECRET,
+                        "sm4_key": KEY, "sm4_iv": IV, "interval_s": 0.3, "heartbeat_s": 1.0},
+            )  # fmt: skip
+            async with run_runtime(settings) as rt:
+                assert rt.uplink is not None
+                uplink = rt.uplink
+
+                async def realtime_and_alarm_delivered() -> bool:
+                    # a gas detector past its H limit, then back: readings, a raise and a clear
+                    high = uplink.stats.enqueued["alarm"] < 1
+                    await ingest(rt, {"V101.GT1": 30.0 if high else 2.0, "V101.LT": 8.5, "V101.PT": 0.6})
+                    stats = (await client.get(f"{hub_url}/stats")).json()
+                    by_type = stats["by_type"]
+                    return (
+                        by_type.get("realtime", 0) >= 4 and by_type.get("alarm", 0) >= 2 and uplink.queue.backlog == 0
+                    )
+
+                await _until(realtime_and_alarm_delivered, 60, "real-time values and alarms at the hub")
+                sent = uplink.queue.last_seq
+            await _until(lambda: _async(uplink.queue.backlog == 0), 10, "the enterprise's backlog to drain")
+
+            stats = (await client.get(f"{hub_url}/stats")).json()
+            assert stats["received"] == sent, stats  # every message the enterprise queued, once
+            assert stats["fed"]["sites"] >= 1 and stats["rejected_content"] == {}, stats
+
+            received = _received(out)
+            realtime = [m for m in received if m["type"] == "realtime"]
+            pairs = {(v["tag_code"], v["ts"]): v["value"] for m in realtime for v in m["data"]["values"]}
+            events = [e for m in received if m["type"] == "alarm" for e in m["data"]["events"]]
+            assert {e["kind"] for e in events} >= {"raise"}, events
+
+            conn = await asyncpg.connect(pg_url)
+            try:
+                # the base data registered the enterprise's site in the regulator's database
+                row = await conn.fetchrow(
+                    "SELECT e.uscc, (SELECT count(*) FROM tags t WHERE t.site_id = s.id) AS tags "
+                    "FROM sites s JOIN enterprises e ON e.id = s.enterprise_id WHERE s.id = 'demo-tank-farm'"
+                )
+                assert row is not None and row["uscc"] == USCC and row["tags"] > 0
+
+                async def stored() -> bool:
+                    return int(await conn.fetchval("SELECT count(*) FROM readings")) >= len(pairs)
+
+                await _until(stored, 30, f"the writer to store {len(pairs)} readings")
+                rows = await conn.fetchval("SELECT count(*) FROM readings")
+                distinct = await conn.fetchval("SELECT count(*) FROM (SELECT DISTINCT tag, time FROM readings) d")
+                assert rows == distinct == len(pairs), f"{rows} rows, {distinct} distinct, {len(pairs)} sent"
+                stored_values = await conn.fetch(
+                    "SELECT t.id, r.value FROM readings r JOIN tags t ON t.key = r.tag ORDER BY t.id, r.time"
+                )
+                by_tag: dict[str, list[float]] = {}
+                for (tag, _ts), value in sorted(pairs.items()):
+                    by_tag.setdefault(tag, []).append(value)
+                got: dict[str, list[float]] = {}
+                for r in stored_values:
+                    got.setdefault(r["id"], []).append(r["value"])
+                assert got == by_tag, "the stored values differ from those the enterprise sent"
+
+                # the same message again: the receiver knows it (duplicate), nothing more is stored
+                first = realtime[0]
+                again = await client.post(f"{hub_url}{UPLINK_PATH}", json=seal(CREDS, first))
+                assert again.status_code == 200 and again.json()["duplicate"] is True
+                # ... and were the hub's file lost, the bus would drop the re-published batch (same batch id)
+                readings_before = (await bus.js.stream_info(bus.subjects.readings_stream)).state.messages
+                pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)
+                try:
+                    fresh = BusSink(bus, pool, 4, JsonlSink(tmp_path / "lost" / "received.jsonl"))
+                    assert await fresh.accept(first) is True
+                    assert fresh.fed["batches"] == 1
+                finally:
+                    await pool.close()
+                info = await bus.js.stream_info(bus.subjects.readings_stream)
+                assert info.state.messages == readings_before, "a resent message was published twice"
+                await asyncio.sleep(0)  # the writer had the chance; the count stays
+                assert await conn.fetchval("SELECT count(*) FROM readings") == len(pairs)
+                assert batch_id_of(USCC, first["msg_id"]) == batch_id_of(USCC, first["msg_id"])
+            finally:
+                await conn.close()
+
+            # the alarms: one event on <ns>.events.<site> per raise/clear, none twice
+            ev = await bus.js.stream_info(bus.subjects.events_stream)
+            assert ev.state.messages == len(events), f"{ev.state.messages} events on the bus, {len(events)} sent"
+    finally:
+        for p in procs.values():
+            if p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in procs.items():
+            try:
+                await asyncio.wait_for(p.wait(), 30)
+            except TimeoutError:
+                p.kill()
+                await p.wait()
+                pytest.fail(f"{name} did not stop on SIGTERM:\n{log.read_text()[-3000:]}")
+        await bus.close()
+    assert all(p.returncode == 0 for p in procs.values()), log.read_text()[-3000:]
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_the_hub_keeps_enterprises_apart(pg_url: str, tmp_path: Path, namespace: str) -> None:
+    """An app id sends only for its enterprises (403); a site registered for one enterprise cannot be taken
+    over by another's base data, nor fed its readings (422, counted); a malformed value is a 400."""
+    from hazmon.plant.site import load_site
+    from hazmon.regulator.uplink_payload import base_data, message
+
+    site = load_site(SITE_FILE)
+    other = "91320600MA1XK7Q216"  # another enterprise, bound to its own app id
+    other_creds = Credentials("hz-320600-0001", b"other-secret", bytes.fromhex(KEY), bytes.fromhex(IV))
+    bus = await Bus.connect(NATS_URL, namespace)
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)
+    try:
+        sink = BusSink(bus, pool, 4, JsonlSink(tmp_path / "received.jsonl"))
+        app = create_receiver(
+            {APP: CREDS, other_creds.app_id: other_creds},
+            sink,
+            {APP: frozenset({USCC}), other_creds.app_id: frozenset()},
+        )
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
+            base = message("s1-000000000001", 1, "base", USCC, 0, base_data(site, [t.id for t in site.tags]))
+            r = await client.post(UPLINK_PATH, json=seal(CREDS, base))
+            assert r.status_code == 200 and r.json()["duplicate"] is False, r.text
+            # another enterprise's app id claims the demo enterprise's data
+            r = await client.post(UPLINK_PATH, json=seal(other_creds, {**base, "msg_id": "s2-000000000001"}))
+            assert r.status_code == 403 and "enterprise not issued" in r.json()["msg"]
+            # an unbound app id (the demo's, in another enterprise's name) sends a site of that other one
+            hijack = {**base, "msg_id": "s1-000000000002", "seq": 2, "enterprise_code": other}
+            hijack["data"] = {**base["data"], "enterprise": {"code": other, "name": "Other", "id": "other"}}
+            sink_open = create_receiver({APP: CREDS}, sink)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sink_open), base_url="http://hub") as c2:
+                r = await c2.post(UPLINK_PATH, json=seal(CREDS, hijack))
+                assert r.status_code == 422 and "another enterprise's site" in r.json()["msg"], r.text
+                values = [{"tag_code": "V101.LT", "value": 1.0, "quality": "good", "ts": "2026-11-30T10:00:00.000Z"}]
+                rt = message("s1-000000000003", 3, "realtime", other, 0, {"site_code": site.id, "values": values})
+                r = await c2.post(UPLINK_PATH, json=seal(CREDS, rt))
+                assert r.status_code == 422 and "another enterprise" in r.json()["msg"]
+            bad = message("s1-000000000004", 4, "realtime", USCC, 0, {"site_code": site.id, "values": [{"x": 1}]})
+            r = await client.post(UPLINK_PATH, json=seal(CREDS, bad))
+            assert r.status_code == 400 and "malformed" in r.json()["msg"]
+            stats = (await client.get("/stats")).json()
+            assert stats["received"] == 1 and sum(stats["rejected_content"].values()) == 3, stats
+            assert stats["refused"] == {"enterprise not issued": 1, "realtime": 1}, stats
+        async with pool.acquire() as conn:
+            assert (
+                await conn.fetchval("SELECT e.uscc FROM sites s JOIN enterprises e ON e.id = s.enterprise_id") == USCC
+            )
+    finally:
+        await pool.close()
+        await bus.close()
