@@ -14,12 +14,17 @@ import asyncpg
 import httpx
 import numpy as np
 
-from api_helpers import SITE, demo_api, ingest
+from api_helpers import RULES, SITE, SITE_FILE, demo_api, ingest
 from hazmon.alarms.alarm import AlarmState
+from hazmon.api import create_app
+from hazmon.backoff import BackoffConfig
+from hazmon.config import load_settings
 from hazmon.reading import ReadingBatch, now_us
-from hazmon.runtime import Runtime
+from hazmon.runtime import Runtime, run_runtime
+from hazmon.supervisor import Supervisor
 
 STORAGE_ALARM = "hazmon.storage:comm.LOSS"
+FORWARDER_ALARM = "hazmon.forwarder:comm.LOSS"
 
 
 async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -130,3 +135,44 @@ async def _raise_storage_alarm(rt: Runtime, data_dir: Path) -> None:
     await until(lambda: state(rt, STORAGE_ALARM) is AlarmState.ACTIVE_UNACK, 20, "the storage alarm")
     await rt.flush_journal()
     cursor.rmdir()
+
+
+async def test_a_drain_stopped_by_the_disk_is_restarted_alarmed_and_recovers(pg_url: str, tmp_path: Path) -> None:
+    """Refused readings that cannot be set aside (a file where spool/rejected/ goes): the drain keeps
+    them in the spool and fails; the supervisor restarts it under `hazmon.forwarder:comm.LOSS`, /healthz
+    answers 503 while it is down; once the disk is fixed they are set aside and everything else stored."""
+    settings = load_settings(database_url=pg_url, data_dir=tmp_path, site=SITE_FILE, rules=RULES)
+    sup = Supervisor(restart=BackoffConfig(initial_s=2.0, max_s=2.0, jitter=0.0), stable_s=1.0)
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "rejected").write_text("a file where the directory goes")
+    async with run_runtime(settings, supervisor=sup) as rt:
+        assert rt.forwarder is not None
+        rt.forwarder.retry = BackoffConfig(initial_s=0.05, max_s=0.1)
+        app = create_app(runtime=rt)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hazmon") as c:
+            keys = np.array([rt.tags.key("T201.LT"), rt.tags.key("T201.TT")], dtype=np.int32)
+            ts = np.array([now_us(), -(1 << 62)], dtype=np.int64)
+            await rt.ingest(ReadingBatch.from_columns(keys, ts, np.array([41.0, 12.0])))
+            await ingest(rt, {"T201.PT": 0.3})
+            await until(lambda: state(rt, FORWARDER_ALARM) is AlarmState.ACTIVE_UNACK, 20, "the forwarder's alarm")
+
+            async def down() -> bool:
+                r = await c.get("/healthz")
+                return r.status_code == 503 and r.json()["components"]["forwarder"]["status"] == "down"
+
+            deadline = time.monotonic() + 20
+            while not await down():
+                assert time.monotonic() < deadline, "timed out waiting for /healthz 503"
+                await asyncio.sleep(0.05)
+            assert rt.forwarder.stats().pending_batches >= 1  # kept, not dropped
+            # what the database takes is stored meanwhile (written again at each restart: stored once)
+            assert await stored_count(pg_url, "WHERE value IN (41.0, 0.3)") == 2
+
+            (tmp_path / "spool" / "rejected").unlink()  # the disk is fixed
+            await until(lambda: state(rt, FORWARDER_ALARM) is AlarmState.RTN_UNACK, 30, "the drain to recover")
+            assert await rt.forwarder.flush(10)
+            assert await stored_count(pg_url, "WHERE value IN (41.0, 0.3)") == 2
+            st = rt.forwarder.stats()
+            assert st.rejected_readings == 1 and st.pending_batches == 0
+            assert (await c.get("/healthz")).status_code == 200
+            assert state(rt, STORAGE_ALARM) is AlarmState.ACTIVE_UNACK  # the refused reading is a loss
