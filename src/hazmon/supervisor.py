@@ -117,13 +117,18 @@ class Supervisor:
         tasks = [c.task for c in chosen if c.task is not None]
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        for c in chosen:
-            c.task = None
-            c.state = ComponentState.STOPPED
-            c.restart_in_s = None
+        try:
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise asyncio.CancelledError  # we are being cancelled ourselves: do not swallow it
+        finally:
+            for c in chosen:
+                c.task = None
+                c.state = ComponentState.STOPPED
+                c.restart_in_s = None
 
     # ------------------------------------------------------------------ the loop
 
