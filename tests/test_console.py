@@ -159,3 +159,13 @@ def test_database_commands_name_their_settings(capsys: pytest.CaptureFixture[str
             main([*verb, "--help"])
         out = capsys.readouterr().out
         assert "HAZMON_DATA_DIR" in out and "HAZMON_DATABASE_URL" in out, verb
+
+
+def test_a_site_names_a_real_time_zone(tmp_path: Path) -> None:
+    from hazmon.plant.site import check_site
+
+    text = SITE_FILE.read_text(encoding="utf-8").replace("timezone: Asia/Shanghai", "timezone: China/Beijing", 1)
+    bad = tmp_path / "site.yaml"
+    bad.write_text(text, encoding="utf-8")
+    problems = [str(p) for p in check_site(bad)]
+    assert any("site.timezone" in p and "unknown time zone 'China/Beijing'" in p for p in problems), problems

@@ -135,7 +135,7 @@ def event_dict(e: AlarmEvent, site: str | None) -> dict[str, Any]:
 
 
 def snapshot_dict(s: AlarmSnapshot, site: str | None) -> dict[str, Any]:
-    activated: int | None = getattr(s, "activated_us", None)
+    activated = s.activated_us
     return {
         "alarm_id": s.alarm_id,
         "tag": s.tag_id,

@@ -10,6 +10,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -101,13 +102,22 @@ class SiteInfo(_Model):
     id: Ident
     name: str = Field(min_length=1)
     address: str | None = None
-    timezone: str = "Asia/Shanghai"
+    timezone: str = Field(default="Asia/Shanghai", description="IANA time zone: alarm times are shown in it")
     locale: str | None = Field(
         default=None, pattern=r"^[a-z]{2}(-[A-Z]{2})?$", description="console language, e.g. zh-CN or en"
     )
     name_zh: str | None = Field(default=None, min_length=1, description="Chinese name (中文名称)")
     latitude: float | None = Field(default=None, ge=-90, le=90)
     longitude: float | None = Field(default=None, ge=-180, le=180)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Asia/Shanghai)") from None
+        return v
 
 
 class Chemical(_Model):

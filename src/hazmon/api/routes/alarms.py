@@ -7,7 +7,6 @@ or not applied at all (503). Operator text with control characters is refused (4
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -24,13 +23,12 @@ from hazmon.alarms.engine import AlarmEngine
 from hazmon.api.deps import Operator, Reader, RuntimeDep, ensure_sees
 from hazmon.api.edge import INT64_MAX, NoNul
 from hazmon.api.routes.tags import time_range
-from hazmon.api.trail import record
 from hazmon.api.where import NOWHERE, Place, directory
 from hazmon.auth import Principal
 from hazmon.live import AlarmListView, encode_json, event_dict, iso_local, owner_of, snapshot_dict
 from hazmon.recorder import RecordNotPossible
 from hazmon.runtime import Actor, Runtime
-from hazmon.storage.store import StoreError, guarded
+from hazmon.storage.store import guarded
 
 router = APIRouter(prefix="/alarms", tags=["alarms"])
 
@@ -175,8 +173,7 @@ def list_order(item: tuple[AlarmSnapshot, Place, str]) -> tuple[int, int, int, s
     """The alarm list's order (ISA-18.2 / ISA-101): priority, then unacknowledged before
     acknowledged, then newest activation first."""
     s = item[0]
-    activated: int | None = getattr(s, "activated_us", None)
-    return (_PRIORITY_RANK[s.priority], 0 if s.state in _UNACK else 1, -(activated or s.since_us), s.alarm_id)
+    return (_PRIORITY_RANK[s.priority], 0 if s.state in _UNACK else 1, -(s.activated_us or s.since_us), s.alarm_id)
 
 
 @router.get("/history", summary="The alarm journal over a time range, newest first, paged")
@@ -375,14 +372,15 @@ async def _audit_refusal(
     duration_s: float | None,
 ) -> None:
     """An operator action that failed is in the audit trail too, as ``alarm.<action>.refused`` with
-    why. Auditing a refusal that cannot be written does not change the answer (logged instead)."""
+    why. It goes through the alarm recorder like the actions: on disk first, so a database outage
+    delays the entry (the answer does not wait for it) and loses nothing."""
     detail: dict[str, Any] = {"status": status, "reason": reason}
     if comment is not None:
         detail["comment"] = comment
     if duration_s is not None:
         detail["duration_s"] = duration_s
-    with contextlib.suppress(StoreError):  # record() has logged the whole entry
-        await record(runtime, user, f"alarm.{action}.refused", alarm_id, site, detail)
+    actor = Actor(user.label, user.token_id, user.role.value)
+    await runtime.audit(actor, f"alarm.{action}.refused", alarm_id, site, detail)
 
 
 @router.post("/ack", summary="Acknowledge several alarms; each is reported on its own")
