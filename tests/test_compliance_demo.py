@@ -80,9 +80,22 @@ async def test_quiet_tags_of_a_healthy_subscription_are_reporting(tmp_path: Path
                 ]
 
             quiet_tags = await _until(quiet, 150, "an OPC UA tag to stay unchanged for 70 s")
-            r = await client.get("/api/v1/compliance", params={"site": "demo-tank-farm"}, headers=headers)
-            assert r.status_code == 200, r.text
-            (site,) = r.json()
+
+            async def subscription_healthy() -> bool:
+                r = await client.get("/api/v1/gateways", headers=headers)
+                (gw,) = [g for g in r.json() if g["id"] == "demo-opcua"]
+                return all(d["connected"] and not d["stale"] for d in gw["devices"])
+
+            async def view_while_healthy() -> dict[str, Any] | None:
+                """The compliance view taken while the subscription was healthy before and after it (a
+                loaded machine may delay a keep-alive past the gateway's stale limit for a moment)."""
+                if not await subscription_healthy():
+                    return None
+                r = await client.get("/api/v1/compliance", params={"site": "demo-tank-farm"}, headers=headers)
+                assert r.status_code == 200, r.text
+                return dict(r.json()[0]) if await subscription_healthy() else None
+
+            site = await _until(view_while_healthy, 60, "a compliance view taken while the subscription is healthy")
             assert site["data"]["tags"] == 81
             assert site["data"]["silent"] == 0 and site["data"]["status"] == "ok", (quiet_tags, site["data"])
             for inst in site["installations"]:
