@@ -302,6 +302,13 @@ async def test_operator_console_in_a_browser(demo: Demo, tmp_path: Path) -> None
             await expect(page.get_by_test_id("event-log")).to_contain_text("acknowledge")
             await steps.shot(page, "english")
 
+            # /docs renders from the package's own files (this machine has no Internet) and can authorize
+            docs = await browser.new_page(viewport={"width": 1300, "height": 900})
+            await docs.goto(f"{demo.proxied}/docs")
+            await expect(docs.get_by_role("button", name="Authorize")).to_be_visible(timeout=20_000)
+            await expect(docs.locator(".opblock-summary-path").first).to_be_visible()
+            await steps.shot(docs, "api-docs")
+
             assert errors == [], errors
             await browser.close()
     finally:
