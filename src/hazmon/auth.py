@@ -15,7 +15,10 @@ admin      everything, everywhere, including token management
 
 Every role but admin is scoped: a token lists sites and/or enterprises, and it sees the listed
 sites plus every site of the listed enterprises (resolved when the token is used, so a site
-added to an enterprise later is covered).
+added to an enterprise later is covered). A regulator token may instead (or also) cover regions:
+administrative-division code prefixes (``32`` a province, ``3205`` a city, ``320506`` a county), matched
+against characters 3–8 of each enterprise's unified social credit code; it sees every site of every
+enterprise registered there, also one registered after the token was made.
 
 Verification goes through a :class:`TokenCache`: a token checked less than ``TOKEN_TTL_S`` ago is
 not looked up again (so a revocation takes effect within that time), and a token seen before keeps
@@ -84,6 +87,7 @@ class Principal:
     sites: frozenset[str] = frozenset()
     enterprises: frozenset[str] = frozenset()
     scope: frozenset[str] = field(default=frozenset())  # resolved site ids (listed + of listed enterprises)
+    regions: frozenset[str] = frozenset()  # division-code prefixes (regulators); their sites are in scope
 
     @property
     def unrestricted(self) -> bool:
@@ -122,6 +126,7 @@ class TokenInfo:
     created_at: datetime
     created_by: str
     revoked_at: datetime | None
+    regions: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +135,7 @@ class TokenInfo:
             "role": self.role.value,
             "sites": self.sites,
             "enterprises": self.enterprises,
+            "regions": self.regions,
             "created_at": self.created_at.isoformat(),
             "created_by": self.created_by,
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
@@ -167,7 +173,22 @@ def _info(r: asyncpg.Record) -> TokenInfo:
         created_at=r["created_at"],
         created_by=r["created_by"],
         revoked_at=r["revoked_at"],
+        regions=list(r["regions"]),
     )
+
+
+REGION_RE = re.compile(r"^\d{2,6}$")
+
+
+def _regions(values: Iterable[str]) -> list[str]:
+    out = _clean(values, "--region")
+    for v in out:
+        if not REGION_RE.match(v):
+            raise AuthError(
+                f"--region {v!r}: give an administrative-division code prefix, 2 to 6 digits "
+                "(characters 3-8 of a USCC: 32 a province, 3205 a city, 320506 a county)"
+            )
+    return out
 
 
 def _clean(values: Iterable[str], what: str) -> list[str]:
@@ -189,6 +210,7 @@ async def create_token(
     enterprises: Iterable[str] = (),
     name: str | None = None,
     created_by: str = "cli",
+    regions: Iterable[str] = (),
 ) -> NewToken:
     """Create a token; its secret is in the result and nowhere else."""
     try:
@@ -196,12 +218,15 @@ async def create_token(
     except ValueError:
         raise AuthError(f"unknown role {role!r}: use one of {', '.join(r.value for r in Role)}") from None
     site_list, ent_list = _clean(sites, "--site"), _clean(enterprises, "--enterprise")
-    if role is not Role.ADMIN and not site_list and not ent_list:
+    region_list = _regions(regions)
+    if region_list and role is not Role.REGULATOR:
+        raise AuthError(f"--region is for regulator tokens; a {role.value} token lists --site or --enterprise")
+    if role is not Role.ADMIN and not site_list and not ent_list and not region_list:
         raise AuthError(f"a {role.value} token needs at least one --site or --enterprise (its scope)")
     token_id, secret = generate_token()
     row = await conn.fetchrow(
-        "INSERT INTO api_tokens (id, name, role, sites, enterprises, secret_sha256, created_by) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+        "INSERT INTO api_tokens (id, name, role, sites, enterprises, secret_sha256, created_by, regions) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
         token_id,
         name or f"{role.value}-{token_id[:6]}",
         role.value,
@@ -209,6 +234,7 @@ async def create_token(
         ent_list,
         hash_token(secret),
         created_by,
+        region_list,
     )
     return NewToken(_info(row), secret)
 
@@ -248,8 +274,11 @@ async def revoke_token(conn: asyncpg.Connection, id_or_prefix: str) -> TokenInfo
 
 
 _AUTH_SQL = (
-    "SELECT t.id, t.name, t.role, t.sites, t.enterprises, "
-    "ARRAY(SELECT s.id FROM sites s WHERE s.id = ANY(t.sites) OR s.enterprise_id = ANY(t.enterprises)) AS scope "
+    "SELECT t.id, t.name, t.role, t.sites, t.enterprises, t.regions, "
+    "ARRAY(SELECT s.id FROM sites s JOIN enterprises e ON e.id = s.enterprise_id "
+    "WHERE s.id = ANY(t.sites) OR s.enterprise_id = ANY(t.enterprises) "
+    # characters 3-8 of the USCC are the enterprise's administrative-division code
+    "OR EXISTS (SELECT 1 FROM unnest(t.regions) AS r(code) WHERE substr(e.uscc, 3, 6) LIKE r.code || '%')) AS scope "
     "FROM api_tokens t WHERE t.secret_sha256 = $1 AND t.revoked_at IS NULL"
 )
 
@@ -268,6 +297,7 @@ async def authenticate(conn: asyncpg.Connection, token: str) -> Principal | None
         sites=frozenset(r["sites"]),
         enterprises=frozenset(r["enterprises"]),
         scope=frozenset(r["scope"]) | frozenset(r["sites"]),
+        regions=frozenset(r["regions"]),
     )
 
 

@@ -434,7 +434,9 @@ async def run_runtime(
     """
     # Site, rules and gateway files validated as a whole before anything starts, then written in one
     # transaction (hazmon.startup): a start that fails leaves the database as it was.
-    loaded = startup.validate(settings.site, settings.rules, settings.gateways, gateway_configs=gateway_configs)
+    loaded = startup.validate(
+        settings.site, settings.rules, settings.gateways, gateway_configs=gateway_configs, more_sites=settings.sites
+    )
     async with AsyncExitStack() as stack:
         db = await stack.enter_async_context(open_database(settings))
         runtime = Runtime(settings, db, ReadingStore(db.pool, db.caps))

@@ -70,19 +70,25 @@ def validate(
     gateways: Sequence[Path],
     *,
     gateway_configs: Sequence[GatewayConfig] | None,
+    more_sites: Sequence[Path] = (),
 ) -> Configuration:
-    """Read and check every file; raises StartupError listing every failure (nothing is written)."""
+    """Read and check every file; raises StartupError listing every failure (nothing is written).
+    ``more_sites``: the site files of ``HAZMON_SITES`` (one process serving several sites, e.g. a regulator's)."""
     out = Configuration()
     failures: list[str] = []
-    if site is not None:
+    files = ([("HAZMON_SITE", site)] if site is not None else []) + [("HAZMON_SITES", p) for p in more_sites]
+    for setting, path in files:
         try:
-            loaded, warnings = load_graded_site(site)
+            loaded, warnings = load_graded_site(path)
         except (InvalidFile, GradingError, OSError) as e:
-            failures.append(_describe(f"HAZMON_SITE ({site})", e))
+            failures.append(_describe(f"{setting} ({path})", e))
         else:
+            if loaded.id in out.site_files:
+                failures.append(f"{setting} ({path}): site id {loaded.id!r} is also in {out.site_files[loaded.id]}")
+                continue
             out.sites.append(loaded)
-            out.site_files[loaded.id] = site
-            out.warnings += [f"{site}: {w}" for w in warnings]
+            out.site_files[loaded.id] = path
+            out.warnings += [f"{path}: {w}" for w in warnings]
     if rules and not failures:  # rules are checked against the site's tags: only once the site is good
         try:
             out.rules = load_rules(rules, out.sites)

@@ -24,6 +24,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.add_argument(
         "--enterprise", action="append", default=[], metavar="ID", help="every site of an enterprise (repeatable)"
     )
+    create.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="regulator tokens: every enterprise whose USCC's administrative-division code (characters 3-8) "
+        "starts with CODE, e.g. 32 (a province), 3205 (a city) (repeatable)",
+    )
     create.add_argument("--name", help="who or what uses it (recorded with every action)")
     create.set_defaults(handler=_create)
     lst = token.add_parser("list", help="list tokens (never their secrets)", epilog=DATABASE_HELP)
@@ -64,7 +72,13 @@ def _create(args: argparse.Namespace) -> int:
     async def op(conn: Any) -> int:
         async with conn.transaction():  # the token exists only with its audit row
             new = await create_token(
-                conn, args.role, sites=args.site, enterprises=args.enterprise, name=args.name, created_by=_actor()
+                conn,
+                args.role,
+                sites=args.site,
+                enterprises=args.enterprise,
+                regions=args.region,
+                name=args.name,
+                created_by=_actor(),
             )
             info = new.info
             await audit.append(
@@ -76,10 +90,18 @@ def _create(args: argparse.Namespace) -> int:
                     "role": info.role.value,
                     "sites": info.sites,
                     "enterprises": info.enterprises,
+                    "regions": info.regions,
                     "name": info.name,
                 },
             )
-        scope = ", ".join([f"site {s}" for s in info.sites] + [f"enterprise {e}" for e in info.enterprises]) or "all"
+        scope = (
+            ", ".join(
+                [f"site {s}" for s in info.sites]
+                + [f"enterprise {e}" for e in info.enterprises]
+                + [f"region {r}" for r in info.regions]
+            )
+            or "all"
+        )
         print(f"token {info.id} ({info.name}): role {info.role.value}, scope {scope}", file=sys.stderr)
         print("the token is shown once; store it now:", file=sys.stderr)
         print(new.secret)
@@ -95,7 +117,7 @@ def _list(args: argparse.Namespace) -> int:
         tokens = await list_tokens(conn, include_revoked=not args.active)
         print(f"{'ID':<12}  {'ROLE':<9}  {'NAME':<20}  {'SCOPE':<30}  {'CREATED':<19}  STATUS")
         for t in tokens:
-            scope = ",".join(t.sites + [f"ent:{e}" for e in t.enterprises]) or "*"
+            scope = ",".join(t.sites + [f"ent:{e}" for e in t.enterprises] + [f"region:{r}" for r in t.regions]) or "*"
             status = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
             print(
                 f"{t.id:<12}  {t.role.value:<9}  {t.name[:20]:<20}  {scope[:30]:<30}  "

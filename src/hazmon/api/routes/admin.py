@@ -26,6 +26,11 @@ class TokenRequest(BaseModel):
     enterprises: list[Annotated[NoNul, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=1000
     )
+    regions: list[Annotated[str, Field(pattern=r"^\d{2,6}$")]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="regulator tokens: administrative-division code prefixes (USCC characters 3-8), e.g. 3205",
+    )
     name: NoNul | None = Field(default=None, min_length=1, max_length=200)
 
 
@@ -43,7 +48,13 @@ async def post_token(runtime: RuntimeDep, user: Admin, body: TokenRequest) -> di
     async def op() -> dict[str, Any]:
         async with runtime.db.pool.acquire() as conn, conn.transaction():
             new = await create_token(
-                conn, body.role, sites=body.sites, enterprises=body.enterprises, name=body.name, created_by=user.label
+                conn,
+                body.role,
+                sites=body.sites,
+                enterprises=body.enterprises,
+                regions=body.regions,
+                name=body.name,
+                created_by=user.label,
             )
             info = new.info
             # In the same transaction: a token exists only with its audit row.
@@ -58,6 +69,7 @@ async def post_token(runtime: RuntimeDep, user: Admin, body: TokenRequest) -> di
                     "role": info.role.value,
                     "sites": info.sites,
                     "enterprises": info.enterprises,
+                    "regions": info.regions,
                     "name": info.name,
                 },
             )
