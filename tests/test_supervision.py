@@ -264,3 +264,44 @@ async def _ws_events(ws: object, alarm_id: str, new_state: str, timeout: float) 
                     seen.append(e)
                     if e["state"] == new_state.lower():
                         return seen
+
+
+async def test_a_failure_of_the_hot_path_is_counted_and_the_same_gateway_pumped_again(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A bug after the gateway (here planted in the live hub) fails one batch: counted, alarmed, the pump
+    restarted on the same gateway — still connected, its buffered readings kept — not a new one."""
+    site = load_site(SITE_FILE)
+    scenario = parse_scenario(
+        {"name": "steady", "site": SITE, "start": "2026-07-15T09:00:00+08:00", "duration_s": 600}, site=site
+    )
+    config = load_gateway_config(ROOT / "gateways" / "demo-modbus.yaml", site)
+    settings = load_settings(database_url=pg_url, data_dir=tmp_path, site=SITE_FILE, rules=RULES)
+    sup = Supervisor(restart=BackoffConfig(initial_s=0.5, max_s=1.0, jitter=0.0), stable_s=1.0)
+    async with serve_plant(site, [config], scenario, modbus_port=0) as sim:
+        gw_config = sim.config("demo-modbus")
+        assert isinstance(gw_config, ModbusGateway)
+        gw_config = gw_config.model_copy(update={"poll_groups": {"default": 200.0, "slow": 1000.0}})
+        async with run_runtime(settings, gateway_configs=[gw_config], supervisor=sup) as rt:
+            await until(lambda: rt.stats.readings > 0, 20, "readings from the PLCs")
+            gw = rt.gateways[0]
+            publish = rt.hub.publish_values
+            planted = {"left": 1}
+
+            def buggy(batch: ReadingBatch, tags: object = None) -> None:
+                if planted["left"]:
+                    planted["left"] -= 1
+                    raise ZeroDivisionError("planted bug after the gateway")
+                publish(batch, tags)  # type: ignore[arg-type]
+
+            rt.hub.publish_values = buggy  # type: ignore[method-assign]
+            await until(lambda: state(rt, GATEWAY_ALARM) is AlarmState.ACTIVE_UNACK, 20, "the pump's alarm")
+            assert rt.stats.ingest_failures == 1 and rt.stats.ingest_failed_readings > 0
+            await until(lambda: state(rt, GATEWAY_ALARM) is AlarmState.RTN_UNACK, 20, "the pump to recover")
+            before = rt.stats.readings
+            await until(lambda: rt.stats.readings > before, 10, "readings again")
+            assert rt.gateways[0] is gw and gw.health().connected  # the same gateway, never stopped
+            c = rt.supervisor.get("gateway.demo-modbus")
+            assert (
+                c is not None and c.restarts == 1 and c.last_error == "ZeroDivisionError: planted bug after the gateway"
+            )

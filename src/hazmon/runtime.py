@@ -116,6 +116,8 @@ class PipelineStats:
     engine_seconds_total: float = 0.0
     last_engine_ms: float = 0.0
     journal_failures: int = 0
+    ingest_failures: int = 0  # batches the hot path raised on (a bug): the pump is restarted
+    ingest_failed_readings: int = 0  # their readings, which may not have been stored
 
 
 @dataclass
@@ -390,7 +392,12 @@ class Runtime:
             self._ended_gateways.discard(gw.id)
             log.warning("gateway %s opened again", gw.id)
         async for batch in gw.batches():
-            await self.ingest(batch)
+            try:
+                await self.ingest(batch)
+            except Exception:
+                self.stats.ingest_failures += 1
+                self.stats.ingest_failed_readings += len(batch)
+                raise
         self._ended_gateways.add(gw.id)
         errors = [d.last_error for d in gw.health().devices.values() if d.last_error]
         raise GatewayEnded(f"gateway {gw.id} stopped delivering readings" + (f": {errors[0]}" if errors else ""))

@@ -163,6 +163,11 @@ class RuntimeCollector(Collector):
             c_restarts.add_metric([c.name], c.restarts)
             c_failures.add_metric([c.name], c.failures)
         yield from (c_up, c_restarts, c_failures)
+        yield _counter(
+            "hazmon_ingest_failed_readings_total",
+            "Readings of batches the hot path failed on (a bug; the gateway's pump was restarted)",
+            stats.ingest_failed_readings,
+        )
 
         if runtime.uplink is not None:
             yield from _uplink(runtime.uplink)
