@@ -40,6 +40,8 @@ class Evaluator:
         self.deadband = np.asfortranarray(rules.deadband)
         self.aux = ((rules.frozen_us > 0) * AUX_FROZEN + (rules.roc_window_us > 0) * AUX_ROC).astype(np.uint8)
         self.qlo, self.qhi = quiet_band(rules)
+        self.any_roc = bool((self.aux & AUX_ROC).any())
+        self.any_frozen = bool((self.aux & AUX_FROZEN).any())
 
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in (self.limit, self.deadband, self.aux, self.qlo, self.qhi))
@@ -72,6 +74,8 @@ class Evaluator:
         self, rows: npt.NDArray[np.intp], ts: I64, v: npt.NDArray[np.float64], valid: Any, aux: Any, on: U16, off: U16
     ) -> None:
         """Rate-of-change bits for the good readings of tags with a ROC rule (endpoints over the window)."""
+        if not self.any_roc:
+            return
         sel = np.flatnonzero(valid & ((aux & AUX_ROC) != 0))
         if len(sel) == 0:
             return
@@ -109,6 +113,8 @@ class Evaluator:
         on: U16,
         off: U16,
     ) -> None:
+        if not self.any_frozen:
+            return
         sel = np.flatnonzero(valid & ((aux & AUX_FROZEN) != 0))
         if len(sel) == 0:
             return

@@ -190,7 +190,8 @@ class AlarmEngine:
             t.last_v[rows] = v
         else:
             t.last_v[rows] = np.where(valid, v, t.last_v[rows])
-        toward = (on & ~oc) | (off & oc)
+        toward = np.bitwise_and(on, ~oc, out=on)
+        toward |= off & oc
         work = toward | pend
         if work.any():
             for r, cc, event in self._advance(rows, ts, oc, toward, pend, work):
