@@ -169,3 +169,43 @@ def test_a_site_names_a_real_time_zone(tmp_path: Path) -> None:
     bad.write_text(text, encoding="utf-8")
     problems = [str(p) for p in check_site(bad)]
     assert any("site.timezone" in p and "unknown time zone 'China/Beijing'" in p for p in problems), problems
+
+
+def test_websocket_events_carry_the_activation_time() -> None:
+    """The hub knows each alarm's activation from the engine's snapshot at a subscription and from the
+    stream: an acknowledge keeps it, a return to normal ends it, a new activation starts a new one."""
+    import json
+
+    from hazmon.alarms.alarm import Action, AlarmEvent, AlarmSnapshot, AlarmState, Priority
+    from hazmon.live import Follow, LiveHub, set_site_timezone
+
+    set_site_timezone("plant", "Asia/Shanghai")
+    hub = LiveHub()
+    standing = AlarmSnapshot(
+        "T1:level.H", "T1", "level.H", Priority.HIGH, AlarmState.ACTIVE_UNACK, True, False, 9.0, 8.0,
+        since_us=5_000_000, activated_us=5_000_000,
+    )  # fmt: skip
+    sub, snap = hub.subscribe(Follow(sites=frozenset({"plant"})), [standing], lambda owner: "plant")
+    assert snap[0]["activated_at"] == "1970-01-01T08:00:05+08:00"
+
+    def event(alarm: str, prev: AlarmState, new: AlarmState, action: Action, ts: int) -> AlarmEvent:
+        return AlarmEvent(alarm, "T1", alarm.split(":")[1], Priority.HIGH, prev, new, 9.0, 8.0, ts, action=action)
+
+    hub.publish_events(
+        [
+            event("T1:level.H", AlarmState.ACTIVE_UNACK, AlarmState.ACTIVE_ACK, Action.ACKNOWLEDGE, 7_000_000),
+            event("T1:level.H", AlarmState.ACTIVE_ACK, AlarmState.NORMAL, Action.CLEAR, 8_000_000),
+            event("T1:level.HH", AlarmState.NORMAL, AlarmState.ACTIVE_UNACK, Action.ACTIVATE, 9_000_000),
+            event("T1:level.HH", AlarmState.ACTIVE_UNACK, AlarmState.SHELVED, Action.SHELVE, 10_000_000),
+        ],
+        lambda owner: "plant",
+    )
+    (msg,) = sub.messages()
+    events = json.loads(msg)["events"]
+    assert [(e["action"], e["activated_us"]) for e in events] == [
+        ("acknowledge", 5_000_000),  # kept through the acknowledge
+        ("clear", None),
+        ("activate", 9_000_000),
+        ("shelve", 9_000_000),
+    ]
+    assert events[0]["activated_at"] == "1970-01-01T08:00:05+08:00" and events[0]["time"].endswith("+08:00")

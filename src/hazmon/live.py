@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import numpy.typing as npt
 
-from hazmon.alarms.alarm import AlarmEvent, AlarmSnapshot, AlarmState, split_alarm_id
+from hazmon.alarms.alarm import Action, AlarmEvent, AlarmSnapshot, AlarmState, split_alarm_id
 from hazmon.plant.directory import Place
 from hazmon.plant.tag import TagIndex
 from hazmon.reading import ReadingBatch
@@ -113,7 +113,9 @@ def owner_of(alarm_id: str, tag_id: str | None) -> str:
         return alarm_id
 
 
-def event_dict(e: AlarmEvent, site: str | None) -> dict[str, Any]:
+def event_dict(e: AlarmEvent, site: str | None, activated_us: int | None = None) -> dict[str, Any]:
+    """An alarm transition as JSON; ``activated_us``: when the alarm became active (kept through
+    acknowledge, comment, shelve), None when it is not active or not known."""
     return {
         "alarm_id": e.alarm_id,
         "tag": e.tag_id,
@@ -127,6 +129,8 @@ def event_dict(e: AlarmEvent, site: str | None) -> dict[str, Any]:
         "limit": _num(e.limit),
         "ts_us": e.ts_us,
         "time": _iso(e.ts_us, site),
+        "activated_us": activated_us,
+        "activated_at": iso_local(activated_us, site),
         "shelved_until_us": e.shelved_until_us,
         "shelved_until": iso_local(e.shelved_until_us, site),
         "user": e.user,
@@ -286,6 +290,9 @@ class LiveHub:
         self._value = np.zeros(0, dtype=np.float64)
         self._quality = np.zeros(0, dtype=np.uint8)
         self._version = np.zeros(0, dtype=np.int64)
+        # alarm id -> activation time, for the events: refreshed from the engine's snapshot at each
+        # subscription, then followed event by event (an activation sets it, a return to normal ends it)
+        self._activated: dict[str, int] = {}
         self.stats = HubStats()
 
     # ------------------------------------------------------------------ subscribers
@@ -308,6 +315,10 @@ class LiveHub:
         sub.sent_version = self._seq  # the snapshot carries the values up to now
         alarms = []
         for s in snapshot:
+            if s.state is AlarmState.NORMAL or s.activated_us is None:
+                self._activated.pop(s.alarm_id, None)
+            else:
+                self._activated[s.alarm_id] = s.activated_us
             if s.state is AlarmState.NORMAL:
                 continue
             owner = owner_of(s.alarm_id, s.tag_id)
@@ -363,14 +374,21 @@ class LiveHub:
         self.stats.events_published += len(events)
         if not self._subs:
             return
+        activated = self._activated
         for e in events:
+            if e.new_state is AlarmState.NORMAL:
+                activated.pop(e.alarm_id, None)
+            elif e.action == Action.ACTIVATE:
+                activated[e.alarm_id] = e.ts_us
+            elif e.prev_state is AlarmState.NORMAL:
+                activated.pop(e.alarm_id, None)  # out of service, shelved ... from normal: not active
             owner = owner_of(e.alarm_id, e.tag_id)
             site, affects = _where(site_of(owner))
             text: str | None = None
             for sub in self._subs:
                 if sub.follow.wants(site, owner, affects):
                     if text is None:
-                        text = encode_json(_with_sites(event_dict(e, site), site, affects))
+                        text = encode_json(_with_sites(event_dict(e, site, activated.get(e.alarm_id)), site, affects))
                     sub._push(text)
 
     def _grow(self, size: int) -> None:

@@ -378,7 +378,8 @@ function apply(e) {
     ...(prev || {}), alarm_id: e.alarm_id, tag: e.tag, site: e.site, condition: e.condition, priority: e.priority,
     state: e.state, value: e.value ?? prev?.value, limit: e.limit ?? prev?.limit, since: e.time, since_us: e.ts_us,
     user: e.user, comment: e.comment ?? prev?.comment,
-    activated_at: activation ? e.time : prev?.activated_at ?? null,
+    // the server says when the alarm became active; an older server: an activation starts it
+    activated_at: e.activated_at !== undefined ? e.activated_at : activation ? e.time : prev?.activated_at ?? null,
     shelved_until: e.state === "shelved" ? e.shelved_until ?? prev?.shelved_until : null,
     shelved_until_us: e.state === "shelved" ? e.shelved_until_us ?? prev?.shelved_until_us : null,
   };

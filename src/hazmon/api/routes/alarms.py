@@ -355,7 +355,7 @@ async def _act(
         raise HTTPException(503, str(e)) from None
     return {
         "alarm": _alarm_json(runtime, done.after),
-        "events": [event_dict(e, site) for e in done.events],
+        "events": [event_dict(e, site, done.after.activated_us) for e in done.events],
         "record": done.record,
     }
 
