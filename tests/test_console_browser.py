@@ -335,6 +335,10 @@ async def test_full_lifecycle_in_a_browser(pg_url: str, tmp_path: Path) -> None:
             page = await browser.new_page(viewport={"width": 1500, "height": 950}, locale="en-GB")
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            # a revoked token is refused with a clear message, back at the token prompt
+            await page.goto(f"http://{host}/console?token={tokens.revoked}")
+            await expect(page.locator("#login-error")).to_contain_text("401")
+            await expect(page.get_by_test_id("token-input")).to_be_visible()
             # an English browser, but the site's locale (zh-CN) decides the language
             await page.goto(f"http://{host}/console?token={tokens.operator}")
             rows = page.get_by_test_id("alarm-row")
