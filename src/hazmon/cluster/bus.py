@@ -55,7 +55,9 @@ class Subjects:
         return f"{self.namespace}.readings.{partition}"
 
     def events(self, site: str) -> str:
-        return f"{self.namespace}.events.{site}"
+        """A site id may hold dots (token separators of NATS subjects): they become ``_`` here; the
+        event's payload names the site as it is."""
+        return f"{self.namespace}.events.{site.replace('.', '_')}"
 
 
 class Bus:
