@@ -312,6 +312,29 @@ class Runtime:
             log.warning("%s of %s by %s: applied, kept on disk until the journal takes it", action, alarm_id, user)
         return ActionResult(events, before, after, record)
 
+    async def audit(
+        self,
+        actor: Actor,
+        action: str,
+        target: str | None,
+        site: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> str:
+        """Append an audit-trail entry through the recorder (on disk first, so a database outage
+        delays it and loses nothing); returns its record like ``act``."""
+        entry: dict[str, Any] = {
+            "actor": actor.name,
+            "token_id": actor.token_id,
+            "role": actor.role,
+            "action": action,
+            "target": target,
+            "site_id": site,
+            "detail": detail or {},
+        }
+        item = Pending([], entry)
+        self.recorder.submit(item)
+        return await self.recorder.wait(item, 0.0 if self.recorder.down else OPERATE_WAIT_S)
+
     async def operate(
         self,
         action: str,
