@@ -140,7 +140,7 @@ async def test_an_enterprise_uplink_reaches_the_regulators_database_once_through
                     high = uplink.stats.enqueued["alarm"] < 1
                     await ingest(rt, {"V101.GT1": 30.0 if high else 2.0, "V101.LT": 8.5, "V101.PT": 0.6})
                     by_type = (await client.get(f"{hub_url}/stats")).json()["by_type"]
-                    return by_type.get("realtime", 0) >= 4 and by_type.get("alarm", 0) >= 2
+                    return bool(by_type.get("realtime", 0) >= 4 and by_type.get("alarm", 0) >= 2)
 
                 await _until(realtime_and_alarm_delivered, 90, "real-time values and alarms at the hub")
                 queued = uplink.queue.last_seq
@@ -285,3 +285,22 @@ def test_a_dotted_site_id_is_one_subject_token() -> None:
 
     assert Subjects("ns").events("plant.north") == "ns.events.plant_north"
     assert Subjects("ns").events("demo-tank-farm") == "ns.events.demo-tank-farm"
+
+
+async def test_a_bad_credentials_file_stops_the_hub_with_a_message(tmp_path: Path, namespace: str) -> None:
+    bad = tmp_path / "hub-credentials.yaml"
+    bad.write_text(yaml.safe_dump([{"app_id": APP, "app_secret": SECRET, "sm4_key": "xyz", "sm4_iv": IV}]))
+    env = {
+        **os.environ,
+        "HAZMON_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+        "HAZMON_NATS_URL": NATS_URL,
+        "HAZMON_NATS_NAMESPACE": namespace,
+        "HAZMON_HUB__CREDENTIALS": str(bad),
+    }
+    p = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hazmon", "serve", "--role", "hub",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(p.communicate(), 60)
+    assert p.returncode == 2, err.decode()
+    assert f"{bad}" in err.decode() and "[0].sm4_key" in err.decode() and "Traceback" not in err.decode()
