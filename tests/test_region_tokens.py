@@ -7,6 +7,7 @@ summary across them, and an enterprise registered after the token was made is co
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -80,8 +81,12 @@ async def test_a_region_token_sees_the_enterprises_of_its_division_in_every_scop
         jiangsu = (await create_token(conn, Role.REGULATOR, regions=["32"], name="jiangsu")).secret
         nantong = (await create_token(conn, Role.REGULATOR, regions=["320600"], name="nantong")).secret
         admin = (await create_token(conn, Role.ADMIN, name="root")).secret
-        row = await conn.fetchrow("SELECT regions FROM api_tokens WHERE name = 'suzhou-bureau'")
+        row = await conn.fetchrow("SELECT id, regions FROM api_tokens WHERE name = 'suzhou-bureau'")
         assert list(row["regions"]) == ["3205"]
+        detail = await conn.fetchval(
+            "SELECT detail FROM audit_log WHERE action = 'token.create' AND target = $1", row["id"]
+        )
+        assert json.loads(detail)["regions"] == ["3205"], "the token's region is in the audit trail"
     await ingest(rt, {"V101.LT": 8.5, "V101.GT1": 30.0, "N-V101.LT": 7.0, "N-V101.GT1": 35.0})
     for site in (DEMO_SITE, NORTH_SITE):
         finding = {

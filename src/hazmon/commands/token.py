@@ -90,7 +90,7 @@ def _create(args: argparse.Namespace) -> int:
                     "role": info.role.value,
                     "sites": info.sites,
                     "enterprises": info.enterprises,
-                    "regions": info.regions,
+                    **({"regions": info.regions} if info.regions else {}),
                     "name": info.name,
                 },
             )

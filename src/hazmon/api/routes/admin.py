@@ -69,7 +69,7 @@ async def post_token(runtime: RuntimeDep, user: Admin, body: TokenRequest) -> di
                     "role": info.role.value,
                     "sites": info.sites,
                     "enterprises": info.enterprises,
-                    "regions": info.regions,
+                    **({"regions": info.regions} if info.regions else {}),
                     "name": info.name,
                 },
             )
