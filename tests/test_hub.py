@@ -171,6 +171,8 @@ async def test_an_enterprise_uplink_reaches_the_regulators_database_once_through
                     "FROM sites s JOIN enterprises e ON e.id = s.enterprise_id WHERE s.id = 'demo-tank-farm'"
                 )
                 assert row is not None and row["uscc"] == USCC and row["tags"] > 0
+                audited = "SELECT count(*) FROM audit_log WHERE action = 'site.load' AND target = 'demo-tank-farm'"
+                assert await conn.fetchval(audited) == 1
 
                 async def stored() -> bool:
                     return int(await conn.fetchval("SELECT count(*) FROM readings")) >= len(pairs)
@@ -251,6 +253,12 @@ async def test_the_hub_keeps_enterprises_apart(pg_url: str, tmp_path: Path, name
             base = message("s1-000000000001", 1, "base", USCC, 0, base_data(site, [t.id for t in site.tags]))
             r = await client.post(UPLINK_PATH, json=seal(CREDS, base))
             assert r.status_code == 200 and r.json()["duplicate"] is False, r.text
+            # the same base data at the enterprise's next start: registered again, audited once
+            r = await client.post(UPLINK_PATH, json=seal(CREDS, {**base, "msg_id": "s1-000000000005", "seq": 5}))
+            assert r.status_code == 200 and r.json()["duplicate"] is False, r.text
+            async with pool.acquire() as conn:
+                loads = await conn.fetch("SELECT actor, detail FROM audit_log WHERE action = 'site.load'")
+            assert len(loads) == 1 and loads[0]["actor"] == f"hazmon hub (enterprise {USCC})", loads
             # another enterprise's app id claims the demo enterprise's data
             r = await client.post(UPLINK_PATH, json=seal(other_creds, {**base, "msg_id": "s2-000000000001"}))
             assert r.status_code == 403 and "enterprise not issued" in r.json()["msg"]
@@ -269,7 +277,7 @@ async def test_the_hub_keeps_enterprises_apart(pg_url: str, tmp_path: Path, name
             r = await client.post(UPLINK_PATH, json=seal(CREDS, bad))
             assert r.status_code == 400 and "malformed" in r.json()["msg"]
             stats = (await client.get("/stats")).json()
-            assert stats["received"] == 1 and sum(stats["rejected_content"].values()) == 3, stats
+            assert stats["received"] == 2 and sum(stats["rejected_content"].values()) == 3, stats
             assert stats["refused"] == {"enterprise not issued": 1, "realtime": 1}, stats
         async with pool.acquire() as conn:
             assert (

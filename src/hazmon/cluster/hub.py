@@ -5,7 +5,8 @@ The receiver (``hazmon.hub.receiver``: HMAC-SM3, SM4-CBC, duplicates by ``msg_id
 ``BusSink``, which keeps it in the JSON-lines file of ``hazmon hub receive`` and, first, feeds it on:
 
 - ``base`` → the enterprise's site upserted into the registry (``storage.registry``), so its tags get
-  permanent keys; a site registered for another enterprise is refused (422);
+  permanent keys, with a ``site.load`` audit row in the same transaction when it changed; a site
+  registered for another enterprise is refused (422);
 - ``realtime`` → one reading batch (``hazmon.cluster.codec``) on ``<ns>.readings.<partition of the site>``,
   its batch id derived from the enterprise and the message id: a message sent again (the sender delivers
   at least once) is the same batch, dropped by the stream's duplicate window and, later, by the store's
@@ -33,6 +34,7 @@ import numpy as np
 import uvicorn
 from nats.errors import Error as NatsError
 
+from hazmon import audit
 from hazmon.cluster.bus import Bus, partition_of
 from hazmon.cluster.codec import encode_batch
 from hazmon.config import ConfigError, Settings
@@ -43,6 +45,7 @@ from hazmon.hub.receiver import create_receiver
 from hazmon.hub.sink import JsonlSink, SinkRefused, SinkUnavailable
 from hazmon.reading import ReadingBatch
 from hazmon.regulator.gb18218 import GradingError
+from hazmon.startup import fingerprint
 from hazmon.storage.database import open_database
 from hazmon.storage.registry import RegistryError, upsert_site
 
@@ -128,6 +131,21 @@ class BusSink:
                 summary = await upsert_site(conn, site)
             except (RegistryError, GradingError) as e:
                 raise SinkRefused(422, f"site cannot be registered: {site.id!r}: {e}") from None
+            # recorded in the same transaction, once per change (base data are sent at every start)
+            digest = fingerprint(site)
+            last = await conn.fetchval(
+                "SELECT detail FROM audit_log WHERE action = 'site.load' AND target = $1 ORDER BY seq DESC LIMIT 1",
+                site.id,
+            )
+            if last is None or json.loads(last).get("sha256") != digest:
+                await audit.append(
+                    conn,
+                    actor=f"hazmon hub (enterprise {code})",
+                    action="site.load",
+                    target=site.id,
+                    site_id=site.id,
+                    detail={"uplink": str(msg.get("msg_id")), "sha256": digest, "summary": str(summary)},
+                )
         self._sites.pop(site.id, None)
         self.fed["sites"] += 1
         log.info("hub: site %s of enterprise %s registered: %s", site.id, code, summary)
