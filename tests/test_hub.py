@@ -21,6 +21,8 @@ import asyncpg
 import httpx
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from api_helpers import RULES, SITE_FILE, free_port, ingest
 from conftest import _missing, create_database, drop_database
@@ -312,3 +314,60 @@ async def test_a_bad_credentials_file_stops_the_hub_with_a_message(tmp_path: Pat
     _, err = await asyncio.wait_for(p.communicate(), 60)
     assert p.returncode == 2, err.decode()
     assert f"{bad}" in err.decode() and "[0].sm4_key" in err.decode() and "Traceback" not in err.decode()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+VALUE = st.fixed_dictionaries(
+    {},
+    optional={
+        "tag_code": st.sampled_from(["V101.LT", "V101.PT", "nope"]) | JSON,
+        "value": st.floats(allow_nan=False, allow_infinity=False) | JSON,
+        "quality": st.sampled_from(["good", "bad", "uncertain"]) | JSON,
+        "quality_code": st.integers(-5, 300) | JSON,
+        "ts": st.sampled_from(["2026-11-30T10:00:00.000Z", "2026-11-30T10:00:01Z", "yesterday"]) | JSON,
+    },
+)
+
+
+async def test_no_uplinked_content_makes_the_hub_fail(pg_url: str, tmp_path: Path, namespace: str) -> None:
+    """Whatever an authenticated enterprise puts in its real-time and alarm messages, the hub answers 200,
+    400 or 422 — never a 5xx — and what it refuses it counts."""
+    from hazmon.plant.site import load_site
+    from hazmon.regulator.uplink_payload import base_data, message
+
+    site = load_site(SITE_FILE)
+    bus = await Bus.connect(NATS_URL, namespace)
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)
+    seq = iter(range(2, 10_000))
+    try:
+        sink = BusSink(bus, pool, 4, JsonlSink(tmp_path / "received.jsonl"))
+        app = create_receiver({APP: CREDS}, sink)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
+            base = message("f-000000000001", 1, "base", USCC, 0, base_data(site, [t.id for t in site.tags]))
+            assert (await client.post(UPLINK_PATH, json=seal(CREDS, base))).status_code == 200
+
+            @given(
+                kind=st.sampled_from(["realtime", "alarm"]),
+                items=st.lists(VALUE | JSON, max_size=4),
+                site_code=st.just(site.id) | JSON,
+            )
+            @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+            def check(kind: str, items: list[Any], site_code: Any) -> None:
+                n = next(seq)
+                key = "values" if kind == "realtime" else "events"
+                msg = message(f"f-{n:012d}", n, kind, USCC, 0, {"site_code": site_code, key: items})
+                fut = asyncio.run_coroutine_threadsafe(client.post(UPLINK_PATH, json=seal(CREDS, msg)), loop)
+                r = fut.result(30)
+                assert r.status_code in (200, 400, 422), (r.status_code, r.text, msg)
+
+            loop = asyncio.get_running_loop()
+            await asyncio.to_thread(check)
+            stats = (await client.get("/stats")).json()
+            assert stats["received"] + sum(stats["refused"].values()) == next(seq) - 1, stats
+    finally:
+        await pool.close()
+        await bus.close()
