@@ -157,3 +157,21 @@ async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
+
+
+async def test_a_disk_that_refuses_the_spool_loses_no_event(pg_url: str, tmp_path: Path) -> None:
+    settings = load_settings(database_url=pg_url, data_dir=tmp_path, site=SITE, rules=RULES)
+    async with run_runtime(settings) as rt:
+        rt.recorder.spool.path = tmp_path / "not-a-file"
+        rt.recorder.spool.path.mkdir()  # every append now fails with an OSError
+        await ingest(rt, {"V101.GT1": 30.0})
+        ack = await rt.act("acknowledge", "V101.GT1:gas.H", Actor("alice", "t1", "operator"))
+        assert ack.record == "journaled"  # the database took it: applied and recorded
+        await rt.flush_journal()
+        assert rt.recorder.spool_errors >= 2 and rt.recorder.pending == 0
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT action FROM alarm_journal WHERE alarm_id = $1 ORDER BY id", "V101.GT1:gas.H")
+    finally:
+        await conn.close()
+    assert [r["action"] for r in rows] == ["activate", "acknowledge"]
