@@ -275,16 +275,34 @@ async def test_the_hub_keeps_enterprises_apart(pg_url: str, tmp_path: Path, name
                 rt = message("s1-000000000003", 3, "realtime", other, 0, {"site_code": site.id, "values": values})
                 r = await c2.post(UPLINK_PATH, json=seal(CREDS, rt))
                 assert r.status_code == 422 and "another enterprise" in r.json()["msg"]
+            nul = {**base, "msg_id": "s1-000000000006", "seq": 6}
+            nul["data"] = {**base["data"], "site": {**base["data"]["site"], "name": "tank\u0000farm"}}
+            r = await client.post(UPLINK_PATH, json=seal(CREDS, nul))
+            assert r.status_code == 422 and "cannot hold" in r.json()["msg"], r.text
             bad = message("s1-000000000004", 4, "realtime", USCC, 0, {"site_code": site.id, "values": [{"x": 1}]})
             r = await client.post(UPLINK_PATH, json=seal(CREDS, bad))
             assert r.status_code == 400 and "malformed" in r.json()["msg"]
             stats = (await client.get("/stats")).json()
-            assert stats["received"] == 2 and sum(stats["rejected_content"].values()) == 3, stats
-            assert stats["refused"] == {"enterprise not issued": 1, "realtime": 1}, stats
+            assert stats["received"] == 2 and sum(stats["rejected_content"].values()) == 4, stats
+            assert stats["refused"] == {
+                "enterprise not issued": 1,
+                "a value the database cannot hold": 1,
+                "realtime": 1,
+            }
         async with pool.acquire() as conn:
             assert (
                 await conn.fetchval("SELECT e.uscc FROM sites s JOIN enterprises e ON e.id = s.enterprise_id") == USCC
             )
+        # the database away: 503 (the enterprise retries), nothing kept, so the retry is fed
+        gone = await asyncpg.create_pool(pg_url, min_size=1, max_size=1)
+        await gone.close()
+        away = BusSink(bus, gone, 4, JsonlSink(tmp_path / "away.jsonl"))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_receiver({APP: CREDS}, away)), base_url="http://hub"
+        ) as client:
+            r = await client.post(UPLINK_PATH, json=seal(CREDS, base))
+            assert r.status_code == 503 and "cannot keep the message" in r.json()["msg"], r.text
+            assert (await client.get("/stats")).json()["received"] == 0
     finally:
         await pool.close()
         await bus.close()

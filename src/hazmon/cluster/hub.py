@@ -99,10 +99,13 @@ class BusSink:
                 await self._realtime(msg, code)
             elif kind == "alarm":
                 await self._alarms(msg, code)
+        except asyncpg.DataError as e:  # a value the database cannot hold (a NUL character, out of range)
+            self.rejected["a value the database cannot hold"] += 1
+            raise SinkRefused(422, f"a value the database cannot hold: {e}") from None
         except SinkRefused as e:
             self.rejected[e.reason.split(":")[0][:60]] += 1
             raise
-        except (asyncpg.PostgresError, OSError, NatsError, TimeoutError) as e:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, NatsError, TimeoutError) as e:
             raise SinkUnavailable(f"{type(e).__name__}: {e}") from None
         return self.keep.accept(msg)
 
