@@ -127,8 +127,8 @@ class AlarmEngine:
             run = np.diff(np.r_[start, len(srows)])
             k = np.arange(len(srows)) - np.repeat(start, run)
             rounds = [order[k == r] for r in range(int(k.max()) + 1)]
-        if len(rounds) == 1:
-            self._round(rows, ts, value, quality, 0, out)
+        if len(rounds) == 1:  # rounds() left each row's position in tags.mark
+            self._round(rows, ts, value, quality, 0, out, marked=True)
         else:
             for r, sel in enumerate(rounds):
                 self._round(rows[sel], ts[sel], value[sel], quality[sel], r, out)
@@ -150,8 +150,13 @@ class AlarmEngine:
         q: npt.NDArray[np.uint8],
         k: int,
         out: list[tuple[int, int, int, int, AlarmEvent]],
+        marked: bool = False,
     ) -> None:
-        """One reading per row. Quiet readings (inside every limit, nothing active) take the short path."""
+        """One reading per row. Quiet readings (inside every limit, nothing active) take the short path.
+
+        ``marked``: ``tags.mark[rows[i]] == i`` for every reading i, which finds the few readings of
+        tags with a run under way without gathering ``pend`` for the whole round.
+        """
         t, c = self.tags, self.cells
         last = t.last_ts[rows]
         old = ts < last
@@ -159,15 +164,14 @@ class AlarmEngine:
             self.stats["old_readings"] += int(old.sum())
             keep = ~old
             rows, ts, v, q, last = rows[keep], ts[keep], v[keep], q[keep], last[keep]
+            marked = False
         t.last_ts[rows] = ts
-        pend = c.pend[rows]
-        if pend.any():  # a run across a stale gap (no sign of life for the stale time) starts afresh
-            running = np.flatnonzero(pend)  # runs under way: few
+        running = self._running(rows, marked)  # positions of readings of tags with a run under way: few
+        if len(running):  # a run across a stale gap (no sign of life for the stale time) starts afresh
             rr = rows[running]
             seen = np.maximum(last[running], t.stale_ref[rr])
-            gap = running[ts[running] - seen >= self._stale_after[rr]]
-            pend[gap] = 0
-            c.pend[rows[gap]] = 0
+            gap = ts[running] - seen >= self._stale_after[rr]
+            c.pend[rr[gap]] = 0
         good_q = q < _BAD_QUALITY
         valid = good_q & np.isfinite(v)
         all_valid = bool(valid.all())
@@ -192,34 +196,52 @@ class AlarmEngine:
             t.last_v[rows] = np.where(valid, v, t.last_v[rows])
         toward = np.bitwise_and(on, ~oc, out=on)
         toward |= off & oc
-        work = toward | pend
-        if work.any():
-            for r, cc, event in self._advance(rows, ts, oc, toward, pend, work):
+        work = np.flatnonzero(toward)
+        if len(running):
+            work = np.union1d(work, running)
+        if len(work):
+            for r, cc, event in self._advance(rows, ts, oc, toward, work):
                 out.append((event.ts_us, r, k, cc, event))
 
-    def _advance(
-        self, rows: npt.NDArray[np.intp], ts: I64, oc: U16, toward: U16, pend: U16, work: U16
-    ) -> list[tuple[int, int, AlarmEvent]]:
-        """The state machines of the cells with a sample counting toward a change or a run under way."""
+    def _running(self, rows: npt.NDArray[np.intp], marked: bool) -> npt.NDArray[np.intp]:
+        """Sorted positions of the readings whose tag has a run under way."""
         c = self.cells
-        nz = np.flatnonzero(work)
-        ii, cols = bits_to_pairs(work)
-        r, tt = rows[ii], ts[ii]
+        if not marked:
+            return np.flatnonzero(c.pend[rows])
+        pending = np.flatnonzero(c.pend[: self.n_tags])  # a contiguous scan, not a gather
+        if len(pending) == 0:
+            return pending
+        pos = self.tags.mark[pending]
+        ok = pos < len(rows)
+        pos, pending = pos[ok], pending[ok]
+        return np.sort(pos[rows[pos] == pending])
+
+    def _advance(
+        self, rows: npt.NDArray[np.intp], ts: I64, oc: U16, toward: U16, work: npt.NDArray[np.intp]
+    ) -> list[tuple[int, int, AlarmEvent]]:
+        """The state machines of the cells at the readings ``work`` (sorted positions): a sample
+        counting toward a change, or a run under way (which a sample that does not count ends)."""
+        c = self.cells
+        wr = rows[work]
+        tw, pd = toward[work], c.pend[wr]
+        i, cols = bits_to_pairs(tw | pd)  # i indexes work
+        r, tt = wr[i], ts[work][i]
         bit = (np.uint16(1) << cols.astype(np.uint16)).astype(np.uint16)
-        counts = (toward[ii] & bit) != 0
-        running = (pend[ii] & bit) != 0
+        counts = (tw[i] & bit) != 0
+        running = (pd[i] & bit) != 0
         start = np.where(running, c.run_ts[r, cols], tt)
         tm = c.timing[r, cols]
-        delay = np.where((oc[ii] & bit) != 0, c.off_delay_us[tm], c.on_delay_us[tm])
+        o = oc[work]
+        delay = np.where((o[i] & bit) != 0, c.off_delay_us[tm], c.on_delay_us[tm])
         done = counts & (tt - start >= delay)
         begin = counts & ~running & ~done
         c.run_ts[r[begin], cols[begin]] = tt[begin]
-        flip = np.zeros(len(rows), np.uint16)
-        np.bitwise_or.at(flip, ii[done], bit[done])
-        c.pend[rows[nz]] = toward[nz] & ~flip[nz]
+        flip = np.zeros(len(work), np.uint16)
+        np.bitwise_or.at(flip, i[done], bit[done])
+        c.pend[wr] = tw & ~flip
         if not done.any():
             return []
-        c.cond[rows[nz]] = oc[nz] ^ flip[nz]
+        c.cond[wr] = o ^ flip
         return self._lifecycle((r[done], cols[done], tt[done]))
 
     # ------------------------------------------------------------------ lifecycle
