@@ -175,3 +175,12 @@ async def test_a_disk_that_refuses_the_spool_loses_no_event(pg_url: str, tmp_pat
     finally:
         await conn.close()
     assert [r["action"] for r in rows] == ["activate", "acknowledge"]
+
+
+def test_a_pending_file_that_cannot_be_read_is_moved_aside(tmp_path: Path) -> None:
+    (tmp_path / "pending.jsonl").mkdir()  # reading it fails as a whole (here: a directory)
+    spool = AlarmSpool(tmp_path / "pending.jsonl")
+    assert spool.load() == [] and spool.moved_aside == 1
+    assert [p.name.split("-")[0] for p in tmp_path.iterdir()] == ["pending.jsonl.unreadable"]
+    spool.append([Pending([_gas_event()])])  # a fresh file takes the new events
+    assert [i.events for i in AlarmSpool(spool.path).load()] == [[_gas_event()]]

@@ -161,6 +161,13 @@ class AlarmSpool:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return []
+        except OSError as e:  # unreadable as a whole (permissions, I/O error): kept aside, start-up goes on
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+            log.critical("%s cannot be read (%s): moved to %s, start-up goes on", self.path, e, aside)
+            with contextlib.suppress(OSError):
+                self.path.rename(aside)
+            self.moved_aside += 1
+            return []
         items: list[Pending] = []
         done: set[int] = set()
         for n, line in enumerate(raw.decode("utf-8", errors="surrogateescape").splitlines(), 1):
