@@ -36,6 +36,8 @@ from hazmon.auth import (
     ensure_demo_token,
     revoke_token,
 )
+from hazmon.regulator.findings import Actor as FindingActor
+from hazmon.regulator.findings import FindingIn, create_finding
 from hazmon.runtime import Runtime
 
 ALARM = "V101.GT1:gas.H"  # combustible gas above 25 %LEL: no on-delay, latching
@@ -52,10 +54,21 @@ class Route:
     method: str
     path: str  # template, as the app declares it
     url: str  # what the test calls
-    permission: Permission | None  # None: public
+    permission: Permission | frozenset[Permission] | None  # None: public; a set: any one of them
     scope: str = SCOPED
     body: Any = None
 
+
+RECORDS = frozenset({Permission.OPERATE, Permission.CONFIGURE})
+FINDING = {
+    "site": SITE,
+    "installation": "HI-02",
+    "description": "ammonia tank T201: insulation damaged at the north nozzle",
+    "grade": "general",
+    "found_by": "inspector",
+    "deadline": "2099-12-31",
+}
+_FINDING_ID: list[int] = []  # the finding the routes with {finding} address, made by the module's fixture
 
 ROUTES = [
     Route("GET", "/healthz", "/healthz", None, GLOBAL),
@@ -108,6 +121,24 @@ ROUTES = [
     Route("GET", "/api/v1/compliance", "/api/v1/compliance", Permission.READ, FILTERED),
     Route("GET", "/api/v1/installations", "/api/v1/installations", Permission.READ, FILTERED),
     Route("GET", "/api/v1/installations/{installation_id}", "/api/v1/installations/HI-02", Permission.READ),
+    # hidden-hazard findings: every role reads (its scope); the enterprise's roles record, regulators do not
+    Route("GET", "/api/v1/hazards/findings", "/api/v1/hazards/findings", Permission.READ, FILTERED),
+    Route("GET", "/api/v1/hazards/findings/summary", "/api/v1/hazards/findings/summary", Permission.READ, FILTERED),
+    Route("POST", "/api/v1/hazards/findings", "/api/v1/hazards/findings", RECORDS, body=FINDING),
+    Route("GET", "/api/v1/hazards/findings/{finding_id}", "/api/v1/hazards/findings/{finding}", Permission.READ),
+    Route(
+        "PATCH",
+        "/api/v1/hazards/findings/{finding_id}",
+        "/api/v1/hazards/findings/{finding}",
+        RECORDS,
+        body={"responsible": "shift leader"},
+    ),
+    Route(
+        "GET",
+        "/api/v1/hazards/findings/{finding_id}/history",
+        "/api/v1/hazards/findings/{finding}/history",
+        Permission.READ,
+    ),
     Route("GET", "/api/v1/tokens", "/api/v1/tokens", Permission.ADMIN, GLOBAL),
     Route(
         "POST",
@@ -137,7 +168,15 @@ PRINCIPALS: dict[str, tuple[Role, bool] | None] = {
     "regulator_other": (Role.REGULATOR, False),
     "admin": (Role.ADMIN, True),
 }
-PUBLIC_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/console", "/console/{name}"}
+PUBLIC_DOCS = {
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+    "/console",
+    "/console/{name}",
+    "/console/findings",
+}
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +185,9 @@ async def env(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> As
     try:
         async with demo_runtime(url, Path(tmp_path_factory.mktemp("auth"))) as rt:
             await ingest(rt, {"V101.GT1": 30.0})
+            async with rt.db.pool.acquire() as conn:
+                made = await create_finding(conn, FindingIn.model_validate(FINDING), FindingActor("inspector"))
+            _FINDING_ID[:] = [made.id]
             yield rt, await make_tokens(rt)
     finally:
         await drop_database(pg_admin_url, url)
@@ -200,10 +242,11 @@ def _expected(route: Route, principal: str) -> str:
     return "ok"
 
 
-def _may(role: Role, permission: Permission) -> bool:
+def _may(role: Role, permission: Permission | frozenset[Permission]) -> bool:
     from hazmon.auth import PERMISSIONS
 
-    return permission in PERMISSIONS[role]
+    wanted = permission if isinstance(permission, frozenset) else {permission}
+    return bool(wanted & PERMISSIONS[role])
 
 
 @pytest.mark.parametrize("principal", list(PRINCIPALS))
@@ -214,7 +257,7 @@ async def test_roles_and_scopes(
     tokens = env[1]
     token = tokens.by_name(principal)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    url = route.url.replace("{spare}", tokens.spare_id)
+    url = route.url.replace("{spare}", tokens.spare_id).replace("{finding}", str(_FINDING_ID[0]))
     r = await client.request(route.method, url, headers=headers, json=route.body)
     expected = _expected(route, principal)
     if expected == "401":
