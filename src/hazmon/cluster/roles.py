@@ -19,7 +19,7 @@ The in-process stages keep their interfaces: a batch is a ``ReadingBatch``, an e
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import json
 import logging
 import time
@@ -46,6 +46,7 @@ from hazmon.regulator.gb18218 import GradingError
 from hazmon.regulator.sitecheck import load_graded_site
 from hazmon.storage.database import open_database
 from hazmon.storage.store import ReadingStore, StoreError
+from hazmon.supervisor import Supervisor
 
 log = logging.getLogger("hazmon.cluster")
 FETCH_TIMEOUT_S = 1.0
@@ -184,26 +185,37 @@ async def run_writer(settings: Settings, bus: Bus, stop: asyncio.Event, stats: S
     async with open_database(settings) as db:
         store = ReadingStore(db.pool, db.caps)
         s = bus.subjects
-        sub = await bus.pull(s.readings("*"), "writers", s.readings_stream, ordered=False, ack_wait_s=WRITER_ACK_WAIT_S)
-        log.info("writer: consuming %s", s.readings("*"))
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(64, timeout=FETCH_TIMEOUT_S)
-            except TimeoutError:
-                continue
-            for msg in msgs:
-                batch = await _decoded(msg, stats, "writer")
-                if batch is None:
-                    continue
+
+        async def consume() -> None:
+            sub = await bus.pull(
+                s.readings("*"), "writers", s.readings_stream, ordered=False, ack_wait_s=WRITER_ACK_WAIT_S
+            )
+            log.info("writer: consuming %s", s.readings("*"))
+            while True:
                 try:
-                    await store.write(batch)
-                except StoreError as e:  # an outage: redelivered after ack_wait, stored once
-                    log.warning("writer: store unavailable, batch %s left for redelivery: %s", batch.batch_id, e)
-                    await msg.nak(delay=1.0)
+                    msgs = await sub.fetch(64, timeout=FETCH_TIMEOUT_S)
+                except TimeoutError:
                     continue
-                await msg.ack()
-                stats.batches += 1
-                stats.readings += len(batch)
+                for msg in msgs:
+                    batch = await _decoded(msg, stats, "writer")
+                    if batch is None:
+                        continue
+                    try:
+                        await store.write(batch)
+                    except StoreError as e:  # an outage: redelivered, stored once
+                        log.warning("writer: store unavailable, batch %s left for redelivery: %s", batch.batch_id, e)
+                        await msg.nak(delay=1.0)
+                        continue
+                    await msg.ack()
+                    stats.batches += 1
+                    stats.readings += len(batch)
+
+        sup = Supervisor()  # a failed loop is logged, counted and restarted with backoff
+        sup.start("writer", consume, essential=True)
+        try:
+            await stop.wait()
+        finally:
+            await sup.stop()
 
 
 # ---------------------------------------------------------------- engine shard
@@ -251,7 +263,7 @@ async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, st
                 s.readings(partition), f"engine-{partition}", s.readings_stream, ordered=True,
                 ack_wait_s=ENGINE_ACK_WAIT_S,
             )  # fmt: skip
-            while not stop.is_set():
+            while True:
                 try:
                     msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
                 except TimeoutError:
@@ -269,28 +281,24 @@ async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, st
                     stats.readings += len(batch)
 
         async def clock() -> None:
-            while not stop.is_set():
+            while True:
                 await asyncio.sleep(TICK_S)
                 async with lock:
                     events = engine.tick(now_us())
                     if events:
                         await record(events)
 
-        tasks = [asyncio.create_task(consume(p), name=f"engine-{p}") for p in owned]
+        # every loop supervised: one that fails is logged, counted and restarted with backoff; its
+        # unacknowledged batch is delivered again (nothing judged twice: the journal holds its effect)
+        sup = Supervisor()
+        for p in owned:
+            sup.start(f"engine-{p}", functools.partial(consume, p), essential=True)
         if settings.engine_clock:
-            tasks.append(asyncio.create_task(clock(), name="engine-clock"))
+            sup.start("engine-clock", clock, essential=True)
         try:
-            stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stopper and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+            await stop.wait()
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await sup.stop()
 
 
 # ---------------------------------------------------------------- process entry
