@@ -19,7 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from hazmon.errors import Problem
-from hazmon.plant.site import Chemical, EquipmentType, GasClass, Installation, InstallationKind, Signal, Site, TagKind
+from hazmon.plant.site import (
+    Chemical,
+    EquipmentType,
+    GasClass,
+    Installation,
+    InstallationKind,
+    Signal,
+    Site,
+    Tag,
+    TagKind,
+)
 from hazmon.regulator.chemicals import find
 from hazmon.regulator.gb18218 import GradingError, grade
 
@@ -103,10 +113,13 @@ def installation_requirements(site: Site, inst: Installation, retention_days: in
     equipment = [e for e in site.equipment if e.installation == inst.id]
     eq_ids = {e.id for e in equipment}
     tags = [t for t in site.tags if t.equipment in eq_ids]
+    by_equipment: dict[str, list[Tag]] = {}
+    for t in tags:
+        by_equipment.setdefault(t.equipment, []).append(t)
     out: list[Requirement] = []
 
-    def tags_of(eq: str | None, pred: Any) -> tuple[str, ...]:
-        return tuple(t.id for t in tags if (eq is None or t.equipment == eq) and pred(t))
+    def tags_of(eq: str | None, pred: Any) -> tuple[str, ...]:  # linear in the tags looked at, not the site's
+        return tuple(t.id for t in (tags if eq is None else by_equipment.get(eq, [])) if pred(t))
 
     for e in equipment:
         if e.type not in _VESSELS:
