@@ -66,3 +66,23 @@ async def test_scope_of_the_compliance_view(env: tuple[Runtime, Tokens, httpx.As
     assert (await client.get("/api/v1/compliance")).status_code == 401
     bad = await client.get("/api/v1/compliance", params={"since": "lately"}, headers=other)
     assert bad.status_code == 422
+
+
+def test_an_acknowledged_alarm_keeps_standing_from_its_activation() -> None:
+    """A gas alarm raised 30 h ago and acknowledged an hour ago has stood 30 h: the acknowledge (the
+    last change, ``since``) does not reset how long it has been in alarm."""
+    from hazmon.alarms.alarm import AlarmSnapshot, AlarmState, Priority
+    from hazmon.regulator.compliance import AlarmTally
+
+    now = now_us()
+    hour = 3_600_000_000
+    tally = AlarmTally()
+    tally.add(
+        AlarmSnapshot(
+            alarm_id="V103.GT1:gas.H", tag_id="V103.GT1", condition="gas.H", priority=Priority.HIGH,
+            state=AlarmState.ACTIVE_ACK, active=True, acked=True, value=30.0, limit=25.0,
+            since_us=now - hour, activated_us=now - 30 * hour,
+        ),
+        now,
+    )  # fmt: skip
+    assert tally.standing == 1 and tally.oldest_active_since_us == now - 30 * hour

@@ -52,9 +52,10 @@ class AlarmTally:
         if a.state in _ACTIVE:
             self.active += 1
             self.by_priority[a.priority.value] += 1
-            if self.oldest_active_since_us is None or a.since_us < self.oldest_active_since_us:
-                self.oldest_active_since_us = a.since_us
-            if now_us - a.since_us > STANDING_S * US:
+            stood_since = a.activated_us if a.activated_us is not None else a.since_us  # an ack resets since_us
+            if self.oldest_active_since_us is None or stood_since < self.oldest_active_since_us:
+                self.oldest_active_since_us = stood_since
+            if now_us - stood_since > STANDING_S * US:
                 self.standing += 1
         if a.state in _UNACK:
             self.unacknowledged += 1

@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from hazmon.alarms.alarm import Priority
+from hazmon.alarms.alarm import Priority, split_alarm_id
 from hazmon.plant.site import Signal, Site
 from hazmon.regulator.monitoring import MIN_RETENTION_DAYS
 
@@ -114,7 +114,7 @@ async def offline_intervals(
     out: dict[str, list[tuple[datetime, datetime]]] = {}
     down_since: dict[str, datetime] = {}
     for r in rows:
-        owner = r["alarm_id"].rpartition(":")[0]
+        owner = split_alarm_id(r["alarm_id"])[0]
         out.setdefault(owner, [])
         ts = max(r["ts"], start)
         if r["action"] == "activate":

