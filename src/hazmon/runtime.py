@@ -157,6 +157,9 @@ class Runtime:
     alarm_view: AlarmListView | None = None
     # set by `hazmon serve --role gateway`: batches go to the message bus instead of engine and store
     publisher: Callable[[ReadingBatch], Awaitable[None]] | None = None
+    # set by `hazmon serve --role api`: operator actions go to the engine shard owning the alarm's site,
+    # called as ``act`` is (and raising as it does); ``engine`` is then a mirror of the shards' alarms
+    remote_act: Callable[..., Awaitable[ActionResult]] | None = None
     # the uplink to the provincial risk-monitoring platform, when configured (hazmon.regulator.uplink)
     uplink: Uplink | None = None
     _directory: tuple[object, object, object, tuple[int, int, int], Directory] | None = None
@@ -261,6 +264,8 @@ class Runtime:
         applied), ValueError for an unknown action, RecordNotPossible when neither the database nor
         the disk can record it (nothing applied).
         """
+        if self.remote_act is not None:  # `hazmon serve --role api`: the owning engine shard applies it
+            return await self.remote_act(action, alarm_id, actor, comment=comment, duration_s=duration_s, site=site)
         if self.engine is None:
             raise RuntimeError("no rule engine is configured")
         engine = self.engine

@@ -54,6 +54,10 @@ class Subjects:
     def readings(self, partition: int | str) -> str:
         return f"{self.namespace}.readings.{partition}"
 
+    def ops(self, partition: int | str) -> str:
+        """Operator actions for the engine shard owning ``partition`` (core NATS request/reply)."""
+        return f"{self.namespace}.ops.{partition}"
+
     def events(self, site: str) -> str:
         """A site id may hold dots (token separators of NATS subjects): they become ``_`` here; the
         event's payload names the site as it is."""

@@ -9,7 +9,8 @@
   ``<ns>.events.<site>`` (message ids derived from each event: a replay publishes nothing twice),
   journals them, then acknowledges the batch. Killed at any point, the restarted shard resumes at the
   first unacknowledged batch with the state the journal holds: no transition is lost, none journaled
-  twice;
+  twice. It also takes the operator actions of api instances for its partitions (``<ns>.ops.<p>``,
+  ``hazmon.cluster.ops``): applied, journaled and audited in one transaction, published, answered;
 - **writer**: the writers share one consumer (each batch to one of them) and store batches by binary
   COPY; the store is idempotent per batch and per (tag, time), so a redelivered batch is stored once.
 
@@ -38,6 +39,7 @@ from hazmon.alarms.engine import AlarmEngine
 from hazmon.backoff import Backoff, BackoffConfig
 from hazmon.cluster.bus import ENGINE_ACK_WAIT_S, WRITER_ACK_WAIT_S, Bus, partition_of
 from hazmon.cluster.codec import CodecError, decode_batch, encode_batch
+from hazmon.cluster.ops import serve_operation
 from hazmon.config import Settings
 from hazmon.errors import InvalidFile
 from hazmon.plant.site import Site
@@ -118,6 +120,7 @@ def event_json(e: AlarmEvent, site: str | None) -> bytes:
             "ts_us": e.ts_us,
             "user": e.user,
             "comment": e.comment,
+            "shelved_until_us": e.shelved_until_us,
         },
         allow_nan=False,
         default=str,
@@ -249,10 +252,13 @@ async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, st
         )
         lock = asyncio.Lock()  # one batch (or tick) at a time through the engine and the journal
 
-        async def record(events: list[AlarmEvent]) -> None:
+        async def publish(events: list[AlarmEvent]) -> None:
             for e in events:
                 site = site_of.get(_owner(e.alarm_id, e.tag_id))
                 await bus.publish(bus.subjects.events(site or "_system"), event_json(e, site), event_msg_id(e))
+
+        async def record(events: list[AlarmEvent]) -> None:
+            await publish(events)
             async with db.pool.acquire() as conn:
                 await journal.append_events(conn, events, site_of.get)
             stats.events += len(events)
@@ -295,9 +301,23 @@ async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, st
             sup.start(f"engine-{p}", functools.partial(consume, p), essential=True)
         if settings.engine_clock:
             sup.start("engine-clock", clock, essential=True)
+
+        async def operate(msg: Any) -> None:
+            """An operator action from an api instance (``hazmon.cluster.ops``): applied, journaled and
+            audited here, or refused; the reply says which."""
+            try:
+                reply = await serve_operation(msg.data, engine, lock, db.pool, site_of, publish)
+            except Exception as e:  # e.g. the bus refused the events after they were journaled
+                log.exception("engine shard: operator action failed")
+                reply = {"error": "unavailable", "detail": f"engine shard: {e}"}
+            await msg.respond(json.dumps(reply, allow_nan=False, default=str).encode())
+
+        ops_subs = [await bus.nc.subscribe(bus.subjects.ops(p), cb=operate) for p in owned]
         try:
             await stop.wait()
         finally:
+            for sub in ops_subs:
+                await sub.unsubscribe()
             await sup.stop()
 
 

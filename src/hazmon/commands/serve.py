@@ -39,10 +39,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     serve.add_argument(
         "--role",
-        choices=("all", "gateway", "engine", "writer", "hub"),
+        choices=("all", "gateway", "engine", "writer", "api", "hub"),
         default="all",
         help="all: every stage in this process (default); gateway, engine, writer: one stage, joined to the "
-        "others over NATS JetStream (HAZMON_NATS_URL, HAZMON_PARTITIONS, HAZMON_SHARD; docs/scaling.md); hub: "
+        "others over NATS JetStream (HAZMON_NATS_URL, HAZMON_PARTITIONS, HAZMON_SHARD; docs/scaling.md); api: the "
+        "API with the alarm state read from the events stream, operator actions sent to the owning shard; hub: "
         "the regulator's receiver of enterprise uplinks, feeding the same streams (HAZMON_HUB__PORT, "
         "HAZMON_HUB__CREDENTIALS)",
     )
@@ -92,16 +93,25 @@ async def serve_forever(
     from hazmon.runtime import run_runtime
 
     bus = None
-    if role == "gateway":  # no engine, no store: batches go to the bus
+    if role in ("gateway", "api"):
         from hazmon.cluster.bus import Bus
 
-        settings = settings.model_copy(update={"rules": []})
+        if role == "gateway":  # no engine, no store: batches go to the bus
+            settings = settings.model_copy(update={"rules": []})
         bus = await Bus.connect(settings.nats_url, settings.nats_namespace)
-    async with contextlib.AsyncExitStack() as stack, run_runtime(settings, gateway_configs=gateway_configs) as runtime:
+    if role == "api" and bus is not None:  # alarm state from the events stream, actions to the shards
+        from hazmon.cluster.api import api_runtime
+
+        runtime_context = api_runtime(settings, bus)
+    else:
+        runtime_context = run_runtime(settings, gateway_configs=gateway_configs)
+    async with contextlib.AsyncExitStack() as stack:
         if bus is not None:
+            stack.push_async_callback(bus.close)
+        runtime = await stack.enter_async_context(runtime_context)
+        if bus is not None and role == "gateway":
             from hazmon.cluster.roles import bus_publisher, sites_by_key
 
-            stack.push_async_callback(bus.close)
             runtime.publisher = bus_publisher(bus, sites_by_key(runtime.sites, runtime.tags), settings.partitions)
         if banner:
             from hazmon.auth import ensure_demo_token
