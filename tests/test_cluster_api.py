@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from api_helpers import free_port
@@ -257,3 +258,51 @@ async def test_api_instances_follow_the_stream_and_send_actions_to_the_owning_sh
         await conn.close()
         await bus.close()
     assert all(c == 0 for c in codes.values()), f"{codes}\n{log.read_text()[-3000:]}"
+
+
+async def test_the_mirror_sets_aside_what_is_not_an_alarm_event_counts_it_and_goes_on(
+    pg_url: str,
+    tmp_path: Path,
+    namespace: str,  # noqa: F811
+) -> None:
+    """Whatever is on the events stream (a hub's raise has no previous state), the mirror applies the
+    alarm events and counts the rest; nothing stops it. /metrics shows the count."""
+    from hazmon.cluster.api import AlarmMirror, api_runtime
+    from hazmon.config import load_settings
+
+    settings = load_settings(
+        database_url=pg_url, data_dir=tmp_path, site=SITE_FILE, rules=RULES, nats_namespace=namespace,
+        partitions=PARTITIONS,
+    )  # fmt: skip
+    bus = await Bus.connect(NATS_URL, namespace)
+    try:
+        async with api_runtime(settings, bus) as rt:
+            mirror = rt.engine
+            assert isinstance(mirror, AlarmMirror)
+            subject = bus.subjects.events(SITE)
+            bad = [
+                b"not json",
+                b"[]",
+                json.dumps({"alarm_id": GAS}).encode(),
+                json.dumps({"alarm_id": GAS, "priority": "high", "state": "bogus", "ts_us": 1}).encode(),
+                json.dumps({"alarm_id": 7, "priority": "high", "state": "normal", "ts_us": 1}).encode(),
+            ]
+            for i, payload in enumerate(bad):
+                await bus.publish(subject, payload, f"bad-{i}")
+            raise_ = {"alarm_id": GAS, "tag": "V103.GT1", "site": SITE, "condition": "gas.H", "priority": "high",
+                      "action": "activate", "prev_state": None, "state": "active_unack", "value": 30.0,
+                      "limit": 25.0, "ts_us": now_us(), "user": None}  # fmt: skip
+            await bus.publish(subject, json.dumps(raise_).encode(), "good")
+
+            async def applied() -> bool:
+                return GAS in {s.alarm_id for s in mirror.current()}
+
+            await _until(applied, 10, "the good event behind five bad ones")
+            snap = mirror.get(GAS)
+            assert snap.state == "active_unack" and snap.activated_us == raise_["ts_us"] and not snap.acked
+            assert mirror.stats["mirror_rejected"] == len(bad)
+            assert mirror.get("V104.GT1:gas.H").state == "normal"  # defined by the rules, no event yet
+            with pytest.raises(KeyError):
+                mirror.get("V104.GT1:nothing.H")
+    finally:
+        await bus.close()

@@ -76,7 +76,8 @@ class AlarmMirror(AlarmEngine):
     def __init__(self, compiled: CompiledRules) -> None:
         super().__init__(compiled)
         self._alarms: dict[str, AlarmSnapshot] = {}
-        self.stats["mirror_events"] = 0
+        self.stats["mirror_events"] = 0  # applied from the stream (/metrics: hazmon_engine_mirror_events_total)
+        self.stats["mirror_rejected"] = 0  # messages of the stream that are not alarm events, set aside
 
     def load(self, snapshots: Sequence[AlarmSnapshot]) -> None:
         for s in snapshots:
@@ -172,6 +173,7 @@ class EventFollower:
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             reason = "not an alarm event"
             self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
+            self.mirror.stats["mirror_rejected"] += 1
             log.error("api: events message %d set aside: %s: %s", seq, reason, err)
             return
         # applied and published in one synchronous step: a WebSocket snapshot is before or after it

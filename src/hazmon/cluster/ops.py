@@ -36,6 +36,7 @@ from hazmon.reading import now_us
 
 log = logging.getLogger("hazmon.cluster")
 
+ACQUIRE_TIMEOUT_S = 5.0
 ACTIONS = ("acknowledge", "reset", "shelve", "unshelve", "remove_from_service", "return_to_service", "comment")
 
 
@@ -155,21 +156,28 @@ async def serve_operation(
     async with lock:  # one batch, tick or action at a time through the engine and the journal
         try:
             before = engine.get(alarm_id)
-            events = apply_action(engine, action, alarm_id, actor["name"], comment, duration_s, now_us())
         except UnknownAlarm:
             return {"error": "unknown", "detail": f"unknown alarm {alarm_id!r}"}
-        except InvalidTransition as e:
-            return {"error": "invalid", "detail": str(e)}
-        except ValueError as e:
-            return {"error": "value", "detail": str(e)}
-        after = engine.get(alarm_id)
-        detail: dict[str, Any] = {"from": str(before.state), "to": str(after.state)}
-        if comment is not None:
-            detail["comment"] = comment
-        if duration_s is not None:
-            detail["duration_s"] = duration_s
+        applied = False
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            # the transaction is open before the engine changes: a database that is away refuses the
+            # action before it is applied; one lost at the commit has it undone (engine.restore)
+            async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
+                try:
+                    events = apply_action(engine, action, alarm_id, actor["name"], comment, duration_s, now_us())
+                except UnknownAlarm:
+                    return {"error": "unknown", "detail": f"unknown alarm {alarm_id!r}"}
+                except InvalidTransition as e:
+                    return {"error": "invalid", "detail": str(e)}
+                except ValueError as e:
+                    return {"error": "value", "detail": str(e)}
+                applied = True
+                after = engine.get(alarm_id)
+                detail: dict[str, Any] = {"from": str(before.state), "to": str(after.state)}
+                if comment is not None:
+                    detail["comment"] = comment
+                if duration_s is not None:
+                    detail["duration_s"] = duration_s
                 await journal.append_events(conn, events, site_of.get)
                 await audit.append(
                     conn,
@@ -182,8 +190,11 @@ async def serve_operation(
                     detail=detail,
                 )
         except Exception as e:  # not recorded: not applied
-            engine.restore([before])
-            log.warning("engine shard: %s of %s by %s not recorded, undone: %s", action, alarm_id, actor["name"], e)
+            if applied:
+                engine.restore([before])
+            log.warning(
+                "engine shard: %s of %s by %s not recorded, not applied: %s", action, alarm_id, actor["name"], e
+            )
             return {"error": "unavailable", "detail": f"the action could not be recorded and was not applied: {e}"}
         await publish(events)
     owner_site = site_of.get(after.tag_id or alarm_id.rpartition(":")[0])
