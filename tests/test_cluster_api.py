@@ -194,6 +194,16 @@ async def test_api_instances_follow_the_stream_and_send_actions_to_the_owning_sh
 
             await _until(raised_everywhere, 30, f"{GAS} in both instances' lists and WebSockets")
 
+            # the readings' values too (WebSocket values, "data arriving"), from the readings stream
+            async def value_shown() -> bool:
+                async with connect(apis[1].base.replace("http", "ws", 1) + "/api/v1/live") as ws:
+                    await ws.send(json.dumps({"type": "auth", "token": token}))
+                    await ws.send(json.dumps({"type": "subscribe", "sites": [SITE], "tags": ["V103.GT1"]}))
+                    values = json.loads(await asyncio.wait_for(ws.recv(), 10))["values"]
+                return [(v["tag"], v["value"]) for v in values] == [("V103.GT1", 30.0)]
+
+            await _until(value_shown, 30, "V103.GT1's value in instance 2's WebSocket snapshot")
+
             r = await _post(apis[0], token, f"{GAS}/ack", {"comment": "field operator sent"})
             assert r.status_code == 200, r.text
             body = r.json()

@@ -10,6 +10,8 @@
 - **Operator actions** go to the engine shard owning the alarm's site (``hazmon.cluster.ops``): it
   applies, journals, audits and publishes them; this instance answers with the shard's result once its
   mirror holds the action's events (or after ``SEEN_WAIT_S``). No shard answering is a 503.
+- **Values**: the latest value of each tag from ``<ns>.readings.*`` (``ValueFollower``), for the
+  WebSocket's values and the compliance view's "data arriving".
 - The sites come from ``HAZMON_SITE``/``HAZMON_SITES`` (scopes and places); no gateways, no engine,
   nothing written but the audit rows of refused actions (through the alarm recorder, as in one process).
 """
@@ -42,6 +44,7 @@ from hazmon.alarms.alarm import (
 from hazmon.alarms.compiler import CompiledRules, compile_rules
 from hazmon.alarms.engine import AlarmEngine
 from hazmon.cluster.bus import Bus, partition_of
+from hazmon.cluster.codec import CodecError, decode_batch
 from hazmon.cluster.ops import event_from_dict, snapshot_from_dict
 from hazmon.cluster.roles import event_msg_id, load_configuration
 from hazmon.config import Settings
@@ -223,6 +226,42 @@ class EventFollower:
                 await sub.unsubscribe()
 
 
+class ValueFollower:
+    """The latest values (WebSocket values, the compliance view's "data arriving") from
+    ``<ns>.readings.*``: an api instance sees the readings the gateways publish, as one process sees its
+    gateways' batches. Read from ``REPLAY_S`` back at start; the hub keeps the newest value per tag, so a
+    replay never sets a value back."""
+
+    def __init__(self, runtime: Runtime, mirror: AlarmMirror, bus: Bus) -> None:
+        self.runtime = runtime
+        self.mirror = mirror
+        self.bus = bus
+
+    async def run(self) -> None:
+        start = datetime.now(UTC) - timedelta(seconds=REPLAY_S)
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
+        s = self.bus.subjects
+        sub = await self.bus.js.subscribe(
+            s.readings("*"), stream=s.readings_stream, ordered_consumer=True, config=config
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1.0)
+                except TimeoutError:
+                    continue
+                try:
+                    batch = decode_batch(msg.data)
+                except CodecError as e:  # the writers and shards set it aside too
+                    self.mirror.stats["mirror_rejected"] += 1
+                    log.error("api: readings message %s set aside: %s", msg.metadata.sequence.stream, e)
+                    continue
+                self.runtime.hub.publish_values(batch, self.runtime.tags)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
 class ShardClient:
     """``Runtime.act`` for an api instance: the action goes to the shard owning the alarm's site."""
 
@@ -305,6 +344,7 @@ async def api_runtime(settings: Settings, bus: Bus) -> AsyncIterator[Runtime]:
         sup = Supervisor()
         sup.start("journal-writer", runtime.recorder.run, essential=True)
         sup.start("events-follower", follower.run, essential=True)
+        sup.start("values-follower", ValueFollower(runtime, mirror, bus).run)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(follower.caught_up.wait(), 30.0)
         log.info(
