@@ -261,10 +261,14 @@ async def run_one(mode: str, tags: int, args: argparse.Namespace, limit: float) 
                     t1_us,
                     SITE,
                 )
-                async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-                    gateways = (
-                        await client.get("/api/v1/gateways", headers={"Authorization": f"Bearer {token}"})
-                    ).json()
+                gateways: Any = None
+                try:
+                    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                        gateways = (
+                            await client.get("/api/v1/gateways", headers={"Authorization": f"Bearer {token}"})
+                        ).json()
+                except httpx.HTTPError as e:  # an API too busy to answer: the run is not sustained
+                    print(f"e2e: /api/v1/gateways did not answer: {e!r}", file=sys.stderr)
             finally:
                 await conn.close()
         finally:
@@ -304,7 +308,7 @@ def summarise(
     if isinstance(gateways, list):
         dropped = sum(int(g.get("dropped_readings", 0) or 0) for g in gateways)
     lat = np.array(latencies) if latencies else np.array([np.nan])
-    sustained = all(v >= 0.995 for v in delivery.values()) and dropped == 0
+    sustained = all(v >= 0.995 for v in delivery.values()) and dropped == 0 and isinstance(gateways, list)
     return {
         "mode": mode,
         "tags": tags,
@@ -340,8 +344,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             print(f"e2e: {mode} at {tags} tags ...", file=sys.stderr, flush=True)
             try:
                 result = await run_one(mode, tags, args, limit)
-            except RuntimeError as e:
-                result = {"mode": mode, "tags": tags, "sustained": False, "error": str(e)}
+            except (RuntimeError, OSError, asyncpg.PostgresError) as e:
+                result = {"mode": mode, "tags": tags, "sustained": False, "error": repr(e)}
             print(f"e2e: {json.dumps(result)}", file=sys.stderr, flush=True)
             runs.append(result)
             if not result["sustained"]:
