@@ -172,6 +172,10 @@ async def test_api_instances_follow_the_stream_and_send_actions_to_the_owning_sh
         token = (await create_token(conn, Role.OPERATOR, sites=[SITE], name="alice")).secret
         for api in apis:
             await api.start(token)
+        async with httpx.AsyncClient(timeout=5) as c:
+            health = (await c.get(f"{apis[0].base}/healthz")).json()
+        assert health["status"] == "ok", health
+        assert {"events-follower", "values-follower", "journal-writer"} <= set(health["components"])
         keys = await tag_index(conn)
 
         async def publish(values: dict[str, float]) -> None:

@@ -62,7 +62,7 @@ log = logging.getLogger("hazmon.cluster")
 
 REPLAY_S = 60.0  # the stream is read from this long before the journal was
 OPS_TIMEOUT_S = 5.0  # how long an operator action waits for the owning shard's reply
-SEEN_WAIT_S = 2.0  # how long an answered action waits for its events to reach this instance's mirror
+SEEN_WAIT_S = 5.0  # how long an answered action waits for its events to reach this instance's mirror
 SEEN_KEEP = 20_000  # message ids remembered (for that wait)
 _ACTIVE = {AlarmState.ACTIVE_UNACK, AlarmState.ACTIVE_ACK}
 _UNACKED = {AlarmState.ACTIVE_UNACK, AlarmState.RTN_UNACK}

@@ -312,7 +312,8 @@ async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, st
                 reply = {"error": "unavailable", "detail": f"engine shard: {e}"}
             await msg.respond(json.dumps(reply, allow_nan=False, default=str).encode())
 
-        ops_subs = [await bus.nc.subscribe(bus.subjects.ops(p), cb=operate) for p in owned]
+        # a queue group: should two processes run the same shard by mistake, an action is applied once
+        ops_subs = [await bus.nc.subscribe(bus.subjects.ops(p), queue=f"engine-{p}", cb=operate) for p in owned]
         try:
             await stop.wait()
         finally:
