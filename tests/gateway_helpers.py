@@ -85,6 +85,17 @@ class Collector:
         return b.value[m]
 
 
+async def _bounded(p: asyncio.subprocess.Process, stdin: bytes | None, timeout_s: float = 60.0) -> tuple[bytes, bytes]:
+    """``communicate`` with a deadline: a client that hangs is killed and fails the test."""
+    try:
+        out, err = await asyncio.wait_for(p.communicate(stdin), timeout_s)
+    except TimeoutError:
+        p.kill()
+        await p.wait()
+        raise AssertionError(f"mosquitto_pub did not finish within {timeout_s:g} s") from None
+    return out or b"", err or b""
+
+
 class Mosquitto:
     """A private Mosquitto on a free loopback port, persistent, restartable by the test.
 
@@ -159,7 +170,7 @@ class Mosquitto:
             payload,
             stderr=asyncio.subprocess.PIPE,
         )
-        _, err = await p.communicate()
+        _, err = await _bounded(p, None)
         assert p.returncode == 0, err.decode()
 
     async def publish_lines(self, topic: str, payloads: list[str], qos: int = 1) -> None:
@@ -178,7 +189,7 @@ class Mosquitto:
             stdin=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        _, err = await p.communicate(("\n".join(payloads) + "\n").encode())
+        _, err = await _bounded(p, ("\n".join(payloads) + "\n").encode())
         assert p.returncode == 0, err.decode()
 
 
