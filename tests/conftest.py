@@ -133,3 +133,23 @@ async def db_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     url = await create_database(admin_url)
     yield url
     await drop_database(admin_url, url)
+
+
+NATS_URL = os.environ.get("HAZMON_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+@pytest.fixture
+async def namespace() -> AsyncIterator[str]:
+    """A private namespace (subjects and streams) on the real NATS JetStream server, deleted afterwards."""
+    from hazmon.cluster.bus import Bus
+
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    try:
+        bus = await Bus.connect(NATS_URL, ns, connect_timeout=3)
+    except Exception as e:  # any failure to reach the server
+        _missing(f"NATS JetStream at {NATS_URL} ({e})")
+    try:
+        yield ns
+    finally:
+        await bus.delete_streams()
+        await bus.close()

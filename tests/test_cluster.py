@@ -12,9 +12,7 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.js.errors import NotFoundError
 
-from conftest import _missing
+from conftest import NATS_URL
 from hazmon.alarms.alarm import AlarmEvent
 from hazmon.alarms.compiler import compile_rules, load_rules
 from hazmon.alarms.engine import AlarmEngine
@@ -40,7 +38,6 @@ from hazmon.sim.scenario import load_scenario, parse_scenario
 from hazmon.storage.registry import tag_index, upsert_site
 
 ROOT = Path(__file__).resolve().parents[1]
-NATS_URL = os.environ.get("HAZMON_TEST_NATS_URL", "nats://127.0.0.1:4222")
 DEMO_RULES = [ROOT / "alarm_rules" / n for n in ("gas-detectors.yaml", "process-defaults.yaml", "demo-tank-farm.yaml")]
 STEPS = 600
 
@@ -80,20 +77,6 @@ def test_codec_rejects_truncated_or_padded_batches(n: int, cut: int, pad: bytes)
 
 
 # ---------------------------------------------------------------- the stages as processes
-
-
-@pytest.fixture
-async def namespace() -> AsyncIterator[str]:
-    ns = f"t{uuid.uuid4().hex[:10]}"
-    try:
-        bus = await Bus.connect(NATS_URL, ns, connect_timeout=3)
-    except Exception as e:  # any failure to reach the server
-        _missing(f"NATS JetStream at {NATS_URL} ({e})")
-    try:
-        yield ns
-    finally:
-        await bus.delete_streams()
-        await bus.close()
 
 
 def _batches(site: Site, scenario: Any, keys: dict[str, int], t0_us: int) -> list[ReadingBatch]:

@@ -25,12 +25,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from api_helpers import free_port
+from conftest import NATS_URL
 from hazmon.auth import Role, create_token
 from hazmon.cluster.bus import Bus
 from hazmon.cluster.codec import encode_batch
 from hazmon.reading import ReadingBatch, now_us
 from hazmon.storage.registry import tag_index
-from test_cluster import NATS_URL, _until, namespace  # noqa: F401  (namespace: the fixture)
+from test_cluster import _until
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE_FILE = ROOT / "sites" / "demo-tank-farm.yaml"
@@ -140,7 +141,7 @@ async def _post(api: ApiProcess, token: str, path: str, body: dict[str, Any] | N
 async def test_api_instances_follow_the_stream_and_send_actions_to_the_owning_shard(
     pg_url: str,
     tmp_path: Path,
-    namespace: str,  # noqa: F811
+    namespace: str,
 ) -> None:
     env = {
         **os.environ,
@@ -277,7 +278,7 @@ async def test_api_instances_follow_the_stream_and_send_actions_to_the_owning_sh
 async def test_the_mirror_sets_aside_what_is_not_an_alarm_event_counts_it_and_goes_on(
     pg_url: str,
     tmp_path: Path,
-    namespace: str,  # noqa: F811
+    namespace: str,
 ) -> None:
     """Whatever is on the events stream (a hub's raise has no previous state), the mirror applies the
     alarm events and counts the rest; nothing stops it. /metrics shows the count."""

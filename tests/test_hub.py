@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api_helpers import RULES, SITE_FILE, free_port, ingest
-from conftest import _missing, create_database, drop_database
+from conftest import NATS_URL, create_database, drop_database
 from hazmon.cluster.bus import Bus
 from hazmon.cluster.hub import BusSink, batch_id_of
 from hazmon.config import load_settings
@@ -34,27 +33,12 @@ from hazmon.hub.sink import JsonlSink
 from hazmon.regulator.uplink_payload import Credentials, seal
 from hazmon.runtime import run_runtime
 
-NATS_URL = os.environ.get("HAZMON_TEST_NATS_URL", "nats://127.0.0.1:4222")
 KEY = "0123456789abcdeffedcba9876543210"
 IV = "00112233445566778899aabbccddeeff"
 SECRET = "issued-to-ecs"
 APP = "hz-320500-0001"
 USCC = "91320500MA1XK7Q211"  # the demo enterprise
 CREDS = Credentials(APP, SECRET.encode(), bytes.fromhex(KEY), bytes.fromhex(IV))
-
-
-@pytest.fixture
-async def namespace() -> AsyncIterator[str]:
-    ns = f"t{uuid.uuid4().hex[:10]}"
-    try:
-        bus = await Bus.connect(NATS_URL, ns, connect_timeout=3)
-    except Exception as e:  # any failure to reach the server
-        _missing(f"NATS JetStream at {NATS_URL} ({e})")
-    try:
-        yield ns
-    finally:
-        await bus.delete_streams()
-        await bus.close()
 
 
 @pytest.fixture

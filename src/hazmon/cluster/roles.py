@@ -39,7 +39,7 @@ from hazmon.alarms.engine import AlarmEngine
 from hazmon.backoff import Backoff, BackoffConfig
 from hazmon.cluster.bus import ENGINE_ACK_WAIT_S, WRITER_ACK_WAIT_S, Bus, partition_of
 from hazmon.cluster.codec import CodecError, decode_batch, encode_batch
-from hazmon.cluster.ops import serve_operation
+from hazmon.cluster.ops import event_to_dict, serve_operation
 from hazmon.config import Settings
 from hazmon.errors import InvalidFile
 from hazmon.plant.site import Site
@@ -105,26 +105,7 @@ def event_msg_id(e: AlarmEvent) -> str:
 
 
 def event_json(e: AlarmEvent, site: str | None) -> bytes:
-    return json.dumps(
-        {
-            "alarm_id": e.alarm_id,
-            "tag": e.tag_id,
-            "site": site,
-            "condition": e.condition,
-            "priority": str(e.priority),
-            "action": e.action,
-            "prev_state": str(e.prev_state),
-            "state": str(e.new_state),
-            "value": e.value,
-            "limit": e.limit,
-            "ts_us": e.ts_us,
-            "user": e.user,
-            "comment": e.comment,
-            "shelved_until_us": e.shelved_until_us,
-        },
-        allow_nan=False,
-        default=str,
-    ).encode()
+    return json.dumps(event_to_dict(e, site), allow_nan=False, default=str).encode()
 
 
 @dataclass
