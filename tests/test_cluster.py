@@ -104,6 +104,21 @@ async def _spawn(role: str, env: dict[str, str], log: Path) -> asyncio.subproces
     )  # fmt: skip
 
 
+async def stop_roles(procs: dict[str, asyncio.subprocess.Process], log: Path) -> None:
+    """SIGTERM to every role process still running; each must stop within 30 s."""
+    for p in procs.values():
+        if p.returncode is None:
+            p.send_signal(signal.SIGTERM)
+    for name, p in procs.items():
+        try:
+            await asyncio.wait_for(p.wait(), 30)
+        except TimeoutError:
+            p.kill()
+            await p.wait()
+            text = await asyncio.to_thread(log.read_text)
+            pytest.fail(f"{name} did not stop on SIGTERM:\n{text[-3000:]}")
+
+
 async def _until(check: Any, timeout_s: float, what: str) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -238,16 +253,7 @@ async def test_shards_and_writers_lose_and_double_nothing_when_a_shard_is_killed
         stream = await bus.js.stream_info(s.events_stream)
         assert stream.state.messages == len(expected), "an event was published twice or not at all"
     finally:
-        for p in procs.values():
-            if p.returncode is None:
-                p.send_signal(signal.SIGTERM)
-        for name, p in procs.items():
-            try:
-                await asyncio.wait_for(p.wait(), 30)
-            except TimeoutError:
-                p.kill()
-                await p.wait()
-                pytest.fail(f"{name} did not stop on SIGTERM:\n{log.read_text()[-3000:]}")
+        await stop_roles(procs, log)
         await bus.close()
     assert all(p.returncode == 0 for n, p in procs.items()), log.read_text()[-3000:]
 

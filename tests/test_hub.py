@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +31,7 @@ from hazmon.hub.receiver import UPLINK_PATH, create_receiver
 from hazmon.hub.sink import JsonlSink
 from hazmon.regulator.uplink_payload import Credentials, seal
 from hazmon.runtime import run_runtime
+from test_cluster import stop_roles
 
 KEY = "0123456789abcdeffedcba9876543210"
 IV = "00112233445566778899aabbccddeeff"
@@ -203,16 +203,7 @@ async def test_an_enterprise_uplink_reaches_the_regulators_database_once_through
             ev = await bus.js.stream_info(bus.subjects.events_stream)
             assert ev.state.messages == len(events), f"{ev.state.messages} events on the bus, {len(events)} sent"
     finally:
-        for p in procs.values():
-            if p.returncode is None:
-                p.send_signal(signal.SIGTERM)
-        for name, p in procs.items():
-            try:
-                await asyncio.wait_for(p.wait(), 30)
-            except TimeoutError:
-                p.kill()
-                await p.wait()
-                pytest.fail(f"{name} did not stop on SIGTERM:\n{log.read_text()[-3000:]}")
+        await stop_roles(procs, log)
         await bus.close()
     assert all(p.returncode == 0 for p in procs.values()), log.read_text()[-3000:]
 

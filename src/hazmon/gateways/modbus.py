@@ -288,6 +288,9 @@ class _TcpLink:
             self._fail(f"connection to {self.name} lost: {e or type(e).__name__}")
         except _LinkLost as e:
             self._fail(str(e))
+        except Exception as e:  # a bug reading a response: the link fails (reads error now, it is reopened)
+            self._fail(f"receiver of {self.name} failed: {type(e).__name__}: {e}")
+            raise
 
     def _fail(self, why: str) -> None:
         self._lost = why
