@@ -138,9 +138,16 @@ async def test_sent_equals_received_through_an_outage_and_a_restart(pg_url: str,
         with receiver_process(port, out):  # the receiver is back, with what it had kept
             await wait_for(lambda: uplink.queue.backlog == 0, 60, "the backlog to drain")
             await wait_for(lambda: not alarm_active(rt, UPLINK_ALARM), 10, "the backlog alarm to clear")
+            # realtime messages go on every second: wait for a moment when none is in flight (the
+            # synchronous stats call holds hazmon's event loop, so the queue cannot move under it)
+            await wait_for(
+                lambda: uplink.queue.backlog == 0 and receiver_stats(port)["received"] == uplink.queue.last_seq,
+                10,
+                "the receiver to hold every message hazmon queued",
+            )
             sent = uplink.queue.last_seq
             stats = receiver_stats(port)
-            assert stats["received"] == sent, (stats, sent)
+            assert stats["received"] >= sent, (stats, sent)
             assert stats["out_of_order"] == 0 and stats["refused"] == {}
             await wait_for(lambda: receiver_stats(port)["by_type"].get("heartbeat", 0) >= 2, 10, "heartbeats")
             assert sum(uplink.stats.rejected.values()) == 0 and uplink.queue.dropped == {}
@@ -148,8 +155,10 @@ async def test_sent_equals_received_through_an_outage_and_a_restart(pg_url: str,
 
     messages = [json.loads(line) for line in out.open(encoding="utf-8")]
     data = [m for m in messages if m["type"] != "heartbeat"]
-    assert sorted(m["seq"] for m in data) == list(range(1, sent + 1))  # every one, once
-    assert len({m["msg_id"] for m in data}) == sent
+    last = max(m["seq"] for m in data)  # messages queued after `sent` may have reached it too
+    assert last >= sent
+    assert sorted(m["seq"] for m in data) == list(range(1, last + 1))  # every one, once
+    assert len({m["msg_id"] for m in data}) == last
     assert sum(m["type"] == "base" for m in data) == 3  # one per start
     events = [e for m in data if m["type"] == "alarm" for e in m["data"]["events"]]
     raised = [e for e in events if e["tag_code"] == gas and e["kind"] == "raise"]
