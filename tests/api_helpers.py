@@ -54,10 +54,17 @@ async def demo_api(
             yield rt, tokens, client
 
 
+def ref(name: str) -> str:
+    """A demo-site tag, device or alarm as the engine names it: ``T101.LT`` -> ``demo-tank-farm/T101.LT``,
+    ``T101.LT:level.HH`` -> ``demo-tank-farm/T101.LT:level.HH`` (a system alarm ``hazmon.*`` as it is)."""
+    return name if "/" in name or name.startswith("hazmon.") else f"{SITE}/{name}"
+
+
 async def ingest(runtime: Runtime, values: dict[str, float], ts_us: int | None = None) -> None:
-    """One batch with these tag values, through the runtime's hot path (engine, store, live hub)."""
+    """One batch with these tag values (demo-site tag ids, or site/tag), through the runtime's hot path
+    (engine, store, live hub)."""
     ts = now_us() if ts_us is None else ts_us
-    keys = np.array([runtime.tags.key(t) for t in values], dtype=np.int32)
+    keys = np.array([runtime.tags.key(ref(t)) for t in values], dtype=np.int32)
     batch = ReadingBatch.from_columns(keys, np.full(len(keys), ts, dtype=np.int64), np.array(list(values.values())))
     await runtime.ingest(batch)
 

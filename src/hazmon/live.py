@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from hazmon.alarms.alarm import Action, AlarmEvent, AlarmSnapshot, AlarmState, split_alarm_id
 from hazmon.plant.directory import Place
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, local_id, split_ref
 from hazmon.reading import ReadingBatch
 
 # tag or device id -> its site id, or its Place (a system alarm's Place lists the sites it affects)
@@ -118,7 +118,7 @@ def event_dict(e: AlarmEvent, site: str | None, activated_us: int | None = None)
     acknowledge, comment, shelve), None when it is not active or not known."""
     return {
         "alarm_id": e.alarm_id,
-        "tag": e.tag_id,
+        "tag": local_id(e.tag_id) if e.tag_id is not None else None,
         "site": site,
         "condition": e.condition,
         "priority": str(e.priority),
@@ -142,7 +142,7 @@ def snapshot_dict(s: AlarmSnapshot, site: str | None) -> dict[str, Any]:
     activated = s.activated_us
     return {
         "alarm_id": s.alarm_id,
-        "tag": s.tag_id,
+        "tag": local_id(s.tag_id) if s.tag_id is not None else None,
         "site": site,
         "condition": s.condition,
         "priority": s.priority.value,
@@ -236,11 +236,13 @@ class Subscription:
         out = []
         for k, t, v, qq in zip(changed.tolist(), ts.tolist(), val.tolist(), q.tolist(), strict=True):
             try:
-                tag_id = self.tags.id(k)
+                site, tag_id = split_ref(self.tags.id(k))
             except KeyError:
                 continue
             out.append(
-                encode_json({"tag": tag_id, "ts_us": t, "value": v if math.isfinite(v) else None, "quality": qq})
+                encode_json(
+                    {"site": site, "tag": tag_id, "ts_us": t, "value": v if math.isfinite(v) else None, "quality": qq}
+                )
             )
         return out
 
@@ -360,10 +362,12 @@ class LiveHub:
             k.tolist(), self._ts[k].tolist(), self._value[k].tolist(), self._quality[k].tolist(), strict=True
         ):
             try:
-                tag_id = tags.id(key)
+                site, tag_id = split_ref(tags.id(key))
             except KeyError:
                 continue
-            out.append({"tag": tag_id, "ts_us": t, "value": v if math.isfinite(v) else None, "quality": q})
+            out.append(
+                {"site": site, "tag": tag_id, "ts_us": t, "value": v if math.isfinite(v) else None, "quality": q}
+            )
         return out
 
     # ------------------------------------------------------------------ publishing (never blocks)

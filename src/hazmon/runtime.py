@@ -46,7 +46,7 @@ from hazmon.gateways.config import ModbusGateway, MqttGateway, OpcUaGateway
 from hazmon.live import AlarmListView, LiveHub, set_site_timezone
 from hazmon.plant.directory import Directory, build_directory
 from hazmon.plant.site import Site
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, tag_ref
 from hazmon.reading import ReadingBatch, now_us
 from hazmon.recorder import JOURNAL_OWNER, QUEUED, AlarmRecorder, RecordNotPossible
 from hazmon.regulator.uplink import UPLINK_OWNER, Uplink
@@ -81,9 +81,10 @@ class GatewayEnded(Exception):
     """A gateway's batch stream ended while the runtime still runs."""
 
 
-def device_alarm_owner(gateway_id: str, device_id: str) -> str:
-    """The engine's name for a gateway's device: its communication alarm is `<owner>:comm.LOSS`."""
-    return f"{gateway_id}.{device_id}"
+def device_alarm_owner(site: str, gateway_id: str, device_id: str) -> str:
+    """The engine's name for a gateway's device, in its site: its communication alarm is
+    ``<site>/<gateway>.<device>:comm.LOSS``."""
+    return tag_ref(site, f"{gateway_id}.{device_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,7 @@ class Runtime:
     forwarder: Forwarder | None = None
     gateways: list[Gateway] = field(default_factory=list)
     stats: PipelineStats = field(default_factory=PipelineStats)
-    site_of: dict[str, str] = field(default_factory=dict)  # tag or device id -> site id
+    site_of: dict[str, str] = field(default_factory=dict)  # tag or device reference (site/id) -> site id
     _device_ok: dict[str, bool] = field(default_factory=dict)
     _dropped_seen: int = 0
     # gateways that report changes only (OPC UA subscriptions): gateway id -> its tag keys
@@ -198,7 +199,13 @@ class Runtime:
             health = gw.health().devices
             for device, keys in gw.devices().items():
                 h = health.get(device)
-                out.append((device_alarm_owner(gw.id, device), keys, h is not None and h.connected and not h.stale))
+                out.append(
+                    (
+                        device_alarm_owner(self.gateway_configs[gw.id].site, gw.id, device),
+                        keys,
+                        h is not None and h.connected and not h.stale,
+                    )
+                )
         return out
 
     # ------------------------------------------------------------------ hot path
@@ -372,7 +379,9 @@ class Runtime:
                 for device, health in gw.health().devices.items():
                     ok = health.connected and not health.stale
                     alive &= ok
-                    events += self._device_state(device_alarm_owner(gw.id, device), ok, now)
+                    events += self._device_state(
+                        device_alarm_owner(self.gateway_configs[gw.id].site, gw.id, device), ok, now
+                    )
                 keys = self._by_exception.get(gw.id)
                 if keys is not None and alive:
                     # a subscription sends only changes: a live server's quiet tags are not stale
@@ -414,7 +423,8 @@ class Runtime:
         gw = self.gateways[index]
         if gw.id in self._ended_gateways and gw.id in self.gateway_configs:
             await gw.stop()
-            gw = self.gateway_factory(self.gateway_configs[gw.id], self.tags, data_dir=self.settings.data_dir)
+            config = self.gateway_configs[gw.id]
+            gw = self.gateway_factory(config, self.tags.scoped(config.site), data_dir=self.settings.data_dir)
             await gw.start()
             self.gateways[index] = gw
             self._ended_gateways.discard(gw.id)
@@ -482,7 +492,7 @@ async def run_runtime(
         runtime.sites.extend(loaded.sites)
         gateway_configs = loaded.gateways
         for site in runtime.sites:
-            runtime.site_of.update({t.id: site.id for t in site.tags})
+            runtime.site_of.update({tag_ref(site.id, t.id): site.id for t in site.tags})
             set_site_timezone(site.id, site.site.timezone)  # alarm times in the site's local time
         if loaded.rules is not None:
             runtime.engine = AlarmEngine(compile_rules(loaded.rules, runtime.sites, runtime.tags))
@@ -492,13 +502,13 @@ async def run_runtime(
         runtime.gateway_factory = gateway_factory
         for config in gateway_configs:
             runtime.gateway_configs[config.id] = config
-            gw = gateway_factory(config, runtime.tags, data_dir=settings.data_dir)
+            gw = gateway_factory(config, runtime.tags.scoped(config.site), data_dir=settings.data_dir)
             await stack.enter_async_context(gw)
             runtime.gateways.append(gw)
             if isinstance(config, OpcUaGateway) and config.mode == "subscribe":
                 runtime._by_exception[config.id] = np.concatenate([*gw.devices().values(), np.zeros(0, np.int32)])
             for device, keys in gw.devices().items():
-                owner = device_alarm_owner(config.id, device)
+                owner = device_alarm_owner(config.site, config.id, device)
                 runtime.site_of[owner] = config.site
                 if runtime.engine is not None:
                     runtime.engine.register_device(owner, keys)

@@ -45,7 +45,7 @@ from hazmon.alarms.rules import (
 )
 from hazmon.errors import InvalidFile, Problem
 from hazmon.plant.site import Site, Tag, TagKind
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, tag_ref
 
 # --- compilation --------------------------------------------------------------------------------
 F64 = npt.NDArray[np.float64]
@@ -297,10 +297,12 @@ def _resolve(rule_set: RuleSet, sites: Sequence[Site], tag_index: TagIndex) -> t
     out = CompiledRules.empty(tag_index.size)
     comp = _Compiler(out)
     groups: dict[tuple[Any, ...], list[Tag]] = defaultdict(list)
+    ref_of: dict[int, str] = {}  # id(tag) -> its reference: tag ids repeat across sites
     for site in sites:
         for t in site.tags:
             groups[_group_key(t)].append(t)
-            out.site_of[t.id] = site.id
+            ref_of[id(t)] = ref = tag_ref(site.id, t.id)
+            out.site_of[ref] = site.id
     globs = {id(r): re.compile(fnmatch.translate(r.rule.select.match)) for r in rule_set.rules if r.rule.select.match}
     tag_sets = {id(r): set(r.rule.select.tags) for r in rule_set.rules if r.rule.select.tags}
     by_refs: dict[tuple[int, ...], list[Tag]] = defaultdict(list)
@@ -316,11 +318,11 @@ def _resolve(rule_set: RuleSet, sites: Sequence[Site], tag_index: TagIndex) -> t
             by_refs[(int(t.is_discrete), *key)].append(t)
     for key, tags in by_refs.items():
         resolved = _merge([rule_set.rules[i] for i in key[1:]], bool(key[0]))
-        rows = np.array([tag_index.key(t.id) for t in tags], dtype=np.int32)
+        rows = np.array([tag_index.key(ref_of[id(t)]) for t in tags], dtype=np.int32)
         comp.apply(resolved, tags, rows)
     for t in (t for s in sites for t in s.tags):
-        r = tag_index.key(t.id)
-        out.tag_ids[r] = t.id
+        r = tag_index.key(ref_of[id(t)])
+        out.tag_ids[r] = ref_of[id(t)]
         out.kinds[r] = str(t.kind)
         if not out.state_names[r]:
             out.state_names[r] = t.signal.upper() if t.signal else "STATE"
@@ -340,11 +342,11 @@ def _suppression(out: CompiledRules, sites: Sequence[Site], tag_index: TagIndex)
         by_equipment: dict[str, list[int]] = defaultdict(list)
         for t in site.tags:
             if t.kind is not TagKind.GAS:  # a leak matters whether or not the equipment runs
-                by_equipment[t.equipment].append(tag_index.key(t.id))
+                by_equipment[t.equipment].append(tag_index.key(tag_ref(site.id, t.id)))
         for e in site.equipment:
             if e.in_service_tag is None:
                 continue
-            is_row = tag_index.key(e.in_service_tag)
+            is_row = tag_index.key(tag_ref(site.id, e.in_service_tag))
             is_rows.append(is_row)
             deps.extend(r for r in by_equipment[e.id] if r != is_row)
             ptr.append(len(deps))

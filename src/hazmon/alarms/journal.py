@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from hazmon.alarms.alarm import AlarmEvent, AlarmSnapshot, AlarmState, Priority, split_alarm_id
+from hazmon.plant.tag import local_id, site_of_ref, tag_ref
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SiteOf = Callable[[str], str | None]  # alarm owner (tag id or device id) -> site id
@@ -79,7 +80,7 @@ def _state_row(e: AlarmEvent, site_id: str | None, shelved_until_us: int | None)
     state = AlarmState(e.new_state)
     return (
         e.alarm_id,
-        e.tag_id,
+        local_id(e.tag_id) if e.tag_id is not None else None,
         site_id,
         e.condition,
         str(e.priority),
@@ -117,17 +118,21 @@ _UPSERT = """INSERT INTO alarm_state (alarm_id, tag_id, site_id, condition, prio
 async def append_events(conn: asyncpg.Connection, events: Sequence[AlarmEvent], site_of: SiteOf) -> int:
     """Journal the events and update the current state of their alarms, in one transaction.
 
-    ``site_of`` maps an alarm's owner (its tag id, or the device id of a communication alarm) to
-    its site id; a ``dict.get`` does.
+    ``site_of`` maps an alarm's owner (its tag reference ``site/tag``, the device reference of a
+    communication alarm, or a system owner) to its site id; a ``dict.get`` does. An owner it does not
+    know is placed by its reference. The journal keeps the tag's own id beside its site.
     """
     if not events:
         return 0
-    sites = {e.alarm_id: site_of(e.tag_id if e.tag_id is not None else split_alarm_id(e.alarm_id)[0]) for e in events}
+    sites = {}
+    for e in events:
+        owner = e.tag_id if e.tag_id is not None else split_alarm_id(e.alarm_id)[0]
+        sites[e.alarm_id] = site_of(owner) or site_of_ref(owner)
     journal = [
         (
             to_datetime(e.ts_us),
             e.alarm_id,
-            e.tag_id,
+            local_id(e.tag_id) if e.tag_id is not None else None,
             sites[e.alarm_id],
             e.condition,
             str(e.priority),
@@ -182,7 +187,7 @@ async def load_current(conn: asyncpg.Connection) -> list[AlarmSnapshot]:
     return [
         AlarmSnapshot(
             alarm_id=r["alarm_id"],
-            tag_id=r["tag_id"],
+            tag_id=tag_ref(r["site_id"], r["tag_id"]) if r["tag_id"] and r["site_id"] else r["tag_id"],
             condition=r["condition"],
             priority=Priority(r["priority"]),
             state=AlarmState(r["state"]),
@@ -224,7 +229,8 @@ async def history(
                FROM alarm_journal
                WHERE ($1::text IS NULL OR site_id = $1) AND ($2::text IS NULL OR alarm_id = $2)
                  AND ($3::timestamptz IS NULL OR ts >= $3) AND ($4::timestamptz IS NULL OR ts < $4)
-                 AND ($7::text IS NULL OR tag_id = $7 OR left(alarm_id, length($7) + 1) = $7 || ':')
+                 AND ($7::text IS NULL OR tag_id = $7 OR left(alarm_id, length($7) + 1) = $7 || ':'
+                      OR position('/' || $7 || ':' IN alarm_id) > 0)
                  AND ($8::text IS NULL OR priority = $8) AND ($9::text IS NULL OR "user" = $9)
                ORDER BY ts DESC, id DESC LIMIT $5 OFFSET $6""",
             site,

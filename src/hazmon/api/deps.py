@@ -35,8 +35,9 @@ from hazmon.auth import (
     retry_after_header,
     token_label,
 )
+from hazmon.plant.tag import split_ref, tag_ref
 from hazmon.runtime import Runtime
-from hazmon.storage.registry import get_tag
+from hazmon.storage.registry import find_tags, get_tag
 from hazmon.storage.store import StoreUnavailable, guarded
 
 log = logging.getLogger("hazmon.auth")
@@ -201,14 +202,26 @@ def ensure_sees(user: Principal, site_id: str | None, what: str) -> None:
 
 
 async def visible_tag(runtime: Runtime, user: Principal, tag_id: str) -> dict[str, Any]:
-    """The registry row of ``tag_id``: 404 when unknown, 403 when outside the caller's scope."""
+    """The registry row of the tag named ``site/tag`` (or by its bare id where exactly one site the
+    caller sees has it): 404 when unknown, 403 when outside the caller's scope, 422 when ambiguous."""
+    site, local = split_ref(tag_id)
 
-    async def lookup() -> dict[str, Any] | None:
+    async def lookup() -> list[dict[str, Any]]:
         async with runtime.db.pool.acquire() as conn:
-            return await get_tag(conn, tag_id)
+            if site is not None:
+                row = await get_tag(conn, site, local)
+                return [row] if row is not None else []
+            return await find_tags(conn, local)
 
-    tag = await guarded(lookup, "tag lookup")
-    if tag is None:
+    rows = await guarded(lookup, "tag lookup")
+    if not rows:
         raise HTTPException(404, f"unknown tag {tag_id!r}")
+    if site is None:
+        seen = [r for r in rows if user.sees(r["site"])]
+        if len(seen) > 1:
+            refs = ", ".join(tag_ref(r["site"], local) for r in seen[:5])
+            raise HTTPException(422, f"tag {local!r} is in {len(seen)} sites: name it by its site ({refs})")
+        rows = seen or rows
+    tag = rows[0]
     ensure_sees(user, tag["site"], f"tag {tag_id}")
     return tag

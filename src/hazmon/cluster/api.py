@@ -49,7 +49,7 @@ from hazmon.cluster.ops import event_from_dict, snapshot_from_dict
 from hazmon.cluster.roles import event_msg_id, load_configuration
 from hazmon.config import Settings
 from hazmon.live import set_site_timezone
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, tag_ref
 from hazmon.reading import ReadingBatch
 from hazmon.recorder import RecordNotPossible
 from hazmon.runtime import ActionResult, Actor, Runtime
@@ -326,7 +326,7 @@ async def api_runtime(settings: Settings, bus: Bus) -> AsyncIterator[Runtime]:
     assert config.rules is not None
     sites = config.sites
     # the mirror never judges readings: its rules are compiled over the sites' own tag ids
-    local = TagIndex([t.id for s in sites for t in s.tags])
+    local = TagIndex.from_sites(sites)
     mirror = AlarmMirror(compile_rules(config.rules, sites, local))
     async with open_database(settings) as db:
         runtime = Runtime(settings, db, ReadingStore(db.pool, db.caps))
@@ -334,7 +334,7 @@ async def api_runtime(settings: Settings, bus: Bus) -> AsyncIterator[Runtime]:
             runtime.tags = await tag_index(conn)  # the tags as the shards registered them (values, series)
         runtime.sites.extend(sites)
         for site in sites:
-            runtime.site_of.update({t.id: site.id for t in site.tags})
+            runtime.site_of.update({tag_ref(site.id, t.id): site.id for t in site.tags})
             set_site_timezone(site.id, site.site.timezone)
         runtime.engine = mirror
         follower = EventFollower(runtime, mirror, bus)

@@ -44,6 +44,7 @@ from hazmon.hub.credentials import load_credentials
 from hazmon.hub.receiver import create_receiver
 from hazmon.hub.sink import JsonlSink, SinkRefused, SinkUnavailable
 from hazmon.reading import ReadingBatch
+from hazmon.plant.tag import local_id, tag_ref
 from hazmon.regulator.gb18218 import GradingError
 from hazmon.startup import fingerprint
 from hazmon.storage.database import open_database
@@ -223,12 +224,14 @@ class BusSink:
             site_id = str(data["site_code"])
             events = [e for e in data["events"] if isinstance(e, dict)]
             ts = iso_to_us([e["ts"] for e in events]) if events else np.zeros(0, np.int64)
+            # the enterprise names its alarms within the site; here they are named across sites
+            alarm_ids = [tag_ref(site_id, local_id(str(e["alarm_id"]))) for e in events]
             payloads = [
                 (
-                    f"{site_id}|{e['alarm_id']}|{int(t)}|{e.get('action') or e['kind']}|{e.get('user') or ''}",
+                    f"{alarm_id}|{int(t)}|{e.get('action') or e['kind']}|{e.get('user') or ''}",
                     json.dumps(
                         {
-                            "alarm_id": e["alarm_id"],
+                            "alarm_id": alarm_id,
                             "tag": e.get("tag_code"),
                             "site": site_id,
                             "enterprise": code,
@@ -247,7 +250,7 @@ class BusSink:
                         allow_nan=False,
                     ).encode(),
                 )
-                for e, t in zip(events, ts, strict=True)
+                for e, t, alarm_id in zip(events, ts, alarm_ids, strict=True)
             ]
         except (KeyError, TypeError, ValueError) as e:
             raise SinkRefused(400, f"alarm: missing or malformed field: {e}") from None

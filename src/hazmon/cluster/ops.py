@@ -32,6 +32,7 @@ from hazmon.alarms.alarm import (
     UnknownAlarm,
 )
 from hazmon.alarms.engine import AlarmEngine
+from hazmon.plant.tag import SCOPE, local_id, tag_ref
 from hazmon.reading import now_us
 
 log = logging.getLogger("hazmon.cluster")
@@ -84,10 +85,10 @@ def snapshot_from_dict(d: dict[str, Any]) -> AlarmSnapshot:
 
 
 def event_to_dict(e: AlarmEvent, site: str | None) -> dict[str, Any]:
-    """An event as it goes on the bus (``roles.event_json``'s fields)."""
+    """An event as it goes on the bus (``roles.event_json``'s fields): the tag by its id within ``site``."""
     return {
         "alarm_id": e.alarm_id,
-        "tag": e.tag_id,
+        "tag": local_id(e.tag_id) if e.tag_id is not None else None,
         "site": site,
         "condition": e.condition,
         "priority": str(e.priority),
@@ -114,9 +115,12 @@ def event_from_dict(d: dict[str, Any]) -> AlarmEvent:
     if not isinstance(alarm_id, str) or not alarm_id:
         raise ValueError("alarm_id: not a non-empty string")
     until = d.get("shelved_until_us")
+    tag, site = d.get("tag"), d.get("site")
+    if isinstance(tag, str) and isinstance(site, str) and site and SCOPE not in tag:
+        tag = tag_ref(site, tag)  # the engine names a tag across sites
     return AlarmEvent(
         alarm_id=alarm_id,
-        tag_id=d.get("tag"),
+        tag_id=tag,
         condition=condition if isinstance(condition, str) else alarm_id.rpartition(":")[2],
         priority=Priority(d["priority"]),
         prev_state=AlarmState(d.get("prev_state") or AlarmState.NORMAL),

@@ -43,6 +43,7 @@ from hazmon.cluster.ops import event_to_dict, serve_operation
 from hazmon.config import Settings
 from hazmon.errors import InvalidFile
 from hazmon.plant.site import Site
+from hazmon.plant.tag import tag_ref
 from hazmon.reading import ReadingBatch, now_us
 from hazmon.regulator.gb18218 import GradingError
 from hazmon.regulator.sitecheck import load_graded_site
@@ -217,7 +218,7 @@ async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, st
             # this shard's sites, written with their audit rows in one transaction (as `hazmon serve`)
             mine_config = startup.Configuration(sites=mine, site_files={s.id: config.site_files[s.id] for s in mine})
             tags = await startup.write(conn, mine_config, actor=f"hazmon serve --role engine {settings.shard}")
-        site_of = {t.id: s.id for s in mine for t in s.tags}
+        site_of = {tag_ref(s.id, t.id): s.id for s in mine for t in s.tags}
         # rule files are checked against every site, compiled for this shard's: a tag of another shard
         # never goes stale here for want of readings it never gets
         engine = AlarmEngine(compile_rules(config.rules, mine, tags))
@@ -333,4 +334,4 @@ async def run_role(role: str, settings: Settings) -> None:
 
 
 def sites_by_key(sites: Iterable[Site], tags: Any) -> dict[int, str]:
-    return {tags.key(t.id): s.id for s in sites for t in s.tags}
+    return {tags.key(tag_ref(s.id, t.id)): s.id for s in sites for t in s.tags}

@@ -68,6 +68,7 @@ def _compliance(args: argparse.Namespace) -> int:
     from hazmon.gateways.config import OpcUaGateway, load_gateway_config
     from hazmon.gateways.opcua import SERVER_DEVICE
     from hazmon.plant.site import parse_site
+    from hazmon.plant.tag import tag_ref
     from hazmon.regulator.period import MIN_GAP_MINUTES
     from hazmon.regulator.report import ReportUnavailable, build_report, render
     from hazmon.runtime import device_alarm_owner
@@ -96,8 +97,8 @@ def _compliance(args: argparse.Namespace) -> int:
     for path in settings.gateways:
         config = load_gateway_config(path)
         if isinstance(config, OpcUaGateway) and config.mode == "subscribe":
-            owner = device_alarm_owner(config.id, SERVER_DEVICE)
-            by_exception.update({t.tag: owner for t in config.tags})
+            owner = device_alarm_owner(config.site, config.id, SERVER_DEVICE)
+            by_exception.update({tag_ref(config.site, t.tag): owner for t in config.tags})
 
     async def run() -> dict[str, Any] | None:
         async with open_database(settings) as db, db.pool.acquire() as conn:
@@ -129,7 +130,7 @@ def _compliance(args: argparse.Namespace) -> int:
                 sites.append(parse_site(doc, f"<site {s['id']} in the database>"))
             if not sites:
                 return None
-            keys = {r["id"]: r["key"] for r in await conn.fetch("SELECT id, key FROM tags")}
+            keys = {tag_ref(r["site_id"], r["id"]): r["key"] for r in await conn.fetch("SELECT site_id, id, key FROM tags")}
             return await build_report(
                 conn,
                 sites,

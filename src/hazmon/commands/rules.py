@@ -12,7 +12,7 @@ from hazmon.alarms.rules import COLUMNS, RuleSet, responses_for
 from hazmon.alarms.rules import _selects as selects
 from hazmon.errors import InvalidFile
 from hazmon.plant.site import Site, load_site
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, tag_ref
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,13 +74,13 @@ def _check(args: argparse.Namespace) -> int:
 
 def missing_responses(rule_set: RuleSet, sites: list[Site]) -> list[tuple[str, str]]:
     """Alarms of high or critical priority (after precedence) whose rules give no ``response:``."""
-    index = TagIndex([t.id for s in sites for t in s.tags])
+    index = TagIndex.from_sites(sites)
     compiled = compile_rules(rule_set, sites, index)
     urgent = {PRIORITY_CODES.index(Priority.CRITICAL), PRIORITY_CODES.index(Priority.HIGH)}
     out: list[tuple[str, str]] = []
     for site in sites:
         for tag in site.tags:
-            row = index.key(tag.id)
+            row = index.key(tag_ref(site.id, tag.id))
             have = responses_for(rule_set, tag)
             for col, key in enumerate(COLUMNS):
                 code = int(compiled.priority[row, col])

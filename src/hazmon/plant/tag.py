@@ -1,4 +1,14 @@
-"""Tag keys: the dense integers that stand for tag ids in reading batches and engine arrays."""
+"""Tag references and tag keys.
+
+A tag id (``T101.LT``) is unique within its site only: two enterprises may both have a ``T101.LT``.
+Wherever tags of several sites meet (the tag index, the rule engine, the live hub, the journal's alarm
+ids, the API's paths), a tag is named by its *reference* ``<site>/<tag>`` (``demo-tank-farm/T101.LT``),
+and an alarm by ``<site>/<owner>:<condition>`` (``demo-tank-farm/T101.LT:level.HH``). Identifiers
+cannot hold ``/`` or ``:`` (``hazmon.plant.site.ID_PATTERN``), so both split without ambiguity.
+System alarms of the service itself (``hazmon.storage:comm.LOSS``) belong to no site and carry none.
+
+Tag keys are the dense integers that stand for tag references in reading batches and engine arrays.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +20,37 @@ import numpy.typing as npt
 from hazmon.plant.site import Site
 
 
+SCOPE = "/"
+
+
 class UnknownTag(KeyError):
     pass
 
 
+def tag_ref(site: str, local_id: str) -> str:
+    """``("demo", "T101.LT")`` -> ``"demo/T101.LT"``: a tag (or device) named across sites."""
+    return f"{site}{SCOPE}{local_id}"
+
+
+def split_ref(ref: str) -> tuple[str | None, str]:
+    """``"demo/T101.LT"`` -> ``("demo", "T101.LT")``; an unscoped name (a system owner) -> ``(None, name)``."""
+    site, sep, local = ref.partition(SCOPE)
+    return (site, local) if sep else (None, ref)
+
+
+def local_id(ref: str) -> str:
+    """The id within its site: ``"demo/T101.LT"`` -> ``"T101.LT"`` (an unscoped name is returned as is)."""
+    return ref.rpartition(SCOPE)[2]
+
+
+def site_of_ref(ref: str) -> str | None:
+    """The site a reference (or an alarm id) names, None for a system owner."""
+    return split_ref(ref)[0]
+
+
 class TagIndex:
-    """Two-way map between tag ids and integer keys (>= 0, dense from 0 where built from sites).
+    """Two-way map between tag references (``site/tag``) and integer keys (>= 0, dense from 0 where
+    built from sites); ``scoped(site)`` gives the same keys under the site's own tag ids.
 
     The database registry assigns each tag a permanent key; in memory the runtime builds a
     TagIndex from it. Without a database (tests, the simulator) ``from_sites`` enumerates tags.
@@ -42,7 +77,14 @@ class TagIndex:
 
     @classmethod
     def from_sites(cls, sites: Iterable[Site]) -> TagIndex:
-        return cls([t.id for s in sites for t in s.tags])
+        return cls([tag_ref(s.id, t.id) for s in sites for t in s.tags])
+
+    def scoped(self, site: str) -> TagIndex:
+        """The tags of one site under their own ids (``T101.LT``), with the same keys: what a gateway of
+        that site, whose tag map names its site's tags, looks keys up in."""
+        prefix = site + SCOPE
+        items = [(ref[len(prefix) :], key) for ref, key in self._key.items() if ref.startswith(prefix)]
+        return TagIndex([i for i, _ in items], [k for _, k in items])
 
     def __len__(self) -> int:
         return len(self._key)

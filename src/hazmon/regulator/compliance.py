@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from hazmon.alarms.alarm import AlarmSnapshot, AlarmState, Priority
 from hazmon.plant.site import Site
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, tag_ref
 from hazmon.regulator.gb18218 import grade
 
 US = 1_000_000
@@ -124,7 +124,7 @@ async def handling_times(conn: asyncpg.Connection, site_id: str, since: datetime
             WHERE k.alarm_id = act.alarm_id AND k.ts >= act.ts AND k.action = 'acknowledge'
             ORDER BY k.ts LIMIT 1
         ) ack ON true
-        LEFT JOIN tags t ON t.id = act.tag_id
+        LEFT JOIN tags t ON t.site_id = $1 AND t.id = act.tag_id
         LEFT JOIN equipment e ON e.site_id = $1 AND e.id = t.equipment_id
         GROUP BY 1
         """,
@@ -155,7 +155,7 @@ def site_compliance(
 ) -> dict[str, Any]:
     """``live``: keys of tags on a healthy report-by-exception subscription (see ``data_arrival``)."""
     equipment = site.equipment_by_id()
-    installation_of_tag = {t.id: equipment[t.equipment].installation for t in site.tags}
+    installation_of_tag = {tag_ref(site.id, t.id): equipment[t.equipment].installation for t in site.tags}
     tallies = {i.id: AlarmTally() for i in site.installations}
     site_tally = AlarmTally()
     for a in alarms:
@@ -168,9 +168,9 @@ def site_compliance(
     all_keys: list[int] = []
     all_periods: list[float] = []
     for inst in site.installations:
-        its = [t for t in site.tags if installation_of_tag[t.id] == inst.id and t.id in tags]
-        keys = np.array([tags.key(t.id) for t in its], dtype=np.int64)
-        periods = np.array([t.period_s for t in its], dtype=np.float64)
+        its = [(t, ref) for t in site.tags if installation_of_tag[ref := tag_ref(site.id, t.id)] == inst.id and ref in tags]
+        keys = np.array([tags.key(ref) for _, ref in its], dtype=np.int64)
+        periods = np.array([t.period_s for t, _ in its], dtype=np.float64)
         all_keys += keys.tolist()
         all_periods += periods.tolist()
         g = grade(inst)

@@ -26,6 +26,7 @@ import asyncpg
 
 from hazmon.alarms.alarm import Priority, split_alarm_id
 from hazmon.plant.site import Signal, Site
+from hazmon.plant.tag import local_id, tag_ref
 from hazmon.regulator.monitoring import MIN_RETENTION_DAYS
 
 COMM_LOSS = "comm.LOSS"  # the condition of a device's communication-loss alarm
@@ -93,7 +94,8 @@ def _merge(intervals: list[tuple[datetime, datetime]]) -> list[tuple[datetime, d
 async def offline_intervals(
     conn: asyncpg.Connection, site_id: str, start: datetime, end: datetime
 ) -> dict[str, list[tuple[datetime, datetime]]]:
-    """Per device (the owner of a ``comm.LOSS`` alarm), the times within [start, end) it was offline."""
+    """Per device (the owner of a ``comm.LOSS`` alarm, by its id within the site), the times within
+    [start, end) it was offline."""
     rows = await conn.fetch(
         """
         SELECT alarm_id, ts, action FROM (
@@ -114,7 +116,7 @@ async def offline_intervals(
     out: dict[str, list[tuple[datetime, datetime]]] = {}
     down_since: dict[str, datetime] = {}
     for r in rows:
-        owner = split_alarm_id(r["alarm_id"])[0]
+        owner = local_id(split_alarm_id(r["alarm_id"])[0])
         out.setdefault(owner, [])
         ts = max(r["ts"], start)
         if r["action"] == "activate":
@@ -339,7 +341,7 @@ async def _alarm_figures(
             WHERE k.alarm_id = act.alarm_id AND k.ts >= act.ts AND k.ts < $3 AND k.action = 'acknowledge'
             ORDER BY k.ts LIMIT 1
         ) ack ON true
-        LEFT JOIN tags t ON t.id = act.tag_id
+        LEFT JOIN tags t ON t.site_id = $1 AND t.id = act.tag_id
         LEFT JOIN equipment e ON e.site_id = $1 AND e.id = t.equipment_id
         WHERE act.site_id = $1 AND act.ts >= $2 AND act.ts < $3 AND act.action = 'activate'
         """,
@@ -358,7 +360,7 @@ async def _alarm_figures(
         )
         SELECT last.alarm_id, last.priority, act.ts AS since, coalesce(e.installation_id, '') AS installation
         FROM last JOIN act USING (alarm_id)
-        LEFT JOIN tags t ON t.id = last.tag_id
+        LEFT JOIN tags t ON t.site_id = $1 AND t.id = last.tag_id
         LEFT JOIN equipment e ON e.site_id = $1 AND e.id = t.equipment_id
         WHERE last.new_state IN ('active_unack', 'active_ack') AND act.ts <= $3
         ORDER BY act.ts
@@ -413,16 +415,19 @@ async def period_figures(
 ) -> dict[str, Any]:
     """The figures of one site over [start, end).
 
-    ``keys``: tag id -> store key; ``by_exception``: tag id -> the device that delivers it by
-    exception (OPC UA subscriptions); ``devices``: every device known to feed the site (devices that
-    never lost communication have no journal entries)."""
-    by_exception = by_exception or {}
+    ``keys``: tag reference (``site/tag``) -> store key; ``by_exception``: tag reference -> the device
+    (its reference) that delivers it by exception (OPC UA subscriptions); ``devices``: every device known
+    to feed the site (devices that never lost communication have no journal entries). The figures name
+    tags and devices by their ids within the site."""
+    prefix = site.id + "/"
+    by_exception = {local_id(t): local_id(d) for t, d in (by_exception or {}).items() if t.startswith(prefix)}
+    devices = [local_id(d) for d in devices]
     span_s = max((end - start).total_seconds(), 1e-9)
     gap = timedelta(minutes=gap_minutes)
     equipment = site.equipment_by_id()
     inst_of = {t.id: equipment[t.equipment].installation for t in site.tags}
-    tags = [t for t in site.tags if t.id in keys]
-    key_of = {t.id: keys[t.id] for t in tags}
+    tags = [t for t in site.tags if tag_ref(site.id, t.id) in keys]
+    key_of = {t.id: keys[tag_ref(site.id, t.id)] for t in tags}
     counts, tag_gaps = await _presence(conn, list(key_of.values()), start, end, gap)
     offline = await offline_intervals(conn, site.id, start, end)
     online = _online(offline, [*devices, *by_exception.values()], span_s)

@@ -45,7 +45,7 @@ from hazmon.alarms.alarm import Action, AlarmEvent, split_alarm_id
 from hazmon.backoff import Backoff, BackoffConfig
 from hazmon.config import UplinkSettings
 from hazmon.plant.site import Site
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, local_id, site_of_ref, tag_ref
 from hazmon.regulator.sm4 import parse_hex_key
 from hazmon.regulator.uplink_payload import (
     Credentials,
@@ -258,8 +258,8 @@ class Uplink:
             major = {i for i, g in grades.items() if g["major_hazard"] is not False}
             ids = [t.id for t in site.tags if eq_inst.get(t.equipment) in major]
         tags = self._tags()
-        known = [t for t in ids if t in tags]
-        keys = np.array([tags.key(t) for t in known], dtype=np.int32)
+        known = [t for t in ids if tag_ref(site.id, t) in tags]
+        keys = np.array([tags.key(tag_ref(site.id, t)) for t in known], dtype=np.int32)
         equipment = {t.id: t.equipment for t in site.tags if t.id in set(known)}
         data = base_data(site, known)
         digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
@@ -298,14 +298,15 @@ class Uplink:
                     owner = split_alarm_id(e.alarm_id)[0]
                 except KeyError:
                     continue
-            site_id = self._site_of(owner)
+            site_id = self._site_of(owner) or site_of_ref(owner)
             feed = self._feeds.get(site_id) if site_id is not None else None
             if feed is None:
                 continue
-            if e.tag_id is not None and e.tag_id not in feed.place:
+            tag = local_id(e.tag_id) if e.tag_id is not None else None  # the platform knows the site's tag codes
+            if tag is not None and tag not in feed.place:
                 continue  # a tag that is not uplinked
-            inst = feed.place.get(e.tag_id) if e.tag_id is not None else None
-            equip = feed.equipment.get(e.tag_id) if e.tag_id is not None else None
+            inst = feed.place.get(tag) if tag is not None else None
+            equip = feed.equipment.get(tag) if tag is not None else None
             by_site.setdefault(feed.site.id, []).append(alarm_event(e, inst, equip))
         created = now_us()
         items = [

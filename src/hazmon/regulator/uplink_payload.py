@@ -28,6 +28,7 @@ from typing import Any
 
 from hazmon.alarms.alarm import Action, AlarmEvent
 from hazmon.plant.site import Site
+from hazmon.plant.tag import local_id
 from hazmon.regulator.gb18218 import GradingError, grade
 from hazmon.regulator.sm4 import SM4Error, decrypt_cbc, encrypt_cbc, hmac_sm3, same
 
@@ -163,9 +164,10 @@ RAISE_CLEAR = {Action.ACTIVATE: "raise", Action.CLEAR: "clear", Action.RESET: "c
 
 
 def alarm_event(e: AlarmEvent, installation: str | None, equipment: str | None) -> dict[str, Any]:
+    """The message names the site (``site_code``): the alarm and its tag are named within it."""
     return {
-        "alarm_id": e.alarm_id,
-        "tag_code": e.tag_id,
+        "alarm_id": local_id(e.alarm_id),
+        "tag_code": local_id(e.tag_id) if e.tag_id is not None else None,
         "installation_code": installation,
         "equipment_code": equipment,
         "condition": e.condition,

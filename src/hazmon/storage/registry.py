@@ -1,7 +1,8 @@
 """The site registry in the database: sites are upserted whole, in one transaction, and read back.
 
-Tag keys are permanent: a tag keeps its key across reloads, a tag dropped from the file is marked
-inactive (its readings stay), and a tag id owned by another site is refused.
+Tag keys are permanent: a tag keeps its key across reloads, and a tag dropped from the file is marked
+inactive (its readings stay). A tag id is unique within its site: two sites may both have a ``T101.LT``
+(the key, and the reference ``site/tag``, tell them apart).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from hazmon.plant.site import Site
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, tag_ref
 from hazmon.regulator.gb18218 import grade
 
 
@@ -43,14 +44,6 @@ def _doc(model: Any) -> str:
 async def upsert_site(conn: asyncpg.Connection, site: Site) -> LoadSummary:
     async with conn.transaction():
         sid = site.id
-        clash = await conn.fetch(
-            "SELECT id, site_id FROM tags WHERE id = ANY($1::text[]) AND site_id <> $2",
-            [t.id for t in site.tags],
-            sid,
-        )
-        if clash:
-            names = ", ".join(f"{r['id']} (site {r['site_id']})" for r in clash[:10])
-            raise RegistryError(f"tag ids already belong to another site: {names}")
         e = site.enterprise
         await conn.execute(
             "INSERT INTO enterprises (id, name, uscc) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE "
@@ -99,7 +92,7 @@ async def upsert_site(conn: asyncpg.Connection, site: Site) -> LoadSummary:
         existing = {r["id"] for r in await conn.fetch("SELECT id FROM tags WHERE site_id = $1", sid)}
         await conn.executemany(
             "INSERT INTO tags (id, site_id, equipment_id, name, kind, unit, range_lo, range_hi, period_s, doc) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb) ON CONFLICT (id) DO UPDATE SET "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb) ON CONFLICT (site_id, id) DO UPDATE SET "
             "equipment_id = EXCLUDED.equipment_id, name = EXCLUDED.name, kind = EXCLUDED.kind, "
             "unit = EXCLUDED.unit, range_lo = EXCLUDED.range_lo, range_hi = EXCLUDED.range_hi, "
             "period_s = EXCLUDED.period_s, active = true, doc = EXCLUDED.doc",
@@ -136,9 +129,9 @@ async def upsert_site(conn: asyncpg.Connection, site: Site) -> LoadSummary:
 
 
 async def tag_index(conn: asyncpg.Connection) -> TagIndex:
-    """Every tag ever registered, active or not, with its permanent key."""
-    rows = await conn.fetch("SELECT id, key FROM tags ORDER BY key")
-    return TagIndex([r["id"] for r in rows], [r["key"] for r in rows])
+    """Every tag ever registered, active or not, by its reference (``site/tag``), with its permanent key."""
+    rows = await conn.fetch("SELECT site_id, id, key FROM tags ORDER BY key")
+    return TagIndex([tag_ref(r["site_id"], r["id"]) for r in rows], [r["key"] for r in rows])
 
 
 async def list_sites(conn: asyncpg.Connection) -> list[dict[str, Any]]:
@@ -187,7 +180,7 @@ async def list_tags(
     rows = await conn.fetch(
         "SELECT key, id, site_id, equipment_id, name, kind, unit, range_lo, range_hi, period_s, doc "
         "FROM tags WHERE active AND ($1::text IS NULL OR site_id = $1) "
-        "AND ($2::text IS NULL OR equipment_id = $2) AND ($3::text IS NULL OR kind = $3) ORDER BY id",
+        "AND ($2::text IS NULL OR equipment_id = $2) AND ($3::text IS NULL OR kind = $3) ORDER BY site_id, id",
         site,
         equipment,
         kind,
@@ -195,13 +188,24 @@ async def list_tags(
     return [_tag_row(r) for r in rows]
 
 
-async def get_tag(conn: asyncpg.Connection, tag_id: str) -> dict[str, Any] | None:
+async def get_tag(conn: asyncpg.Connection, site_id: str, tag_id: str) -> dict[str, Any] | None:
     r = await conn.fetchrow(
         "SELECT key, id, site_id, equipment_id, name, kind, unit, range_lo, range_hi, period_s, doc "
-        "FROM tags WHERE id = $1",
+        "FROM tags WHERE site_id = $1 AND id = $2",
+        site_id,
         tag_id,
     )
     return _tag_row(r) if r else None
+
+
+async def find_tags(conn: asyncpg.Connection, tag_id: str) -> list[dict[str, Any]]:
+    """Every site's tag of this id (a tag id is unique within its site only)."""
+    rows = await conn.fetch(
+        "SELECT key, id, site_id, equipment_id, name, kind, unit, range_lo, range_hi, period_s, doc "
+        "FROM tags WHERE id = $1 ORDER BY site_id",
+        tag_id,
+    )
+    return [_tag_row(r) for r in rows]
 
 
 def _tag_row(r: asyncpg.Record) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from hazmon.alarms.engine import AlarmEngine
 from hazmon.api.deps import Operator, Reader, RuntimeDep, ensure_sees
 from hazmon.api.edge import INT64_MAX, NoNul
 from hazmon.api.routes.tags import time_range
-from hazmon.api.where import NOWHERE, Place, directory
+from hazmon.api.where import NOWHERE, Place, directory, qualified_alarm
 from hazmon.auth import Principal
 from hazmon.live import AlarmListView, encode_json, event_dict, iso_local, owner_of, snapshot_dict
 from hazmon.recorder import RecordNotPossible
@@ -264,8 +264,10 @@ async def alarm_kpi(runtime: RuntimeDep, user: Reader, site: str | None = None, 
     return _json(result)
 
 
-@router.get("/{alarm_id}", summary="One alarm's current state")
+@router.get("/{alarm_id:path}", summary="One alarm's current state")
 async def one_alarm(runtime: RuntimeDep, user: Reader, alarm_id: str) -> Response:
+    """``alarm_id``: ``<site>/<tag>:<condition>``; ``<tag>:<condition>`` where one site of the token's has the tag."""
+    alarm_id = qualified_alarm(runtime, alarm_id, user.sees)
     snap = _get(runtime, alarm_id)
     _ensure_sees_alarm(user, _place(runtime, snap.alarm_id, snap.tag_id), alarm_id)
     return _json(_alarm_json(runtime, snap))
@@ -331,6 +333,7 @@ async def _act(
     duration_s: float | None = None,
 ) -> dict[str, Any]:
     try:
+        alarm_id = qualified_alarm(runtime, alarm_id, user.sees)
         snap = _get(runtime, alarm_id)
     except HTTPException as e:
         await _audit_refusal(runtime, user, action, alarm_id, None, e.status_code, str(e.detail), comment, duration_s)
@@ -388,39 +391,41 @@ async def bulk_ack(runtime: RuntimeDep, user: Operator, body: BulkAckBody) -> Re
     """Any id outside the token's scope refuses the whole request (403) before anything is done;
     unknown ids and alarms not waiting for acknowledgement are reported per id (404, 409)."""
     engine = _engine(runtime)
-    ids = list(dict.fromkeys(body.ids))
-    for alarm_id in ids:
+    # each id as given (results are keyed by it) and as the engine names it (site/owner:condition)
+    ids = {given: qualified_alarm(runtime, given, user.sees) for given in dict.fromkeys(body.ids)}
+    for alarm_id in ids.values():
         try:
             snap = engine.get(alarm_id)
         except UnknownAlarm:
             continue
         _ensure_sees_alarm(user, _place(runtime, snap.alarm_id, snap.tag_id), alarm_id)
     results: dict[str, Any] = {}
-    for alarm_id in ids:
+    for given, alarm_id in ids.items():
         try:
             out = await _act(runtime, user, "acknowledge", alarm_id, comment=body.comment)
-            results[alarm_id] = {"status": 200, "state": out["alarm"]["state"]}
+            results[given] = {"status": 200, "state": out["alarm"]["state"]}
         except HTTPException as e:
-            results[alarm_id] = {"status": e.status_code, "detail": e.detail}
+            results[given] = {"status": e.status_code, "detail": e.detail}
     return _json({"results": results, "acknowledged": sum(1 for r in results.values() if r["status"] == 200)})
 
 
-@router.post("/{alarm_id}/ack", summary="Acknowledge an alarm")
+@router.post("/{alarm_id:path}/ack", summary="Acknowledge an alarm")
 async def ack(runtime: RuntimeDep, user: Operator, alarm_id: str, body: CommentBody | None = None) -> Response:
     return _json(await _act(runtime, user, "acknowledge", alarm_id, comment=body.comment if body else None))
 
 
-@router.post("/{alarm_id}/reset", summary="Reset a latched alarm whose condition has cleared")
+@router.post("/{alarm_id:path}/reset", summary="Reset a latched alarm whose condition has cleared")
 async def reset(runtime: RuntimeDep, user: Operator, alarm_id: str, body: CommentBody | None = None) -> Response:
     return _json(await _act(runtime, user, "reset", alarm_id, comment=body.comment if body else None))
 
 
-@router.post("/{alarm_id}/shelve", summary="Shelve an alarm for a while (reason required)")
+@router.post("/{alarm_id:path}/shelve", summary="Shelve an alarm for a while (reason required)")
 async def shelve(runtime: RuntimeDep, user: Operator, alarm_id: str, body: ShelveBody) -> Response:
     engine = _engine(runtime)
     max_s = engine.max_shelve_us / 1e6
     if body.duration_s > max_s:
         why = f"duration_s: at most {max_s:g} s ({max_s / 3600:g} h) may be shelved"
+        alarm_id = qualified_alarm(runtime, alarm_id, user.sees)
         try:
             snap = engine.get(alarm_id)
             site = _place(runtime, snap.alarm_id, snap.tag_id).site
@@ -431,22 +436,22 @@ async def shelve(runtime: RuntimeDep, user: Operator, alarm_id: str, body: Shelv
     return _json(await _act(runtime, user, "shelve", alarm_id, comment=body.reason, duration_s=body.duration_s))
 
 
-@router.post("/{alarm_id}/unshelve", summary="Unshelve an alarm before its time runs out")
+@router.post("/{alarm_id:path}/unshelve", summary="Unshelve an alarm before its time runs out")
 async def unshelve(runtime: RuntimeDep, user: Operator, alarm_id: str, body: CommentBody | None = None) -> Response:
     return _json(await _act(runtime, user, "unshelve", alarm_id, comment=body.comment if body else None))
 
 
-@router.post("/{alarm_id}/comment", summary="Add a comment to an alarm's journal")
+@router.post("/{alarm_id:path}/comment", summary="Add a comment to an alarm's journal")
 async def comment(runtime: RuntimeDep, user: Operator, alarm_id: str, body: TextBody) -> Response:
     return _json(await _act(runtime, user, "comment", alarm_id, comment=body.text))
 
 
-@router.post("/{alarm_id}/out-of-service", summary="Remove an alarm from service (reason required)")
+@router.post("/{alarm_id:path}/out-of-service", summary="Remove an alarm from service (reason required)")
 async def out_of_service(runtime: RuntimeDep, user: Operator, alarm_id: str, body: ReasonBody) -> Response:
     return _json(await _act(runtime, user, "remove_from_service", alarm_id, comment=body.reason))
 
 
-@router.post("/{alarm_id}/return-to-service", summary="Return an alarm to service")
+@router.post("/{alarm_id:path}/return-to-service", summary="Return an alarm to service")
 async def return_to_service(
     runtime: RuntimeDep, user: Operator, alarm_id: str, body: CommentBody | None = None
 ) -> Response:

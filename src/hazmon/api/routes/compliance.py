@@ -15,6 +15,7 @@ from hazmon.alarms.alarm import split_alarm_id
 from hazmon.api.deps import Reader, RuntimeDep, ensure_sees
 from hazmon.api.routes.alarms import parse_since
 from hazmon.plant.site import Site
+from hazmon.plant.tag import tag_ref
 from hazmon.reading import now_us
 from hazmon.regulator.compliance import handling_times, site_compliance
 from hazmon.regulator.installations import installation_grades
@@ -68,7 +69,7 @@ async def get_compliance(
     ]
     subscriptions = runtime.by_exception()
     by_exception = {runtime.tags.id(int(k)): owner for owner, keys, _ in subscriptions for k in keys}
-    tag_ids = {t.id for s in sites for t in s.tags}
+    tag_ids = {tag_ref(s.id, t.id) for s in sites for t in s.tags}
     devices = {
         s.id: [o for o, site_id in runtime.site_of.items() if site_id == s.id and o not in tag_ids] for s in sites
     }

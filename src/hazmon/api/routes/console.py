@@ -21,10 +21,11 @@ from hazmon.alarms.alarm import UnknownAlarm, split_alarm_id
 from hazmon.alarms.compiler import load_rules
 from hazmon.alarms.rules import COLUMNS, HH, LL, AlarmResponse, RuleSet, condition_key, responses_for
 from hazmon.api.deps import Reader, RuntimeDep, ensure_sees
-from hazmon.api.where import place_of
+from hazmon.api.where import place_of, qualified_alarm
 from hazmon.auth import Permission
 from hazmon.errors import InvalidFile
 from hazmon.plant.site import Site, Tag
+from hazmon.plant.tag import split_ref, tag_ref
 from hazmon.regulator.gb18218 import GradingError, grade
 from hazmon.runtime import Runtime
 
@@ -113,8 +114,8 @@ def _site_json(site: Site, limits: dict[str, tuple[dict[str, float], list[str]]]
                 "range": list(t.range) if t.range else None,
                 "period_s": t.period_s,
                 "states": {str(k): v for k, v in t.states.items()} if t.states else None,
-                "limits": limits.get(t.id, ({}, []))[0],
-                "latched": limits.get(t.id, ({}, []))[1],
+                "limits": limits.get(tag_ref(site.id, t.id), ({}, []))[0],
+                "latched": limits.get(tag_ref(site.id, t.id), ({}, []))[1],
             }
             for t in site.tags
         ],
@@ -156,8 +157,12 @@ def _response_json(r: AlarmResponse | None) -> dict[str, Any] | None:
     return None if r is None else r.model_dump(exclude_none=True)
 
 
-def _tag(runtime: Runtime, tag_id: str) -> Tag | None:
+def _tag(runtime: Runtime, ref: str) -> Tag | None:
+    """The tag named ``site/tag``."""
+    site_id, tag_id = split_ref(ref)
     for site in runtime.sites:
+        if site.id != site_id:
+            continue
         for t in site.tags:
             if t.id == tag_id:
                 return t
@@ -165,10 +170,11 @@ def _tag(runtime: Runtime, tag_id: str) -> Tag | None:
 
 
 @router.get(
-    "/api/v1/console/response/{alarm_id}",
+    "/api/v1/console/response/{alarm_id:path}",
     summary="An alarm's response (cause, consequence, operator action, time to respond) from its rule files",
 )
 async def alarm_response(runtime: RuntimeDep, user: Reader, alarm_id: str) -> dict[str, Any]:
+    alarm_id = qualified_alarm(runtime, alarm_id, user.sees)
     try:
         owner, condition = split_alarm_id(alarm_id)
     except UnknownAlarm:

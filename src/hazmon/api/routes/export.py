@@ -30,7 +30,7 @@ def _iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-@router.get("/tags/{tag_id}/export", summary="A tag's raw readings in a time range, as CSV or JSON")
+@router.get("/tags/{tag_id:path}/export", summary="A tag's raw readings in a time range, as CSV or JSON")
 async def export_series(
     runtime: RuntimeDep,
     user: Reader,
@@ -75,7 +75,7 @@ async def export_series(
             seen_at_after = tie + (seen_at_after if last == after else 0)
             after = last
 
-    name = f"{tag_id}_{start:%Y%m%dT%H%M%SZ}_{end:%Y%m%dT%H%M%SZ}"
+    name = f"{tag['site']}_{tag['id']}_{start:%Y%m%dT%H%M%SZ}_{end:%Y%m%dT%H%M%SZ}"
     if format is ExportFormat.CSV:
 
         async def csv() -> AsyncIterator[bytes]:
@@ -94,7 +94,7 @@ async def export_series(
         )
 
     async def js() -> AsyncIterator[bytes]:
-        head = {"tag": tag_id, "unit": tag["unit"], "start": _iso(start), "end": _iso(end)}
+        head = {"site": tag["site"], "tag": tag["id"], "unit": tag["unit"], "start": _iso(start), "end": _iso(end)}
         yield (json.dumps(head, ensure_ascii=False)[:-1] + ',"columns":["time","value","quality"],"points":[').encode()
         sep = ""
         async for chunk in rows():

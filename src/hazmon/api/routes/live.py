@@ -7,7 +7,9 @@ Protocol (JSON text messages; full description in docs/api.md):
    failed too often), else a first message ``{"type": "auth", "token": "hzm_…"}`` (or ``"token"`` in
    the subscribe message). ``?token=hzm_…`` still works; the secret is redacted from every log line.
 2. Send ``{"type": "subscribe", "sites": [...], "tags": [...], "alarms_only": false}`` (and
-   ``"token"`` if not given at connect). Neither sites nor tags: every site of the token's scope.
+   ``"token"`` if not given at connect). Neither sites nor tags: every site of the token's scope. A tag
+   is named ``site/tag`` (``demo-tank-farm/T101.LT``), or by its bare id where exactly one site of the
+   token's has it. Values and alarms carry ``"site"`` and ``"tag"`` (the tag's id within its site).
 3. Receive ``{"type": "snapshot", "alarms": [...], "values": [...]}``, then ``{"type": "events",
    "events": [...]}`` (alarm transitions, in order) and ``{"type": "values", "values": [...]}``
    (latest values, coalesced). A new ``subscribe`` replaces the subscription (and sends a new
@@ -38,6 +40,7 @@ from hazmon.api.deps import AuthFailed, authenticate_client, bearer_token, clien
 from hazmon.api.where import directory
 from hazmon.auth import Permission, Principal
 from hazmon.live import Follow, SlowClient, Subscription
+from hazmon.plant.directory import AmbiguousName
 from hazmon.runtime import Runtime
 from hazmon.storage.store import StoreError
 
@@ -85,25 +88,29 @@ def _subscription(runtime: Runtime, user: Principal, msg: dict[str, Any]) -> tup
     outside = [s for s in sub_msg.sites if not user.sees(s)]
     if outside:
         raise Refused(4403, f"site(s) outside this token's scope: {', '.join(outside)}")
-    unknown = [t for t in sub_msg.tags if t not in where.places]
+    try:  # each tag as site/tag, or by its bare id where one site the token sees has it
+        tags = list(dict.fromkeys(where.resolve(t, user.sees) for t in sub_msg.tags))
+    except AmbiguousName as e:
+        raise Refused(4400, f"ambiguous tag {e}") from None
+    unknown = [t for t in tags if t not in where.places]
     if unknown:
         raise Refused(4404, f"unknown tag(s): {', '.join(unknown[:20])}")
-    hidden = [t for t in sub_msg.tags if not user.sees(where.places[t].site)]
+    hidden = [t for t in tags if not user.sees(where.places[t].site)]
     if hidden:
         raise Refused(4403, f"tag(s) outside this token's scope: {', '.join(hidden[:20])}")
     sites: frozenset[str] | None
     if sub_msg.sites:
         sites = frozenset(sub_msg.sites)
-    elif sub_msg.tags:
+    elif tags:
         sites = frozenset()
     else:
         sites = None if user.unrestricted else user.scope
-    follow = Follow(sites=sites, tags=frozenset(sub_msg.tags), alarms_only=sub_msg.alarms_only)
+    follow = Follow(sites=sites, tags=frozenset(tags), alarms_only=sub_msg.alarms_only)
     if follow.alarms_only:
         keys = np.zeros(0, np.int32)
     else:
         parts = [where.all_keys] if sites is None else [where.site_keys.get(s, np.zeros(0, np.int32)) for s in sites]
-        parts.append(np.asarray([k for t in sub_msg.tags if (k := runtime.tags.get(t)) is not None], np.int32))
+        parts.append(np.asarray([k for t in tags if (k := runtime.tags.get(t)) is not None], np.int32))
         keys = np.concatenate(parts) if parts else np.zeros(0, np.int32)
     # Snapshot and registration in one synchronous step: no event can fall between them.
     snapshot = runtime.engine.current() if runtime.engine is not None else []

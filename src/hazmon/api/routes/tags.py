@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from hazmon.api.deps import Reader, RuntimeDep, ensure_sees, visible_tag
 from hazmon.plant.site import TagKind
+from hazmon.plant.tag import tag_ref
 from hazmon.storage.registry import list_tags
 from hazmon.storage.store import Aggregate, guarded
 
@@ -84,7 +85,7 @@ async def get_latest(
     runtime: RuntimeDep,
     user: Reader,
     site: str | None = None,
-    tag: Annotated[list[str] | None, Query(description="tag ids; repeat the parameter")] = None,
+    tag: Annotated[list[str] | None, Query(description="site/tag (or a tag id of one site); repeat it")] = None,
 ) -> list[dict[str, Any]]:
     """The newest stored reading of each tag (of a site, or of the tags named)."""
     if site is not None:
@@ -93,17 +94,33 @@ async def get_latest(
     async def op() -> list[dict[str, Any]]:
         async with runtime.db.pool.acquire() as conn:
             rows = await list_tags(conn, site=site)
-        wanted = {t["key"]: t for t in rows if tag is None or t["id"] in tag}
-        if tag is not None:
-            missing = sorted(set(tag) - {t["id"] for t in wanted.values()})
+        if tag is None:
+            wanted = {t["key"]: t for t in rows}
+        else:  # each named site/tag, or by its bare id where one site the caller sees has it
+            by_ref = {tag_ref(t["site"], t["id"]): t for t in rows}
+            by_id: dict[str, list[dict[str, Any]]] = {}
+            for t in rows:
+                if user.sees(t["site"]):
+                    by_id.setdefault(t["id"], []).append(t)
+            wanted, missing = {}, []
+            for name in tag:
+                found = [by_ref[name]] if name in by_ref else by_id.get(name, [])
+                if len(found) > 1:
+                    refs = ", ".join(tag_ref(t["site"], t["id"]) for t in found[:5])
+                    raise HTTPException(422, f"tag {name!r} is in {len(found)} sites: name it by its site ({refs})")
+                if not found:
+                    missing.append(name)
+                for t in found:
+                    wanted[t["key"]] = t
             if missing:
-                raise HTTPException(404, f"unknown tag(s): {', '.join(missing)}")
+                raise HTTPException(404, f"unknown tag(s): {', '.join(sorted(missing))}")
             for t in wanted.values():
                 ensure_sees(user, t["site"], f"tag {t['id']}")
         wanted = {k: t for k, t in wanted.items() if user.sees(t["site"])}
         latest = await runtime.store.latest(sorted(wanted))
         return [
             {
+                "site": wanted[lv.tag]["site"],
                 "tag": wanted[lv.tag]["id"],
                 "time": lv.time,
                 "value": _json_value(lv.value),
@@ -116,7 +133,7 @@ async def get_latest(
     return await guarded(op, "latest values")
 
 
-@router.get("/tags/{tag_id}/series")
+@router.get("/tags/{tag_id:path}/series")
 async def get_series(
     runtime: RuntimeDep,
     user: Reader,
@@ -146,7 +163,8 @@ async def get_series(
             [t, _json_value(v), q] for t, v, q in zip(series.times, series.values, series.qualities or [], strict=False)
         ]
         return {
-            "tag": tag_id,
+            "site": tag["site"],
+            "tag": tag["id"],
             "unit": tag["unit"],
             "start": start,
             "end": end,
@@ -158,7 +176,8 @@ async def get_series(
         }
     series = await runtime.store.downsampled_series(tag["key"], start, end, width, agg)
     return {
-        "tag": tag_id,
+        "site": tag["site"],
+        "tag": tag["id"],
         "unit": tag["unit"],
         "start": start,
         "end": end,
