@@ -13,14 +13,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api_helpers import SITE, Tokens, demo_api, ingest
+from api_helpers import SITE, Tokens, demo_api, ingest, ref
 from hazmon.reading import US_PER_S, now_us
 from hazmon.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
-GAS_H = "V101.GT1:gas.H"  # combustible gas >= 25 %LEL: high, latching, no on-delay
-GAS_HH = "V102.GT1:gas.HH"  # >= 50 %LEL: critical
-NH3_H = "T201.AT1:gas.H"  # ammonia >= 20 mg/m³, installation HI-02
+# alarms by their site-scoped ids, as the API names them
+GAS_H = ref("V101.GT1:gas.H")  # combustible gas >= 25 %LEL: high, latching, no on-delay
+GAS_HH = ref("V102.GT1:gas.HH")  # >= 50 %LEL: critical
+NH3_H = ref("T201.AT1:gas.H")  # ammonia >= 20 mg/m³, installation HI-02
+
+
+def bare(alarm_id: str) -> str:
+    """The short form a token of one site may use: ``V101.GT1:gas.H``."""
+    return alarm_id.split("/", 1)[1]
 
 
 @pytest.fixture
@@ -43,6 +49,7 @@ async def test_current_alarms_and_filters(env: tuple[Runtime, Tokens, httpx.Asyn
     assert {GAS_H, GAS_HH, NH3_H} <= ids
     first = next(a for a in alarms if a["alarm_id"] == GAS_H)
     assert first["state"] == "active_unack" and first["priority"] == "high"
+    assert (first["tag"], first["condition"]) == ("V101.GT1", "gas.H")
     assert (first["site"], first["installation"], first["equipment"]) == (SITE, "HI-01", "V101")
     assert first["value"] == 30.0 and first["limit"] == 25.0
 
@@ -53,7 +60,7 @@ async def test_current_alarms_and_filters(env: tuple[Runtime, Tokens, httpx.Asyn
 
     assert NH3_H in await ids_for(installation="HI-02")
     assert GAS_H not in await ids_for(installation="HI-02")
-    assert {a for a in await ids_for(equipment="V102")} >= {GAS_HH, "V102.GT1:gas.H"}
+    assert {a for a in await ids_for(equipment="V102")} >= {GAS_HH, ref("V102.GT1:gas.H")}
     assert await ids_for(priority="critical") >= {GAS_HH}
     assert GAS_H not in await ids_for(priority="critical")
     assert GAS_H in await ids_for(priority=["critical", "high"])
@@ -76,6 +83,7 @@ async def test_acknowledge_is_journaled_with_the_user_and_audited(
     hist = (await c.get("/api/v1/alarms/history", headers=_h(tokens.regulator), params={"limit": 100})).json()
     acks = [e for e in hist["events"] if e["action"] == "acknowledge"]
     assert acks and acks[0]["alarm_id"] == GAS_H and acks[0]["user"] == "alice" and acks[0]["comment"] == "on my way"
+    assert (acks[0]["site"], acks[0]["tag"]) == (SITE, "V101.GT1")
     trail = (await c.get("/api/v1/audit", headers=_h(tokens.admin))).json()
     entry = next(e for e in trail if e["action"] == "alarm.acknowledge")
     assert (entry["actor"], entry["role"], entry["target"], entry["site"]) == ("alice", "operator", GAS_H, SITE)
@@ -101,6 +109,13 @@ async def test_shelve_needs_a_reason_and_respects_the_maximum(env: tuple[Runtime
     assert (await c.post(url, headers=h, json={"duration_s": 600, "reason": ""})).status_code == 422
     too_long = await c.post(url, headers=h, json={"duration_s": 9 * 3600, "reason": "detector recalibration"})
     assert too_long.status_code == 422 and "at most" in too_long.json()["detail"]
+    # another site's operator is refused for the scope, whatever the duration, and leaves no trace here
+    for duration_s in (600, 9 * 3600):
+        body = {"duration_s": duration_s, "reason": "not my site"}
+        r = await c.post(url, headers=_h(tokens.operator_other), json=body)
+        assert r.status_code == 403 and "scope" in r.json()["detail"], r.text
+    trail = (await c.get("/api/v1/audit", headers=_h(tokens.admin), params={"site": SITE})).json()
+    assert [e["actor"] for e in trail if e["action"] == "alarm.shelve.refused"] == ["alice"]
     r = await c.post(url, headers=h, json={"duration_s": 600, "reason": "detector recalibration"})
     assert r.status_code == 200, r.text
     alarm = r.json()["alarm"]
@@ -130,17 +145,21 @@ async def test_out_of_service_comment_and_return(env: tuple[Runtime, Tokens, htt
 
 
 async def test_bulk_ack_reports_each_alarm(env: tuple[Runtime, Tokens, httpx.AsyncClient]) -> None:
-    _rt, tokens, c = env
-    ids = [GAS_HH, NH3_H, "NOPE.X:gas.H"]
+    rt, tokens, c = env
+    outside = await c.post("/api/v1/alarms/ack", headers=_h(tokens.operator_other), json={"ids": [GAS_H, GAS_HH]})
+    assert outside.status_code == 403  # the whole request: nothing acknowledged
+    assert rt.engine is not None and not rt.engine.get(GAS_H).acked and not rt.engine.get(GAS_HH).acked
+    # each id is answered as given: site-scoped, or bare (the token sees one site)
+    ids = [GAS_HH, bare(NH3_H), "NOPE.X:gas.H"]
     r = await c.post("/api/v1/alarms/ack", headers=_h(tokens.operator), json={"ids": ids, "comment": "shift start"})
     assert r.status_code == 200, r.text
     results = r.json()["results"]
+    assert set(results) == set(ids)
     assert results[GAS_HH]["status"] == 200 and results[GAS_HH]["state"] == "active_ack"
-    assert results[NH3_H]["status"] == 200
+    assert results[bare(NH3_H)]["status"] == 200
     assert results["NOPE.X:gas.H"]["status"] == 404
     assert r.json()["acknowledged"] == 2
-    outside = await c.post("/api/v1/alarms/ack", headers=_h(tokens.operator_other), json={"ids": ids})
-    assert outside.status_code == 403
+    assert rt.engine.get(GAS_HH).acked and rt.engine.get(NH3_H).acked and not rt.engine.get(GAS_H).acked
 
 
 async def test_unknown_alarm_is_404(env: tuple[Runtime, Tokens, httpx.AsyncClient]) -> None:
@@ -192,15 +211,18 @@ async def test_export_csv_and_json(env: tuple[Runtime, Tokens, httpx.AsyncClient
     await rt.forwarder.flush(10)
     start = datetime.fromtimestamp(t0 / US_PER_S, UTC)
     params = {"start": start.isoformat(), "end": (start + timedelta(seconds=20)).isoformat()}
-    r = await c.get("/api/v1/tags/V101.LT/export", headers=_h(tokens.regulator), params={**params, "format": "csv"})
+    url = f"/api/v1/tags/{SITE}/V101.LT/export"
+    r = await c.get(url, headers=_h(tokens.regulator), params={**params, "format": "csv"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert len(rows) == 20  # [start, end)
     assert float(rows[0]["value"]) == 5.0 and rows[0]["time"].endswith("Z") and rows[0]["quality"] == "0"
+    assert f'filename="{SITE}_V101.LT_' in r.headers["content-disposition"]
+    # by its bare id: the regulator's enterprise has one site
     j = (
         await c.get("/api/v1/tags/V101.LT/export", headers=_h(tokens.regulator), params={**params, "format": "json"})
     ).json()
-    assert j["tag"] == "V101.LT" and j["columns"] == ["time", "value", "quality"]
+    assert (j["site"], j["tag"]) == (SITE, "V101.LT") and j["columns"] == ["time", "value", "quality"]
     assert [p[1] for p in j["points"]] == [float(r["value"]) for r in rows]
     assert (await c.get("/api/v1/tags/NOPE/export", headers=_h(tokens.regulator))).status_code == 404
 

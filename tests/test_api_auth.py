@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -40,7 +41,8 @@ from hazmon.regulator.findings import Actor as FindingActor
 from hazmon.regulator.findings import FindingIn, create_finding
 from hazmon.runtime import Runtime
 
-ALARM = "V101.GT1:gas.H"  # combustible gas above 25 %LEL: no on-delay, latching
+ALARM = f"{SITE}/V101.GT1:gas.H"  # combustible gas above 25 %LEL: no on-delay, latching
+TAG = f"{SITE}/V101.LT"
 SITE_DOC = yaml.safe_load(SITE_FILE.read_text(encoding="utf-8"))
 
 # How a route treats a token in its role but outside its scope:
@@ -52,7 +54,7 @@ GLOBAL = "global"  # no site: the role decides alone
 @dataclass(frozen=True)
 class Route:
     method: str
-    path: str  # template, as the app declares it
+    path: str  # template, as the app declares it ({alarm_id:path}: the id may hold a "/")
     url: str  # what the test calls
     permission: Permission | frozenset[Permission] | None  # None: public; a set: any one of them
     scope: str = SCOPED
@@ -76,47 +78,47 @@ ROUTES = [
     Route("GET", "/api/v1/sites", "/api/v1/sites", Permission.READ, FILTERED),
     Route("PUT", "/api/v1/sites/{site_id}", f"/api/v1/sites/{SITE}", Permission.CONFIGURE, body=SITE_DOC),
     Route("GET", "/api/v1/tags", f"/api/v1/tags?site={SITE}", Permission.READ),
-    Route("GET", "/api/v1/tags/latest", "/api/v1/tags/latest?tag=V101.LT", Permission.READ),
-    Route("GET", "/api/v1/tags/{tag_id}/series", "/api/v1/tags/V101.LT/series", Permission.READ),
-    Route("GET", "/api/v1/tags/{tag_id}/export", "/api/v1/tags/V101.LT/export?format=csv", Permission.READ),
+    Route("GET", "/api/v1/tags/latest", f"/api/v1/tags/latest?tag={TAG}", Permission.READ),
+    Route("GET", "/api/v1/tags/{tag_id:path}/series", f"/api/v1/tags/{TAG}/series", Permission.READ),
+    Route("GET", "/api/v1/tags/{tag_id:path}/export", f"/api/v1/tags/{TAG}/export?format=csv", Permission.READ),
     Route("GET", "/api/v1/alarms", f"/api/v1/alarms?site={SITE}", Permission.READ),
     Route("GET", "/api/v1/alarms/history", f"/api/v1/alarms/history?site={SITE}", Permission.READ),
     Route("GET", "/api/v1/alarms/kpi", f"/api/v1/alarms/kpi?site={SITE}&since=1d", Permission.READ),
-    Route("GET", "/api/v1/alarms/{alarm_id}", f"/api/v1/alarms/{ALARM}", Permission.READ),
+    Route("GET", "/api/v1/alarms/{alarm_id:path}", f"/api/v1/alarms/{ALARM}", Permission.READ),
     Route("POST", "/api/v1/alarms/ack", "/api/v1/alarms/ack", Permission.OPERATE, body={"ids": [ALARM]}),
-    Route("POST", "/api/v1/alarms/{alarm_id}/ack", f"/api/v1/alarms/{ALARM}/ack", Permission.OPERATE, body={}),
-    Route("POST", "/api/v1/alarms/{alarm_id}/reset", f"/api/v1/alarms/{ALARM}/reset", Permission.OPERATE),
+    Route("POST", "/api/v1/alarms/{alarm_id:path}/ack", f"/api/v1/alarms/{ALARM}/ack", Permission.OPERATE, body={}),
+    Route("POST", "/api/v1/alarms/{alarm_id:path}/reset", f"/api/v1/alarms/{ALARM}/reset", Permission.OPERATE),
     Route(
         "POST",
-        "/api/v1/alarms/{alarm_id}/shelve",
+        "/api/v1/alarms/{alarm_id:path}/shelve",
         f"/api/v1/alarms/{ALARM}/shelve",
         Permission.OPERATE,
         body={"reason": "role test", "duration_s": 60},
     ),
-    Route("POST", "/api/v1/alarms/{alarm_id}/unshelve", f"/api/v1/alarms/{ALARM}/unshelve", Permission.OPERATE),
+    Route("POST", "/api/v1/alarms/{alarm_id:path}/unshelve", f"/api/v1/alarms/{ALARM}/unshelve", Permission.OPERATE),
     Route(
         "POST",
-        "/api/v1/alarms/{alarm_id}/comment",
+        "/api/v1/alarms/{alarm_id:path}/comment",
         f"/api/v1/alarms/{ALARM}/comment",
         Permission.OPERATE,
         body={"text": "role test"},
     ),
     Route(
         "POST",
-        "/api/v1/alarms/{alarm_id}/out-of-service",
+        "/api/v1/alarms/{alarm_id:path}/out-of-service",
         f"/api/v1/alarms/{ALARM}/out-of-service",
         Permission.OPERATE,
         body={"reason": "role test"},
     ),
     Route(
         "POST",
-        "/api/v1/alarms/{alarm_id}/return-to-service",
+        "/api/v1/alarms/{alarm_id:path}/return-to-service",
         f"/api/v1/alarms/{ALARM}/return-to-service",
         Permission.OPERATE,
     ),
     # the console's context lists only the sites in scope (an object, so not the "empty list" check)
     Route("GET", "/api/v1/console/context", "/api/v1/console/context", Permission.READ, GLOBAL),
-    Route("GET", "/api/v1/console/response/{alarm_id}", f"/api/v1/console/response/{ALARM}", Permission.READ),
+    Route("GET", "/api/v1/console/response/{alarm_id:path}", f"/api/v1/console/response/{ALARM}", Permission.READ),
     Route("GET", "/api/v1/gateways", "/api/v1/gateways", Permission.READ, FILTERED),
     Route("GET", "/api/v1/compliance", "/api/v1/compliance", Permission.READ, FILTERED),
     Route("GET", "/api/v1/installations", "/api/v1/installations", Permission.READ, FILTERED),
@@ -224,7 +226,8 @@ def test_route_table_names_every_route() -> None:
     app = create_app()
     http = {(m.upper(), path) for path, ops in app.openapi()["paths"].items() for m in ops}
     served = {(m, p) for m, p in _served(app.routes) if p not in PUBLIC_DOCS}
-    assert http <= served  # the walk sees at least what the OpenAPI description lists
+    # the walk sees at least what the OpenAPI description lists (which names {alarm_id:path} {alarm_id})
+    assert http <= {(m, re.sub(r"{(\w+):\w+}", r"{\1}", p)) for m, p in served}
     assert served == {(r.method, r.path) for r in ROUTES}
 
 
@@ -422,3 +425,40 @@ async def test_configuration_changes_are_audited(client: httpx.AsyncClient, env:
     assert r.status_code == 422 and "tags" in r.json()["detail"]
     verify = (await client.get("/api/v1/audit/verify", headers={"Authorization": f"Bearer {tokens.admin}"})).json()
     assert verify["ok"] is True and verify["rows"] >= 1
+
+
+@pytest.mark.parametrize("principal", ["operator_other", "engineer_other", "regulator_other"])
+async def test_a_bare_id_names_nothing_outside_the_tokens_scope(
+    client: httpx.AsyncClient, env: tuple[Runtime, Tokens], principal: str
+) -> None:
+    """The short form (``V101.GT1:gas.H``) names an alarm or tag of the token's own sites only: for a token
+    of another site it names nothing there is to read or to act on."""
+    headers = {"Authorization": f"Bearer {env[1].by_name(principal)}"}
+    bare_alarm, bare_tag = ALARM.split("/", 1)[1], TAG.split("/", 1)[1]
+    r = await client.get(f"/api/v1/alarms/{bare_alarm}", headers=headers)
+    assert r.status_code == 404 and SITE not in r.text, r.text
+    r = await client.get(f"/api/v1/console/response/{bare_alarm}", headers=headers)
+    assert r.status_code in (403, 404) and SITE not in r.text, r.text
+    r = await client.get("/api/v1/tags/latest", params={"tag": bare_tag}, headers=headers)
+    assert r.status_code == 404 and SITE not in r.text, r.text
+    for url in (f"/api/v1/tags/{bare_tag}/series", f"/api/v1/tags/{bare_tag}/export"):
+        r = await client.get(url, headers=headers)
+        assert r.status_code in (403, 404) and SITE not in r.text, r.text
+    if principal == "operator_other":
+        r = await client.post(f"/api/v1/alarms/{bare_alarm}/ack", headers=headers, json={})
+        assert r.status_code == 404 and SITE not in r.text, r.text
+        r = await client.post("/api/v1/alarms/ack", headers=headers, json={"ids": [bare_alarm]})
+        assert r.status_code == 200 and r.json() == {
+            "results": {bare_alarm: {"status": 404, "detail": f"unknown alarm {bare_alarm!r}"}},
+            "acknowledged": 0,
+        }, r.text
+
+
+async def test_a_bare_id_names_the_alarm_of_the_tokens_own_site(
+    client: httpx.AsyncClient, env: tuple[Runtime, Tokens]
+) -> None:
+    headers = {"Authorization": f"Bearer {env[1].operator}"}
+    r = await client.get(f"/api/v1/alarms/{ALARM.split('/', 1)[1]}", headers=headers)
+    assert r.status_code == 200 and r.json()["alarm_id"] == ALARM and r.json()["site"] == SITE, r.text
+    r = await client.get(f"/api/v1/tags/{TAG.split('/', 1)[1]}/series", headers=headers)
+    assert r.status_code == 200 and (r.json()["site"], r.json()["tag"]) == (SITE, "V101.LT"), r.text

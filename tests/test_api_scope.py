@@ -3,9 +3,11 @@ the demo site, whatever endpoint and parameters it uses (issue 11, item 4).
 
 The walk is driven by the app's own OpenAPI description, so an endpoint added later is walked too:
 every path parameter and every query parameter the operation declares is filled with a demo-site
-value (a site, an enterprise, a tag, an alarm), and the request is sent with tokens of every scoped
-role whose scope is *another* site and enterprise. The answer must be a refusal (401/403/404/409/422)
-or a success that names nothing of the demo site, never a 5xx; and the database must be unchanged.
+value (a site, an enterprise, a tag, an alarm — named by its site, ``demo-tank-farm/V101.GT1``, and by
+its bare id, ``V101.GT1``), and the request is sent with tokens of every scoped role whose scope is
+*another* site and enterprise. The answer must be a refusal (401/403/404/409/422) or a success that
+names nothing of the demo site beyond the ids the request itself gave (a bulk acknowledge answers each
+id as given), never a 5xx; and the database must be unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from hazmon.storage.registry import upsert_site
 
 ALARM = "V101.GT1:gas.H"  # raised by the ingest below
 TAG = "V101.GT1"
+# each id as the API names it (site/id), and the short form a token of one site may use
+NAMINGS = {"site-scoped": (f"{SITE}/{ALARM}", f"{SITE}/{TAG}"), "bare": (ALARM, TAG)}
 OTHER_SITE = "other-site"
 OTHER_ENTERPRISE = "other-enterprise"
 SITE_DOC = yaml.safe_load(SITE_FILE.read_text(encoding="utf-8"))
@@ -40,8 +44,6 @@ LEAKS = re.compile(r"demo-tank-farm|\bV10[1-4]\.|\bT201\.|East China Chemical|91
 PATH_VALUES = {
     "site_id": SITE,
     "site": SITE,
-    "tag_id": TAG,
-    "alarm_id": ALARM,
     "enterprise_id": ENTERPRISE,
     "enterprise": ENTERPRISE,
     "installation_id": "HI-01",
@@ -50,7 +52,6 @@ PATH_VALUES = {
 QUERY_VALUES: dict[str, Any] = {
     "site": SITE,
     "enterprise": ENTERPRISE,
-    "tag": TAG,
     "installation": "HI-01",
     "equipment": "V101",
 }
@@ -112,21 +113,26 @@ def _operations(rt: Runtime) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
-def _request(method: str, path: str, op: dict[str, Any], tokens: Tokens) -> tuple[str, dict[str, Any], Any]:
+def _request(
+    method: str, path: str, op: dict[str, Any], tokens: Tokens, naming: str
+) -> tuple[str, dict[str, Any], Any]:
+    alarm, tag = NAMINGS[naming]
+    values = {**PATH_VALUES, "alarm_id": alarm, "tag_id": tag}
     url = path
     for name in re.findall(r"{(\w+)}", path):
-        value = tokens.spare_id if name == "token_id" else PATH_VALUES.get(name, SITE)
+        value = tokens.spare_id if name == "token_id" else values.get(name, SITE)
         url = url.replace("{" + name + "}", value)
+    queries = {**QUERY_VALUES, "tag": tag}
     params = {
-        p["name"]: QUERY_VALUES[p["name"]]
+        p["name"]: queries[p["name"]]
         for p in op.get("parameters", [])
-        if p.get("in") == "query" and p["name"] in QUERY_VALUES
+        if p.get("in") == "query" and p["name"] in queries
     }
     body: Any = None
     if "requestBody" in op:
         body = {"comment": "scope walk", "reason": "scope walk", "text": "scope walk", "duration_s": 60}
         if path.endswith("/ack") and "{" not in path:
-            body = {"ids": [ALARM]}
+            body = {"ids": [alarm]}
         if path == "/api/v1/sites/{site_id}":
             body = SITE_DOC
     return url, params, body
@@ -143,20 +149,34 @@ async def test_out_of_scope_tokens_see_and_change_nothing_at_any_endpoint(
     for method, path, op in operations:
         if (method, path) in GLOBAL:
             continue
-        url, params, body = _request(method, path, op, tokens)
-        for name in SCOPED_TOKENS:
-            for with_params in (True, False):
-                r = await client.request(
-                    method, url, params=params if with_params else None, headers=_h(getattr(tokens, name)), json=body
-                )
-                what = f"{name}: {method} {url} {params if with_params else ''} -> {r.status_code} {r.text[:300]}"
-                assert r.status_code < 500, what
-                if r.status_code < 300:
-                    assert not LEAKS.search(r.text), what
-                else:
-                    assert r.status_code in (401, 403, 404, 405, 409, 422), what
-                walked += 1
-    assert walked > 100
+        for naming in NAMINGS:
+            url, params, body = _request(method, path, op, tokens, naming)
+            given = body.get("ids", []) if isinstance(body, dict) else []
+            for name in SCOPED_TOKENS:
+                for with_params in (True, False):
+                    r = await client.request(
+                        method,
+                        url,
+                        params=params if with_params else None,
+                        headers=_h(getattr(tokens, name)),
+                        json=body,
+                    )
+                    what = f"{name}: {method} {url} {params if with_params else ''} -> {r.status_code} {r.text[:300]}"
+                    assert r.status_code < 500, what
+                    if r.status_code < 300:
+                        text = r.text
+                        if given:  # a bulk acknowledge: each id the caller gave is unknown to it, none acknowledged
+                            answer = r.json()
+                            assert answer["acknowledged"] == 0, what
+                            assert answer["results"] == {
+                                i: {"status": 404, "detail": f"unknown alarm {i!r}"} for i in given
+                            }, what
+                            text = json.dumps({k: v for k, v in answer.items() if k != "results"})
+                        assert not LEAKS.search(text), what
+                    else:
+                        assert r.status_code in (401, 403, 404, 405, 409, 422), what
+                    walked += 1
+    assert walked > 200
     assert await _snapshot(rt) == before
 
 

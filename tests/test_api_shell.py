@@ -17,6 +17,7 @@ from hazmon.reading import US_PER_S, ReadingBatch
 from hazmon.runtime import Runtime, run_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
+SITE = "demo-tank-farm"
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
@@ -60,26 +61,34 @@ async def test_sites_and_tag_filters(client: httpx.AsyncClient) -> None:
 
 
 async def test_series_raw_and_downsampled(client: httpx.AsyncClient, runtime: Runtime) -> None:
-    key = runtime.tags.key("V101.LT")
+    key = runtime.tags.key(f"{SITE}/V101.LT")  # the runtime names a tag by its site
     t0 = int(T0.timestamp()) * US_PER_S
     values = np.linspace(5.0, 6.19, 120)
     values[3] = np.nan
     batch = ReadingBatch.from_columns(np.full(120, key), t0 + np.arange(120) * US_PER_S, values)
     await runtime.store.write(batch)
     params = {"start": "2026-11-01T00:00:00Z", "end": "2026-11-01T00:02:00Z"}
-    raw = (await client.get("/api/v1/tags/V101.LT/series", params=params)).json()
+    raw = (await client.get(f"/api/v1/tags/{SITE}/V101.LT/series", params=params)).json()
     assert len(raw["points"]) == 120 and raw["unit"] == "m"
+    assert (raw["site"], raw["tag"]) == (SITE, "V101.LT")
     assert raw["points"][3][1] is None  # NaN is sent as null, never as invalid JSON
+    # by its bare id too: the token's enterprise has one site
     down = (await client.get("/api/v1/tags/V101.LT/series", params={**params, "bucket": "1m", "agg": "max"})).json()
     assert [p[1] for p in down["points"]] == pytest.approx([values[59], values[119]])
+    assert (down["site"], down["tag"]) == (SITE, "V101.LT")
     latest = (await client.get("/api/v1/tags/latest", params={"tag": "V101.LT"})).json()
+    assert [(v["site"], v["tag"]) for v in latest] == [(SITE, "V101.LT")]
     assert latest[0]["value"] == pytest.approx(values[-1])
+    latest = (await client.get("/api/v1/tags/latest", params={"tag": f"{SITE}/V101.LT"})).json()
+    assert [(v["site"], v["tag"]) for v in latest] == [(SITE, "V101.LT")]
 
 
 @pytest.mark.parametrize(
     ("path", "params", "status"),
     [
         ("/api/v1/tags/NOPE/series", {}, 404),
+        (f"/api/v1/tags/{SITE}/NOPE/series", {}, 404),
+        ("/api/v1/tags/no-such-site/V101.LT/series", {}, 404),
         ("/api/v1/tags/V101.LT/series", {"bucket": "fortnight"}, 422),
         ("/api/v1/tags/V101.LT/series", {"agg": "median"}, 422),
         (
@@ -89,6 +98,7 @@ async def test_series_raw_and_downsampled(client: httpx.AsyncClient, runtime: Ru
         ),
         ("/api/v1/tags/V101.LT/series", {"start": "yesterday"}, 422),
         ("/api/v1/tags/latest", {"tag": "NOPE"}, 404),
+        ("/api/v1/tags/latest", {"tag": f"{SITE}/NOPE"}, 404),
     ],
 )
 async def test_bad_parameters_get_clear_errors(

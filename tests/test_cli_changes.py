@@ -58,21 +58,32 @@ async def test_site_load_is_audited_once_per_change(pg_url: str, tmp_path: Path)
     assert trail[-1]["detail"]["file"] == str(changed)
 
 
-async def test_site_load_refused_by_the_registry_is_a_message_and_writes_nothing(pg_url: str) -> None:
+async def test_site_load_beside_another_sites_tag_of_the_same_id(pg_url: str) -> None:
+    """Another site's V101.LT is no refusal (tag ids are unique within their site): the demo site is
+    loaded and audited, the other site's tag is left as it was, with its key."""
     conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute(
             "INSERT INTO enterprises VALUES ('other', 'Other', '91110000MA0123456P'); "
             "INSERT INTO sites (id, enterprise_id, name, doc) VALUES ('other', 'other', 'Other', '{}'); "
             "INSERT INTO tags (id, site_id, equipment_id, name, kind, period_s, doc) "
-            "VALUES ('V101.LT', 'other', 'X', 'clash', 'level', 1, '{}')"
+            "VALUES ('V101.LT', 'other', 'X', 'same id', 'level', 1, '{}')"
         )
+        before = await conn.fetchrow("SELECT key, name, active FROM tags WHERE site_id = 'other'")
     finally:
         await conn.close()
     r = _hazmon("site", "load", str(DEMO), url=pg_url)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "demo-tank-farm.yaml" in r.stderr and "V101.LT" in r.stderr and "nothing was changed" in r.stderr
-    assert [e["action"] for e in await _trail(pg_url)] == ["audit.genesis"]
+    assert r.returncode == 0, r.stderr
+    trail = await _trail(pg_url)
+    assert [e["action"] for e in trail] == ["audit.genesis", "site.load"]
+    assert trail[-1]["site_id"] == "demo-tank-farm" and "81 added" in trail[-1]["detail"]["summary"]
+    conn = await asyncpg.connect(pg_url)
+    try:
+        after = await conn.fetchrow("SELECT key, name, active FROM tags WHERE site_id = 'other'")
+        demo_key = await conn.fetchval("SELECT key FROM tags WHERE site_id = 'demo-tank-farm' AND id = 'V101.LT'")
+    finally:
+        await conn.close()
+    assert tuple(after) == tuple(before) and demo_key is not None and demo_key != before["key"]
 
 
 async def test_token_changes_from_the_cli_are_audited(pg_url: str) -> None:

@@ -107,21 +107,35 @@ async def test_a_site_that_cannot_be_graded_leaves_the_database_unchanged(pg_url
     assert await _state(pg_url) == EMPTY
 
 
-async def test_a_registry_refusal_is_a_message_and_rolls_back(pg_url: str, tmp_path: Path) -> None:
-    """A tag id that belongs to another site (RegistryError at write time): one message, nothing written."""
+async def test_another_sites_tag_of_the_same_id_is_no_refusal(pg_url: str, tmp_path: Path) -> None:
+    """Tag ids are unique within their site: another site's V101.LT does not stop the demo site from
+    loading (it used to be refused), and each V101.LT keeps its own permanent key across restarts."""
     conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute(
             "INSERT INTO enterprises VALUES ('other', 'Other', '91110000MA0123456P'); "
             "INSERT INTO sites (id, enterprise_id, name, doc) VALUES ('other', 'other', 'Other', '{}'); "
             "INSERT INTO tags (id, site_id, equipment_id, name, kind, period_s, doc) "
-            "VALUES ('V101.LT', 'other', 'X', 'clash', 'level', 1, '{}')"
+            "VALUES ('V101.LT', 'other', 'X', 'same id', 'level', 1, '{}')"
         )
+        other_key = await conn.fetchval("SELECT key FROM tags WHERE site_id = 'other' AND id = 'V101.LT'")
     finally:
         await conn.close()
-    r = _serve(pg_url, tmp_path, HAZMON_SITE=str(SITE_FILE), HAZMON_RULES=json.dumps([str(p) for p in RULES]))
-    _assert_clean_failure(r, "HAZMON_SITE", "demo-tank-farm.yaml", "V101.LT")
-    assert await _state(pg_url) == {"sites": 1, "tags": 1, "audit": ["audit.genesis"]}
+    async with demo_runtime(pg_url, tmp_path / "a") as rt:
+        assert [s.id for s in rt.sites] == [SITE]
+        demo_key = rt.tags.key(f"{SITE}/V101.LT")
+        assert rt.tags.key("other/V101.LT") == other_key != demo_key
+    state = await _state(pg_url)
+    assert state["sites"] == 2 and state["audit"] == ["audit.genesis", "site.load"]
+    async with demo_runtime(pg_url, tmp_path / "b") as rt:  # a restart: the same keys
+        assert rt.tags.key(f"{SITE}/V101.LT") == demo_key and rt.tags.key("other/V101.LT") == other_key
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT site_id, name, active FROM tags WHERE id = 'V101.LT' ORDER BY site_id")
+    finally:
+        await conn.close()
+    # the other site's tag is untouched: not renamed, not retired by the demo site's load
+    assert [tuple(r) for r in rows] == [(SITE, "LPG sphere 1 level", True), ("other", "same id", True)]
 
 
 async def test_serve_writes_the_site_with_one_audit_row_per_change(pg_url: str, tmp_path: Path) -> None:

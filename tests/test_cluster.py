@@ -31,6 +31,7 @@ from hazmon.alarms.engine import AlarmEngine
 from hazmon.cluster.bus import Bus, partition_of
 from hazmon.cluster.codec import CodecError, decode_batch, encode_batch
 from hazmon.plant.site import Site, load_site
+from hazmon.plant.tag import tag_ref
 from hazmon.reading import ReadingBatch
 from hazmon.sim.model import PlantModel
 from hazmon.sim.scale import SCALE_RULES, scale_layout
@@ -81,7 +82,7 @@ def test_codec_rejects_truncated_or_padded_batches(n: int, cut: int, pad: bytes)
 
 def _batches(site: Site, scenario: Any, keys: dict[str, int], t0_us: int) -> list[ReadingBatch]:
     model = PlantModel(site, scenario, seed=0)
-    tag = np.array([keys[t.id] for t in site.tags], dtype=np.int32)
+    tag = np.array([keys[tag_ref(site.id, t.id)] for t in site.tags], dtype=np.int32)
     out = []
     for step in range(STEPS):
         model.step()
@@ -158,7 +159,7 @@ async def test_shards_and_writers_lose_and_double_nothing_when_a_shard_is_killed
         tags = await tag_index(conn)
     finally:
         await conn.close()
-    keys = {tag_id: key for tag_id, key in tags.items()}
+    keys = dict(tags.items())  # by reference: site/tag
     t0 = (time.time_ns() // 1000) - 3_600_000_000
     demo_batches = _batches(demo, load_scenario(ROOT / "simulators" / "demo.yaml", demo), keys, t0)
     scale_scenario = parse_scenario(
@@ -243,13 +244,18 @@ async def test_shards_and_writers_lose_and_double_nothing_when_a_shard_is_killed
             distinct = await conn.fetchval("SELECT count(*) FROM (SELECT DISTINCT tag, time FROM readings) d")
             assert rows == distinct == total, f"{rows} rows, {distinct} distinct, {total} published"
             journal = await conn.fetch(
-                'SELECT alarm_id, action, new_state, ts FROM alarm_journal WHERE "user" IS NULL ORDER BY id'
+                'SELECT alarm_id, site_id, tag_id, action, new_state, ts FROM alarm_journal WHERE "user" IS NULL '
+                "ORDER BY id"
             )
         finally:
             await conn.close()
         got = _sequences([(r["alarm_id"], r["action"], r["new_state"]) for r in journal])
         want = _sequences([(e.alarm_id, e.action, str(e.new_state)) for e in expected])
         assert got == want, "the journal differs from the single engine's transitions"
+        # both sites' alarms, each named in its own site: <site>/<tag>:<condition>, the tag by its own id
+        assert {r["site_id"] for r in journal} == {demo.id, scale_site.id}
+        for r in journal:
+            assert r["alarm_id"].startswith(f"{r['site_id']}/{r['tag_id']}:"), dict(r)
         stream = await bus.js.stream_info(s.events_stream)
         assert stream.state.messages == len(expected), "an event was published twice or not at all"
     finally:
@@ -321,7 +327,7 @@ async def test_a_malformed_message_is_set_aside_counted_and_does_not_stop_the_wr
     bus = await Bus.connect(NATS_URL, namespace)
     try:
         await upsert_site(conn, load_site(ROOT / "sites" / "demo-tank-farm.yaml"))
-        key = (await tag_index(conn)).key("V101.LT")
+        key = (await tag_index(conn)).key("demo-tank-farm/V101.LT")
         good = ReadingBatch.from_columns([key, key], [1_000_000, 2_000_000], [5.0, 5.1])
         await bus.publish(bus.subjects.readings(0), b"HZRB garbage", "bad-1")
         await bus.publish(bus.subjects.readings(0), encode_batch(good)[:-3], "bad-2")  # truncated

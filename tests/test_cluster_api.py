@@ -38,8 +38,8 @@ SITE_FILE = ROOT / "sites" / "demo-tank-farm.yaml"
 SITE = "demo-tank-farm"
 RULES = [ROOT / "alarm_rules" / n for n in ("gas-detectors.yaml", "process-defaults.yaml", "demo-tank-farm.yaml")]
 PARTITIONS = 4
-GAS = "V103.GT1:gas.H"
-GAS2 = "V104.GT1:gas.H"
+GAS = f"{SITE}/V103.GT1:gas.H"  # alarm ids name their site
+GAS2 = f"{SITE}/V104.GT1:gas.H"
 
 
 class ApiProcess:
@@ -165,7 +165,7 @@ async def test_api_instances_follow_the_stream_and_send_actions_to_the_owning_sh
 
         async def registered() -> bool:  # the shard wrote the site (its tags have keys)
             try:
-                return "V104.GT1" in (await tag_index(conn))
+                return f"{SITE}/V104.GT1" in (await tag_index(conn))
             except asyncpg.UndefinedTableError:
                 return False
 
@@ -180,7 +180,7 @@ async def test_api_instances_follow_the_stream_and_send_actions_to_the_owning_sh
         keys = await tag_index(conn)
 
         async def publish(values: dict[str, float]) -> None:
-            tags = [keys.key(t) for t in values]
+            tags = [keys.key(f"{SITE}/{t}") for t in values]
             batch = ReadingBatch.from_columns(tags, now_us(), list(values.values()))
             from hazmon.cluster.bus import partition_of
 
@@ -198,6 +198,8 @@ async def test_api_instances_follow_the_stream_and_send_actions_to_the_owning_sh
                 )
 
             await _until(raised_everywhere, 30, f"{GAS} in both instances' lists and WebSockets")
+            shown = (await _alarms(apis[1], token))[GAS]
+            assert (shown["site"], shown["tag"], shown["condition"]) == (SITE, "V103.GT1", "gas.H")
 
             # the readings' values too (WebSocket values, "data arriving"), from the readings stream
             async def value_shown() -> bool:
@@ -205,7 +207,7 @@ async def test_api_instances_follow_the_stream_and_send_actions_to_the_owning_sh
                     await ws.send(json.dumps({"type": "auth", "token": token}))
                     await ws.send(json.dumps({"type": "subscribe", "sites": [SITE], "tags": ["V103.GT1"]}))
                     values = json.loads(await asyncio.wait_for(ws.recv(), 10))["values"]
-                return [(v["tag"], v["value"]) for v in values] == [("V103.GT1", 30.0)]
+                return [(v["site"], v["tag"], v["value"]) for v in values] == [(SITE, "V103.GT1", 30.0)]
 
             await _until(value_shown, 30, "V103.GT1's value in instance 2's WebSocket snapshot")
 
@@ -223,9 +225,10 @@ async def test_api_instances_follow_the_stream_and_send_actions_to_the_owning_sh
                 )
 
             await _until(acked_everywhere, 30, "the acknowledge through instance 2 and both WebSockets")
-            again = await _post(apis[1], token, f"{GAS}/ack")
+            # the bare id names the one alarm of that id the token sees: already acknowledged
+            again = await _post(apis[1], token, "V103.GT1:gas.H/ack")
             assert again.status_code == 409, again.text
-            unknown = await _post(apis[1], token, "V103.GT1:nothing.H/ack")
+            unknown = await _post(apis[1], token, f"{SITE}/V103.GT1:nothing.H/ack")
             assert unknown.status_code == 404, unknown.text
 
         journaled = await conn.fetch(
@@ -315,9 +318,10 @@ async def test_the_mirror_sets_aside_what_is_not_an_alarm_event_counts_it_and_go
             await _until(applied, 10, "the good event behind five bad ones")
             snap = mirror.get(GAS)
             assert snap.state == "active_unack" and snap.activated_us == raise_["ts_us"] and not snap.acked
+            assert snap.tag_id == f"{SITE}/V103.GT1"  # the bus names the tag within its site
             assert mirror.stats["mirror_rejected"] == len(bad)
-            assert mirror.get("V104.GT1:gas.H").state == "normal"  # defined by the rules, no event yet
+            assert mirror.get(GAS2).state == "normal"  # defined by the rules, no event yet
             with pytest.raises(KeyError):
-                mirror.get("V104.GT1:nothing.H")
+                mirror.get(f"{SITE}/V104.GT1:nothing.H")
     finally:
         await bus.close()

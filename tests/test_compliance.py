@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api_helpers import SITE, Tokens, demo_api, ingest
+from api_helpers import SITE, Tokens, demo_api, ingest, ref
 from hazmon.reading import now_us
 from hazmon.runtime import Runtime
 
@@ -30,7 +30,7 @@ async def test_regulator_sees_data_alarms_handling_and_grades(env: tuple[Runtime
     await ingest(rt, {"V101.GT1": 62.0, "V101.GT2": 1.0}, t0 + 20_000_000)
     await rt.flush_journal()
     acked_from = now_us()
-    await rt.operate("acknowledge", "V101.GT1:gas.HH", "alice", comment="evacuated the sphere area")
+    await rt.operate("acknowledge", ref("V101.GT1:gas.HH"), "alice", comment="evacuated the sphere area")
     acked_by = now_us()
 
     headers = {"Authorization": f"Bearer {tokens.regulator}"}
@@ -79,7 +79,7 @@ def test_an_acknowledged_alarm_keeps_standing_from_its_activation() -> None:
     tally = AlarmTally()
     tally.add(
         AlarmSnapshot(
-            alarm_id="V103.GT1:gas.H", tag_id="V103.GT1", condition="gas.H", priority=Priority.HIGH,
+            alarm_id=f"{SITE}/V103.GT1:gas.H", tag_id=f"{SITE}/V103.GT1", condition="gas.H", priority=Priority.HIGH,
             state=AlarmState.ACTIVE_ACK, active=True, acked=True, value=30.0, limit=25.0,
             since_us=now - hour, activated_us=now - 30 * hour,
         ),

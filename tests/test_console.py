@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api_helpers import RULES, SITE, SITE_FILE, Tokens, demo_api, ingest
+from api_helpers import RULES, SITE, SITE_FILE, Tokens, demo_api, ingest, ref
 from hazmon.api import create_app
 from hazmon.cli import main
 from hazmon.reading import US_PER_S, now_us
@@ -74,14 +74,16 @@ async def test_alarm_list_is_priority_then_unacknowledged_then_newest(
     assert r.status_code == 200, r.text
     alarms = (await c.get("/api/v1/alarms", headers=_h(tokens.operator))).json()
     assert [a["alarm_id"] for a in alarms] == [
-        "V102.GT1:gas.HH",  # critical first
-        "V102.GT1:gas.H",  # then the unacknowledged high ones, newest first
-        "V101.GT1:gas.H",
-        "V103.GT1:gas.H",  # the newest high alarm, but acknowledged
+        f"{SITE}/V102.GT1:gas.HH",  # critical first
+        f"{SITE}/V102.GT1:gas.H",  # then the unacknowledged high ones, newest first
+        f"{SITE}/V101.GT1:gas.H",
+        f"{SITE}/V103.GT1:gas.H",  # the newest high alarm, but acknowledged
     ]
     acked = alarms[-1]
+    assert (acked["site"], acked["tag"]) == (SITE, "V103.GT1")
     # the activation time stays through the acknowledge; the last change is the acknowledge
-    assert acked["activated_at"] == before["V103.GT1:gas.H"]["activated_at"] == before["V103.GT1:gas.H"]["since"]
+    first = before[ref("V103.GT1:gas.H")]
+    assert acked["activated_at"] == first["activated_at"] == first["since"]
     assert acked["since_us"] > acked["activated_us"]
     assert acked["user"] == "alice"
     # times in the site's local time (Asia/Shanghai), ISO 8601 with the offset
@@ -101,9 +103,13 @@ async def test_history_searched_by_tag_priority_and_user(env: tuple[Runtime, Tok
         assert r.status_code == 200, r.text
         return [(e["alarm_id"], e["action"]) for e in r.json()["events"]]
 
-    assert sorted(await ids(tag="V102.GT1")) == [("V102.GT1:gas.H", "activate"), ("V102.GT1:gas.HH", "activate")]
-    assert await ids(priority="critical") == [("V102.GT1:gas.HH", "activate")]
-    assert await ids(user="alice") == [("V101.GT1:gas.H", "acknowledge")]
+    assert sorted(await ids(tag="V102.GT1")) == [
+        (ref("V102.GT1:gas.H"), "activate"),
+        (ref("V102.GT1:gas.HH"), "activate"),
+    ]
+    assert await ids(tag=f"{SITE}/V102.GT1") == await ids(tag="V102.GT1")  # the tag's reference too
+    assert await ids(priority="critical") == [(ref("V102.GT1:gas.HH"), "activate")]
+    assert await ids(user="alice") == [(ref("V101.GT1:gas.H"), "acknowledge")]
     assert await ids(tag="V10") == []  # a tag id, not a prefix
     bad = await c.get("/api/v1/alarms/history", headers=_h(tokens.regulator), params={"priority": "urgent"})
     assert bad.status_code == 422
@@ -127,14 +133,20 @@ async def test_console_context_and_alarm_response(env: tuple[Runtime, Tokens, ht
     assert other["sites"] == []
     assert (await c.get("/api/v1/console/context")).status_code == 401
 
-    r = (await c.get("/api/v1/console/response/V103.GT1:gas.HH", headers=_h(tokens.operator))).json()
+    # the console asks by the alarm's full id (site/tag:condition); a bare id works where one site has the tag
+    r = (await c.get(f"/api/v1/console/response/{SITE}/V103.GT1:gas.HH", headers=_h(tokens.operator))).json()
+    assert r["alarm_id"] == f"{SITE}/V103.GT1:gas.HH"
     assert r["response"]["action"]["zh"].startswith("立即启动紧急切断")
     assert r["response"]["respond_within_min"] == 1
+    bare = (await c.get("/api/v1/console/response/V103.GT1:gas.HH", headers=_h(tokens.operator))).json()
+    assert bare == r
     sis = (await c.get("/api/v1/console/response/V101.LSHH:state.SIS_TRIP", headers=_h(tokens.regulator))).json()
     assert "安全仪表系统" in sis["response"]["cause"]["zh"]  # the demo site's own rule
     low = (await c.get("/api/v1/console/response/V101.FT:flow.H", headers=_h(tokens.operator))).json()
     assert low["response"] is None
     hidden = await c.get("/api/v1/console/response/V101.GT1:gas.H", headers=_h(tokens.operator_other))
+    assert hidden.status_code == 403
+    hidden = await c.get(f"/api/v1/console/response/{SITE}/V101.GT1:gas.H", headers=_h(tokens.operator_other))
     assert hidden.status_code == 403
     assert (await c.get("/api/v1/console/response/nonsense", headers=_h(tokens.operator))).status_code == 404
 
@@ -182,14 +194,17 @@ def test_websocket_events_carry_the_activation_time() -> None:
     set_site_timezone("plant", "Asia/Shanghai")
     hub = LiveHub()
     standing = AlarmSnapshot(
-        "T1:level.H", "T1", "level.H", Priority.HIGH, AlarmState.ACTIVE_UNACK, True, False, 9.0, 8.0,
+        "plant/T1:level.H", "plant/T1", "level.H", Priority.HIGH, AlarmState.ACTIVE_UNACK, True, False, 9.0, 8.0,
         since_us=5_000_000, activated_us=5_000_000,
     )  # fmt: skip
     sub, snap = hub.subscribe(Follow(sites=frozenset({"plant"})), [standing], lambda owner: "plant")
     assert snap[0]["activated_at"] == "1970-01-01T08:00:05+08:00"
+    assert (snap[0]["alarm_id"], snap[0]["site"], snap[0]["tag"]) == ("plant/T1:level.H", "plant", "T1")
 
     def event(alarm: str, prev: AlarmState, new: AlarmState, action: Action, ts: int) -> AlarmEvent:
-        return AlarmEvent(alarm, "T1", alarm.split(":")[1], Priority.HIGH, prev, new, 9.0, 8.0, ts, action=action)
+        return AlarmEvent(
+            f"plant/{alarm}", "plant/T1", alarm.split(":")[1], Priority.HIGH, prev, new, 9.0, 8.0, ts, action=action
+        )
 
     hub.publish_events(
         [
@@ -202,6 +217,7 @@ def test_websocket_events_carry_the_activation_time() -> None:
     )
     (msg,) = sub.messages()
     events = json.loads(msg)["events"]
+    assert {(e["site"], e["tag"]) for e in events} == {("plant", "T1")}
     assert [(e["action"], e["activated_us"]) for e in events] == [
         ("acknowledge", 5_000_000),  # kept through the acknowledge
         ("clear", None),

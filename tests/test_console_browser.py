@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from api_helpers import free_port
+from api_helpers import SITE, free_port
 from conftest import IN_CI
 from tcpproxy import TcpProxy
 
@@ -42,7 +42,8 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ALARM = "V103.GT1:gas.H"  # the demo scenario's propylene leak, first-level gas alarm
+LOCAL = "V103.GT1:gas.H"  # the demo scenario's propylene leak, first-level gas alarm, as the site names it
+ALARM = f"{SITE}/{LOCAL}"  # its id across sites
 T = TypeVar("T")
 
 
@@ -184,6 +185,10 @@ async def test_operator_console_in_a_browser(demo: Demo, tmp_path: Path) -> None
             row = page.locator(f'tr[data-id="{ALARM}"]')
             await expect(row).to_be_visible(timeout=90_000)
             await expect(row.get_by_test_id("state")).to_have_text("报警未确认")
+            # the tag as the site names it; one site: no site name beside it, no long id
+            await expect(row.get_by_test_id("alarm-name")).to_contain_text("V103.GT1 gas.H")
+            await expect(row.get_by_test_id("alarm-name")).not_to_contain_text(SITE)
+            await expect(row.get_by_test_id("site")).to_have_count(0)
             activated_title = await row.get_by_test_id("activated").get_attribute("title")
             assert activated_title and "Asia/Shanghai" in activated_title
             activated_text = (await row.get_by_test_id("activated").inner_text()).split()[0]
@@ -240,6 +245,8 @@ async def test_operator_console_in_a_browser(demo: Demo, tmp_path: Path) -> None
             ticks = await trend.get_by_test_id("time-tick").all_text_contents()
             assert ticks and all(re.fullmatch(r"\d\d:\d\d", x) for x in ticks), ticks
             await expect(page.get_by_test_id("alarm-response")).to_contain_text("可燃气体泄漏")
+            await expect(page.locator("#detail-title")).to_contain_text(LOCAL)
+            await expect(page.locator("#detail-title")).not_to_contain_text(SITE)
             await page.get_by_role("button", name="1 h").click()
             await expect(trend.get_by_test_id("pen")).to_have_count(1, timeout=10_000)
             await steps.shot(page, "trend")
@@ -262,7 +269,8 @@ async def test_operator_console_in_a_browser(demo: Demo, tmp_path: Path) -> None
             # the shift handover report: the standing alarm, the comment, alarms per 10 minutes
             await page.click("#tabs button[data-tab=handover]")
             report = page.get_by_test_id("handover")
-            await expect(report).to_contain_text(ALARM, timeout=10_000)
+            await expect(report).to_contain_text(LOCAL, timeout=10_000)
+            await expect(report).not_to_contain_text(ALARM)
             await expect(report).to_contain_text("gas detector being recalibrated")
             await expect(report).to_contain_text("确认 1 次")
             await steps.shot(page, "handover")
@@ -344,28 +352,28 @@ async def test_full_lifecycle_in_a_browser(pg_url: str, tmp_path: Path) -> None:
             rows = page.get_by_test_id("alarm-row")
             await expect(rows).to_have_count(4, timeout=20_000)  # V101 H, V102 H and HH, T201 H
             # priority first: the critical one on top
-            await expect(rows.first).to_have_attribute("data-id", "V102.GT1:gas.HH")
+            await expect(rows.first).to_have_attribute("data-id", f"{SITE}/V102.GT1:gas.HH")
 
             # filter by installation: the ammonia alarm only
-            await page.get_by_test_id("filter-installation").select_option("HI-02")
+            await page.get_by_test_id("filter-installation").select_option(f"{SITE}/HI-02")
             await expect(rows).to_have_count(1)
-            await expect(rows.first).to_have_attribute("data-id", "T201.AT1:gas.H")
+            await expect(rows.first).to_have_attribute("data-id", f"{SITE}/T201.AT1:gas.H")
             await page.get_by_test_id("filter-installation").select_option("")
             await expect(rows).to_have_count(4)
 
             # acknowledge several at once
-            for alarm_id in ("V101.GT1:gas.H", "V102.GT1:gas.H"):
+            for alarm_id in (f"{SITE}/V101.GT1:gas.H", f"{SITE}/V102.GT1:gas.H"):
                 await page.locator(f'tr[data-id="{alarm_id}"] input[data-check]').check()
             await page.get_by_test_id("ack-selected").click()
-            for alarm_id in ("V101.GT1:gas.H", "V102.GT1:gas.H"):
+            for alarm_id in (f"{SITE}/V101.GT1:gas.H", f"{SITE}/V102.GT1:gas.H"):
                 state = page.locator(f'tr[data-id="{alarm_id}"]').get_by_test_id("state")
                 await expect(state).to_have_text("报警已确认", timeout=10_000)
-            critical = page.locator('tr[data-id="V102.GT1:gas.HH"]')
+            critical = page.locator(f'tr[data-id="{SITE}/V102.GT1:gas.HH"]')
             await expect(critical.get_by_test_id("state")).to_have_text("报警未确认")
             await steps.shot(page, "acknowledged-several")
 
             # comment
-            ammonia = page.locator('tr[data-id="T201.AT1:gas.H"]')
+            ammonia = page.locator(f'tr[data-id="{SITE}/T201.AT1:gas.H"]')
             await ammonia.get_by_test_id("act-comment").click()
             await page.get_by_test_id("dialog-text").fill("field check under way")
             await page.get_by_test_id("dialog-ok").click()
@@ -382,7 +390,7 @@ async def test_full_lifecycle_in_a_browser(pg_url: str, tmp_path: Path) -> None:
             await expect(ammonia.get_by_test_id("state")).not_to_have_text("已停用", timeout=10_000)
 
             # the gas goes: the latched, acknowledged alarm offers a reset, and the reset clears it
-            v101 = page.locator('tr[data-id="V101.GT1:gas.H"]')
+            v101 = page.locator(f'tr[data-id="{SITE}/V101.GT1:gas.H"]')
             await expect(v101.get_by_test_id("act-reset")).to_have_count(0)
             await ingest(rt, {"V101.GT1": 0.0})
             await expect(v101.get_by_test_id("act-reset")).to_have_count(1, timeout=10_000)
@@ -402,6 +410,145 @@ async def test_full_lifecycle_in_a_browser(pg_url: str, tmp_path: Path) -> None:
                 "return_to_service",
                 "reset",
             }
+            assert errors == [], errors
+            await browser.close()
+    print(f"\nconsole screenshots: {steps.folder}")
+
+
+NORTH = "north-works"
+
+
+def _twin_site(path: Path) -> Path:
+    """The demo plant again, for another enterprise and under another name: every tag id the same."""
+    import yaml
+
+    from api_helpers import SITE_FILE
+    from hazmon.plant.site import load_site, uscc_check_char
+
+    doc = load_site(SITE_FILE).model_dump(mode="json", by_alias=True, exclude_none=True)
+    uscc = "91320600MA1XK7Q21" + uscc_check_char("91320600MA1XK7Q21")
+    doc["enterprise"] = {"id": "ntc", "name": "Nantong Chemicals", "uscc": uscc}
+    doc["site"] = {**doc["site"], "id": NORTH, "name": "Nantong north works", "name_zh": "南通北厂"}
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+async def test_two_sites_with_the_same_tag_ids_in_a_browser(pg_url: str, tmp_path: Path) -> None:
+    """A token that sees two sites which both have a V101.GT1: each alarm shows the tag as its site
+    names it with the site's name beside it, its own live value, trend and journal; acknowledging one
+    acknowledges that one only."""
+    from urllib.parse import unquote
+
+    from playwright.async_api import async_playwright, expect
+
+    from api_helpers import RULES, SITE_FILE, ingest, serve
+    from hazmon.auth import Role, create_token
+    from hazmon.config import load_settings
+    from hazmon.runtime import run_runtime
+
+    if not HAVE_CHROMIUM:
+        if IN_CI:
+            pytest.fail("chromium is not installed, and CI=true forbids skipping (deploy/services.sh installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    steps = Steps(tmp_path / "screenshots")
+    settings = load_settings(
+        database_url=pg_url, data_dir=tmp_path / "data", site=SITE_FILE, sites=[_twin_site(tmp_path / "north.yaml")],
+        rules=RULES,
+    )  # fmt: skip
+    demo_alarm, north_alarm = f"{SITE}/V101.GT1:gas.H", f"{NORTH}/V101.GT1:gas.H"
+    async with run_runtime(settings) as rt, serve(rt) as host:
+        async with rt.db.pool.acquire() as conn:
+            token = (await create_token(conn, Role.OPERATOR, enterprises=["ecs", "ntc"], name="olga")).secret
+        # the same detector id raises the same alarm id in both sites, with different readings
+        await ingest(rt, {f"{SITE}/V101.GT1": 30.0, f"{NORTH}/V101.GT1": 40.0})
+        assert rt.forwarder is not None
+        await rt.forwarder.flush(10)  # stored: the trends read them back
+        assert rt.engine is not None
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = await browser.new_page(viewport={"width": 1500, "height": 950}, locale="zh-CN")
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            requests: list[str] = []
+            page.on("request", lambda r: requests.append(unquote(r.url)))  # ":" goes as %3A
+            await page.goto(f"http://{host}/console?token={token}")
+            await expect(page.locator("#site-name")).to_contain_text("南通北厂")
+            rows = page.get_by_test_id("alarm-row")
+            await expect(rows).to_have_count(2, timeout=20_000)
+            demo_row = page.locator(f'tr[data-id="{demo_alarm}"]')
+            north_row = page.locator(f'tr[data-id="{north_alarm}"]')
+            # each shows the tag as its site names it, the site's name beside it, its own live value
+            for row, site_name, value in (
+                (demo_row, "长江化工园区罐区（演示）", "30.00"),
+                (north_row, "南通北厂", "40.00"),
+            ):
+                name = row.get_by_test_id("alarm-name")
+                await expect(name).to_contain_text("V101.GT1 gas.H")
+                await expect(name).not_to_contain_text("/")
+                await expect(row.get_by_test_id("site")).to_have_text(site_name)
+                await expect(row.get_by_test_id("live-value")).to_have_text(value)
+                await expect(row.get_by_test_id("state")).to_have_text("报警未确认")
+            await steps.shot(page, "two-sites")
+
+            # acknowledge the north works' alarm: that one only
+            await north_row.get_by_test_id("act-ack").click()
+            await expect(north_row.get_by_test_id("state")).to_have_text("报警已确认", timeout=10_000)
+            await expect(north_row.get_by_test_id("changed")).to_contain_text("olga")
+            await expect(demo_row.get_by_test_id("state")).to_have_text("报警未确认")
+            assert rt.engine.get(north_alarm).acked and not rt.engine.get(demo_alarm).acked
+            assert f"http://{host}/api/v1/alarms/{NORTH}/V101.GT1:gas.H/ack" in requests
+            await expect(page.get_by_test_id("event-log")).to_contain_text("V101.GT1:gas.H (南通北厂)")
+
+            # its detail, response and trend are the north works' own
+            await north_row.get_by_test_id("alarm-name").click()
+            await expect(page.locator("#detail-title")).to_contain_text("V101.GT1:gas.H (南通北厂)")
+            await expect(page.get_by_test_id("alarm-response")).to_contain_text("可燃气体泄漏")
+            await expect(page.locator("#trend-title")).to_contain_text("V101.GT1 (南通北厂)")
+            await expect(page.get_by_test_id("pen-label")).to_have_count(1)
+            await expect(page.get_by_test_id("pen-label")).to_contain_text("V101.GT1 (南通北厂)")
+            await expect(page.get_by_test_id("trend").get_by_test_id("pen")).to_have_count(1, timeout=10_000)
+            assert any(f"/api/v1/tags/{NORTH}/V101.GT1/series?" in u for u in requests), requests
+            assert any(f"/api/v1/console/response/{NORTH}/V101.GT1:gas.H" in u for u in requests), requests
+            # the pen is the north detector's readings (40 %LEL), not the demo's (30)
+            pen = await page.evaluate(f"trend.data.get('{NORTH}/V101.GT1').map((p) => p[1])")
+            assert pen and set(pen) == {40.0}, pen
+            await steps.shot(page, "north-trend")
+
+            # the overview: a panel per site, each V101 tile with its own reading
+            await page.click("#tabs button[data-tab=overview]")
+            await expect(page.get_by_test_id("site-title")).to_have_count(2)
+            await expect(page.locator(f'[data-site="{NORTH}"][data-equipment="V101"]')).to_contain_text("40.00")
+            await expect(page.locator(f'[data-site="{SITE}"][data-equipment="V101"]')).to_contain_text("30.00")
+            await steps.shot(page, "two-sites-overview")
+            # a tile opens the alarm list filtered to that site's equipment
+            await page.locator(f'[data-site="{NORTH}"][data-equipment="V101"]').click()
+            await expect(rows).to_have_count(1)
+            await expect(rows.first).to_have_attribute("data-id", north_alarm)
+            await page.get_by_test_id("filter-installation").select_option("")
+            await expect(rows).to_have_count(2)
+
+            # the journal, site by site: the acknowledgement is the north works'
+            await rt.flush_journal()
+            await page.click("#tabs button[data-tab=history]")
+            await page.get_by_test_id("history-site").select_option(NORTH)
+            await page.fill("#h-tag", "V101.GT1")
+            await page.click("#h-form button[type=submit]")
+            history = page.get_by_test_id("history-rows")
+            await expect(history).to_contain_text("olga", timeout=10_000)
+            await expect(history.get_by_test_id("site").first).to_have_text("南通北厂")
+            await page.get_by_test_id("history-site").select_option(SITE)
+            await page.click("#h-form button[type=submit]")
+            await expect(history.get_by_test_id("site").first).to_have_text("长江化工园区罐区（演示）", timeout=10_000)
+            await expect(history).to_contain_text("V101.GT1:gas.H")
+            await expect(history).not_to_contain_text("olga")
+            await steps.shot(page, "two-sites-history")
+
+            # in English, the sites' English names
+            await page.click("#tabs button[data-tab=alarms]")
+            await page.get_by_test_id("lang").click()
+            await expect(north_row.get_by_test_id("site")).to_have_text("Nantong north works")
+            await expect(north_row.get_by_test_id("state")).to_have_text("active, acknowledged")
+            await expect(demo_row.get_by_test_id("state")).to_have_text("active, unacknowledged")
             assert errors == [], errors
             await browser.close()
     print(f"\nconsole screenshots: {steps.folder}")

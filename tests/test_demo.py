@@ -21,6 +21,9 @@ import websockets
 
 pytestmark = pytest.mark.slow
 
+SITE = "demo-tank-farm"
+LEAK = f"{SITE}/V103.GT1:gas.H"  # the demo scenario's leak, as the API names the alarm
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -69,21 +72,22 @@ async def test_demo_shows_alarms_within_a_minute(tmp_path: Path) -> None:
 
             async def alarms() -> list[dict[str, object]]:
                 body = (await client.get("/api/v1/alarms", headers=headers)).json()
-                return [a for a in body if a["alarm_id"].startswith("V103.GT1:")]
+                return [a for a in body if a["alarm_id"].startswith(f"{SITE}/V103.GT1:")]
 
             gas = await _until(alarms, 60 - (time.monotonic() - started), "the leak's gas alarms")
             assert {a["condition"] for a in gas} >= {"gas.H"}
+            assert all(a["site"] == SITE and a["tag"] == "V103.GT1" for a in gas), gas
 
             async def journaled() -> bool:
                 r = await client.get("/api/v1/alarms/history", headers=headers, params={"limit": 500})
-                return any(e["alarm_id"] == "V103.GT1:gas.H" for e in r.json()["events"])
+                return any(e["alarm_id"] == LEAK for e in r.json()["events"])
 
             await _until(journaled, 10, "the alarm in the journal")
         async with websockets.connect(f"ws://127.0.0.1:{port}/api/v1/live?token={secret}") as ws:
-            await ws.send(json.dumps({"type": "subscribe", "sites": ["demo-tank-farm"], "alarms_only": True}))
+            await ws.send(json.dumps({"type": "subscribe", "sites": [SITE], "alarms_only": True}))
             snapshot = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert snapshot["type"] == "snapshot"
-            assert any(a["alarm_id"] == "V103.GT1:gas.H" for a in snapshot["alarms"])
+            assert any(a["alarm_id"] == LEAK for a in snapshot["alarms"])
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

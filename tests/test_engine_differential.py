@@ -26,11 +26,12 @@ from hazmon.reading import ReadingBatch
 DATA = Path(__file__).parent / "data"
 S = 1_000_000
 SITE = load_site(DATA / "mini-site.yaml")
-INDEX = TagIndex.from_sites([SITE])
+INDEX = TagIndex.from_sites([SITE])  # tags named by reference: "mini/TK.LT"
+KEYS = INDEX.scoped(SITE.id)  # the same keys under the site's own tag ids
 RULES = compile_rules(load_rules([DATA / "mini-rules.yaml"], [SITE]), [SITE], INDEX)
-DEVICES = {"plc-1": ["TK.LT", "TK.PT"], "plc-2": ["TK.PT", "AREA.GT"]}
+DEVICES = {"mini/gw-1.plc-1": ["TK.LT", "TK.PT"], "mini/gw-1.plc-2": ["TK.PT", "AREA.GT"]}  # site/gateway.device
 ALARMS = all_alarm_ids(RULES) + [f"{d}:comm.LOSS" for d in DEVICES]
-LATCHED = ["TK.LT:level.LL", "TK.LSHH:state.SIS_TRIP", "AREA.GT:gas.H", "AREA.GT:gas.HH"]
+LATCHED = ["mini/TK.LT:level.LL", "mini/TK.LSHH:state.SIS_TRIP", "mini/AREA.GT:gas.H", "mini/AREA.GT:gas.HH"]
 
 # values near each tag's limits, and some garbage
 INTERESTING = {
@@ -56,7 +57,7 @@ def readings(draw: st.DrawFn) -> tuple[int, int, float, int]:
     )
     quality = draw(st.sampled_from([0, 0, 0, 0, 64, 129, 130]))
     offset = draw(st.integers(-2 * S, 2 * S))
-    return INDEX.key(tag), offset, value, quality
+    return KEYS.key(tag), offset, value, quality
 
 
 step = st.one_of(
@@ -80,8 +81,8 @@ def run_both(steps: list[tuple[str, int, object]], rules: CompiledRules = RULES)
     engine = AlarmEngine(rules, max_shelve_s=20)
     ref = ReferenceEngine(rules, max_shelve_s=20)
     for device, tags in DEVICES.items():
-        engine.register_device(device, INDEX.keys_of(tags))
-        ref.register_device(device, INDEX.keys_of(tags).tolist())
+        engine.register_device(device, KEYS.keys_of(tags))
+        ref.register_device(device, KEYS.keys_of(tags).tolist())
     now = 1_700_000_000 * S
     actions: set[str] = set()
     events: list[AlarmEvent] = []
@@ -159,7 +160,7 @@ def ramps(draw: st.DrawFn) -> list[tuple[str, int, object]]:
                 continue  # gap
             noise = draw(st.sampled_from([0.0, 0.0, 0.005, -0.005, 0.3, -0.3, 5.0]))
             value = base[t] + (slope * i if t in ("TK.TT", "TK.LT") else 0.0) + noise
-            batch.append((INDEX.key(t), 0, value, 0))
+            batch.append((KEYS.key(t), 0, value, 0))
         steps.append(("batch", draw(st.sampled_from([S // 2, S, S, 2 * S])), batch))
         if draw(st.integers(0, 4)) == 0:
             steps.append(("tick", draw(st.integers(0, S)), None))
@@ -182,7 +183,7 @@ def test_the_random_streams_reach_every_kind_of_event() -> None:
         if r < 0.7:
             batch = [
                 (
-                    INDEX.key(t),
+                    KEYS.key(t),
                     int(rng.integers(-S, S)),
                     float(rng.choice(INTERESTING[t])),
                     int(rng.choice([0, 0, 130])),

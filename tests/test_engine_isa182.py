@@ -29,7 +29,8 @@ DATA = Path(__file__).parent / "data"
 S = 1_000_000
 T0 = 1_767_225_600 * S
 SITE = load_site(DATA / "mini-site.yaml")
-INDEX = TagIndex.from_sites([SITE])
+INDEX = TagIndex.from_sites([SITE])  # tags named by reference: "mini/TK.TT"
+KEYS = INDEX.scoped(SITE.id)  # the same keys under the site's own tag ids
 RULES = compile_rules(load_rules([DATA / "isa182-rules.yaml"], [SITE]), [SITE], INDEX)
 NAN, INF = math.nan, math.inf
 
@@ -67,7 +68,7 @@ def run(
             expected = ref.tick(t)
         else:
             assert value is not None and quality is not None
-            row = INDEX.key(tag)
+            row = KEYS.key(tag)
             events = engine.process(ReadingBatch.from_columns([row], [t], [value], [quality]))
             expected = ref.sample(row, t, value, quality)
         step = sorted((e.ts_us, e.alarm_id, e.action) for e in events if e.action in ("activate", "clear"))
@@ -120,7 +121,7 @@ def test_cases_of_the_issue_and_the_docs(
 ) -> None:
     rules = rules_for(H85.format(db=db, on=on, off=off), tmp_path)
     got, want = run(rules, samples("TK.TT", *[(float(i), v) for i, v in enumerate(values)]))
-    assert got == want == [(T0 + at * S, "TK.TT:temperature.H", action) for at, action in expected]
+    assert got == want == [(T0 + at * S, f"{SITE.id}/TK.TT:temperature.H", action) for at, action in expected]
 
 
 def test_bad_quality_is_bad_data_too(tmp_path: Path) -> None:
@@ -128,19 +129,24 @@ def test_bad_quality_is_bad_data_too(tmp_path: Path) -> None:
     steps = samples("TK.TT", (0, 86), (1, 86)) + samples("TK.TT", (2, 86), (3, 86), quality=192)
     steps += samples("TK.TT", (4, 86), (5, 86), (6, 86), (7, 86))
     got, _ = run(rules, steps)
-    assert got == [(T0 + 7 * S, "TK.TT:temperature.H", "activate")]  # 3 s of good data from 4 s
+    assert got == [(T0 + 7 * S, f"{SITE.id}/TK.TT:temperature.H", "activate")]  # 3 s of good data from 4 s
 
 
 def test_ticks_complete_a_delay_on_good_data_only_while_fresh(tmp_path: Path) -> None:
     yaml = H85.format(db=1, on=3, off=0) + "  quality:\n    stale: {after_s: 5}\n"
     rules = rules_for(yaml, tmp_path)
     got, _ = run(rules, [(0, "TK.TT", 86, 0), (2, None, None, None), (3, None, None, None)])
-    assert got == [(T0 + 3 * S, "TK.TT:temperature.H", "activate")]  # the clock holds the last good sample
+    assert got == [(T0 + 3 * S, f"{SITE.id}/TK.TT:temperature.H", "activate")]  # the clock holds the last good sample
     got, _ = run(rules, [(0, "TK.TT", 86, 0), (6, None, None, None), (7, "TK.TT", 86, 0), (9, None, None, None)])
-    assert got == [(T0 + 6 * S, "TK.TT:quality.STALE", "activate"), (T0 + 7 * S, "TK.TT:quality.STALE", "clear")]
+    assert got == [
+        (T0 + 6 * S, f"{SITE.id}/TK.TT:quality.STALE", "activate"),
+        (T0 + 7 * S, f"{SITE.id}/TK.TT:quality.STALE", "clear"),
+    ]
     # stale from 5 s: the on-delay that began at 0 never completes; it starts again at 7 s
     got, _ = run(rules, [(0, "TK.TT", 86, 0), (7, "TK.TT", 86, 0), (9, None, None, None), (10, None, None, None)])
-    assert got == [(T0 + 10 * S, "TK.TT:temperature.H", "activate")]  # a gap of the stale time, no tick in it
+    assert got == [
+        (T0 + 10 * S, f"{SITE.id}/TK.TT:temperature.H", "activate")
+    ]  # a gap of the stale time, no tick in it
 
 
 # ---------------------------------------------------------------------------------------------- hypothesis
@@ -224,7 +230,7 @@ def test_batches_of_several_readings_agree_with_the_reference(segs: list[list], 
             got = sorted((e.ts_us, e.alarm_id, e.action) for e in engine.tick(t) if e.action in ("activate", "clear"))
             assert got == sorted(ref.tick(t))
         else:
-            pending.append((INDEX.key(name), t, value, quality))
+            pending.append((KEYS.key(name), t, value, quality))
             if i % every == 0 or name == tag:
                 flush()
     flush()
@@ -266,8 +272,8 @@ def test_a_restart_from_the_journal_completes_no_pending_delay(segs: list[list],
             engine.tick(t)
             ref.tick(t)
         else:
-            engine.process(ReadingBatch.from_columns([INDEX.key(name)], [t], [value], [quality]))
-            ref.sample(INDEX.key(name), t, value, quality)
+            engine.process(ReadingBatch.from_columns([KEYS.key(name)], [t], [value], [quality]))
+            ref.sample(KEYS.key(name), t, value, quality)
     restarted = AlarmEngine(RULES)
     restarted.restore(engine.current())
     fresh = ConditionReference(RULES)
@@ -280,6 +286,6 @@ def test_a_restart_from_the_journal_completes_no_pending_delay(segs: list[list],
         if name is None:
             got, want = restarted.tick(t), fresh.tick(t)
         else:
-            got = restarted.process(ReadingBatch.from_columns([INDEX.key(name)], [t], [value], [quality]))
-            want = fresh.sample(INDEX.key(name), t, value, quality)
+            got = restarted.process(ReadingBatch.from_columns([KEYS.key(name)], [t], [value], [quality]))
+            want = fresh.sample(KEYS.key(name), t, value, quality)
         assert sorted((e.ts_us, e.alarm_id, e.action) for e in got if e.action in ("activate", "clear")) == sorted(want)

@@ -11,40 +11,41 @@ from hazmon.alarms.compiler import compile_rules, load_rules
 from hazmon.alarms.engine import AlarmEngine
 from hazmon.alarms.journal import append_events, load_current
 from hazmon.plant.site import load_site
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, tag_ref
 from hazmon.reading import ReadingBatch
 
 DATA = Path(__file__).parent / "data"
 S = 1_000_000
 T0 = 1_767_225_600 * S  # 2026-01-01 00:00 UTC
 SITE = load_site(DATA / "mini-site.yaml")
-INDEX = TagIndex.from_sites([SITE])
+INDEX = TagIndex.from_sites([SITE])  # tags named by reference: "mini/TK.PT"
+KEYS = INDEX.scoped(SITE.id)  # the same keys under the site's own tag ids
 RULES = compile_rules(load_rules([DATA / "mini-rules.yaml"], [SITE]), [SITE], INDEX)
-SITE_OF = {t.id: SITE.id for t in SITE.tags}.get
+SITE_OF = {tag_ref(SITE.id, t.id): SITE.id for t in SITE.tags}.get  # as the runtime's site_of
 
 
 def batch(t: int, **values: float) -> ReadingBatch:
-    return ReadingBatch.from_columns([INDEX.key(k.replace("_", ".")) for k in values], t, list(values.values()))
+    return ReadingBatch.from_columns([KEYS.key(k.replace("_", ".")) for k in values], t, list(values.values()))
 
 
 def test_activation_time_survives_acknowledge_comment_and_shelve() -> None:
     engine = AlarmEngine(RULES, max_shelve_s=3600)
     engine.process(batch(T0, TK_PT=5.0))
     engine.process(batch(T0 + 2 * S, TK_PT=9.7))  # HH (no on-delay) at T0 + 2 s
-    engine.acknowledge("TK.PT:pressure.HH", "li.wei", None, T0 + 5 * S)
-    engine.comment("TK.PT:pressure.HH", "li.wei", "relief valve checked", T0 + 6 * S)
-    snap = engine.get("TK.PT:pressure.HH")
+    engine.acknowledge("mini/TK.PT:pressure.HH", "li.wei", None, T0 + 5 * S)
+    engine.comment("mini/TK.PT:pressure.HH", "li.wei", "relief valve checked", T0 + 6 * S)
+    snap = engine.get("mini/TK.PT:pressure.HH")
     assert (snap.state, snap.since_us, snap.activated_us) == (AlarmState.ACTIVE_ACK, T0 + 6 * S, T0 + 2 * S)
-    engine.shelve("TK.PT:pressure.HH", "li.wei", "calibration", 60, T0 + 7 * S)
-    assert engine.get("TK.PT:pressure.HH").activated_us == T0 + 2 * S
+    engine.shelve("mini/TK.PT:pressure.HH", "li.wei", "calibration", 60, T0 + 7 * S)
+    assert engine.get("mini/TK.PT:pressure.HH").activated_us == T0 + 2 * S
     engine.process(batch(T0 + 8 * S, TK_PT=5.0))
-    engine.unshelve("TK.PT:pressure.HH", "li.wei", None, T0 + 9 * S)  # back to normal: no activation time
-    snap = engine.get("TK.PT:pressure.HH")
+    engine.unshelve("mini/TK.PT:pressure.HH", "li.wei", None, T0 + 9 * S)  # back to normal: no activation time
+    snap = engine.get("mini/TK.PT:pressure.HH")
     assert (snap.state, snap.activated_us) == (AlarmState.NORMAL, None)
     engine.process(batch(T0 + 10 * S, TK_PT=9.8))
-    assert engine.get("TK.PT:pressure.HH").activated_us == T0 + 10 * S
+    assert engine.get("mini/TK.PT:pressure.HH").activated_us == T0 + 10 * S
     engine.process(batch(T0 + 11 * S, TK_PT=5.0))  # cleared, unacknowledged: still shows when it began
-    snap = engine.get("TK.PT:pressure.HH")
+    snap = engine.get("mini/TK.PT:pressure.HH")
     assert (snap.state, snap.activated_us) == (AlarmState.RTN_UNACK, T0 + 10 * S)
 
 
@@ -54,19 +55,19 @@ async def test_restart_keeps_activation_time_and_does_not_complete_a_pending_on_
         engine = AlarmEngine(RULES)
         events = engine.process(batch(T0, TK_PT=5.0, TK_LT=5.0))
         events += engine.process(batch(T0 + S, TK_PT=9.7, TK_LT=9.2))  # PT HH now; LT HH waits 2 s
-        events += engine.acknowledge("TK.PT:pressure.HH", "li.wei", "seen", T0 + 3 * S // 2)
-        events += engine.comment("TK.PT:pressure.HH", "li.wei", "relief valve checked", T0 + 2 * S)
+        events += engine.acknowledge("mini/TK.PT:pressure.HH", "li.wei", "seen", T0 + 3 * S // 2)
+        events += engine.comment("mini/TK.PT:pressure.HH", "li.wei", "relief valve checked", T0 + 2 * S)
         await append_events(conn, events, SITE_OF)
 
         restored = AlarmEngine(RULES)  # restart at T0 + 2.5 s: LT's HH on-delay was 1.5 s in
         restored.restore(await load_current(conn))
-        snap = restored.get("TK.PT:pressure.HH")
+        snap = restored.get("mini/TK.PT:pressure.HH")
         assert (snap.state, snap.since_us, snap.activated_us) == (AlarmState.ACTIVE_ACK, T0 + 2 * S, T0 + S)
         # the first reading after the restart starts the on-delay afresh: no HH at T0 + 3 s
         ev = restored.process(batch(T0 + 3 * S, TK_LT=9.2))
-        assert not any(e.alarm_id == "TK.LT:level.HH" and e.action == "activate" for e in ev)
+        assert not any(e.alarm_id == "mini/TK.LT:level.HH" and e.action == "activate" for e in ev)
         ev = restored.process(batch(T0 + 5 * S, TK_LT=9.2))  # 2 s after the first good sample
-        assert [e.action for e in ev if e.alarm_id == "TK.LT:level.HH"] == ["activate"]
+        assert [e.action for e in ev if e.alarm_id == "mini/TK.LT:level.HH"] == ["activate"]
     finally:
         await conn.close()
 
@@ -75,14 +76,14 @@ async def test_a_device_with_colons_in_its_id_is_journaled_under_its_site(pg_url
     conn = await asyncpg.connect(pg_url)
     try:
         engine = AlarmEngine(RULES)
-        device = "opc.tcp://10.0.0.7:4840"
-        engine.register_device(device, INDEX.keys_of(["TK.LT"]))
+        device = f"{SITE.id}/opc.tcp://10.0.0.7:4840"  # a device owner of the site, with colons
+        engine.register_device(device, KEYS.keys_of(["TK.LT"]))
         events = engine.set_device_comm(device, False, T0)
-        await append_events(conn, events, {device: SITE.id, **{t.id: SITE.id for t in SITE.tags}}.get)
+        await append_events(conn, events, {device: SITE.id, **{tag_ref(SITE.id, t.id): SITE.id for t in SITE.tags}}.get)
         site = await conn.fetchval("SELECT site_id FROM alarm_journal WHERE alarm_id = $1", f"{device}:comm.LOSS")
         assert site == SITE.id
         restored = AlarmEngine(RULES)
-        restored.register_device(device, INDEX.keys_of(["TK.LT"]))
+        restored.register_device(device, KEYS.keys_of(["TK.LT"]))
         restored.restore(await load_current(conn))
         snap = restored.get(f"{device}:comm.LOSS")
         assert (snap.state, snap.activated_us) == (AlarmState.ACTIVE_UNACK, T0)

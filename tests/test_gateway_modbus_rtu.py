@@ -13,7 +13,7 @@ import pytest
 from gateway_helpers import Collector, PtyPair, wait_for
 from hazmon.gateways import open_gateway
 from hazmon.gateways.config import ModbusDevice, ModbusGateway, ModbusSerial, parse_gateway_config
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, tag_ref
 from hazmon.reading import Quality
 from hazmon.sim.modbus import ModbusEndpoint
 
@@ -139,8 +139,8 @@ async def test_the_demo_plcs_served_over_rtu_by_the_simulator(tmp_path: Path) ->
         scenario = load_scenario(root / "simulators/normal.yaml", site)
         async with serve(site, [on(pty.a)], scenario, seed=1, manual=True) as sim:
             assert any(e.url.startswith("modbus-rtu://") for e in sim.endpoints)
-            index = TagIndex.from_sites([site])
-            gw = open_gateway(on(pty.b), index, data_dir=tmp_path)
+            index = TagIndex.from_sites([site])  # tags named across sites; the gateway names its site's own
+            gw = open_gateway(on(pty.b), index.scoped(site.id), data_dir=tmp_path)
             async with gw, Collector(gw) as col:
                 await sim.advance(5)
                 model = sim.model
@@ -148,7 +148,7 @@ async def test_the_demo_plcs_served_over_rtu_by_the_simulator(tmp_path: Path) ->
                 def matches() -> bool:
                     for tag in tag_ids(demo):
                         i = model.index[tag]
-                        got = col.latest(index.key(tag))
+                        got = col.latest(index.key(tag_ref(site.id, tag)))
                         if model.quality[i] < 128 and (got is None or abs(got - float(model.values[i])) > 0.01):
                             return False
                     return True

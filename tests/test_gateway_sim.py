@@ -13,7 +13,7 @@ from gateway_helpers import Collector, Mosquitto, wait_for
 from hazmon.gateways import open_gateway
 from hazmon.gateways.config import ModbusGateway, ModbusType, OpcUaGateway, load_gateway_config, tag_ids
 from hazmon.plant.site import Site, load_site
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, tag_ref
 from hazmon.sim import Simulation, load_scenario, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def tolerance(config: Any, tag: str, value: float) -> float:
 
 
 async def test_gateways_deliver_what_the_simulated_plant_computes(sim: Simulation, site: Site, tmp_path: Path) -> None:
-    index = TagIndex.from_sites([site])
+    index = TagIndex.from_sites([site])  # tags named across sites; a gateway names its site's own
     gws = []
     for gid in ("demo-opcua", "demo-modbus", "demo-mqtt"):
         c = sim.config(gid)
@@ -59,7 +59,7 @@ async def test_gateways_deliver_what_the_simulated_plant_computes(sim: Simulatio
             c = c.model_copy(update={"poll_groups": {"default": 100.0, "slow": 200.0}})
         if isinstance(c, OpcUaGateway):
             c = c.model_copy(update={"publishing_interval_ms": 100.0, "sampling_interval_ms": 0.0})
-        gws.append((c, open_gateway(c, index, data_dir=tmp_path)))
+        gws.append((c, open_gateway(c, index.scoped(site.id), data_dir=tmp_path)))
     model = sim.model
     async with gws[0][1], gws[1][1], gws[2][1]:
         cols = [Collector(gw) for _, gw in gws]
@@ -75,7 +75,7 @@ async def test_gateways_deliver_what_the_simulated_plant_computes(sim: Simulatio
                         i = model.index[tag]
                         if model.quality[i] >= 128:
                             continue
-                        got = col.latest(index.key(tag))
+                        got = col.latest(index.key(tag_ref(site.id, tag)))
                         want = float(model.values[i])
                         if got is None or abs(got - want) > tolerance(cfg, tag, want):
                             return False
@@ -88,7 +88,7 @@ async def test_gateways_deliver_what_the_simulated_plant_computes(sim: Simulatio
                 assert not h.quarantined, h.quarantined
                 assert all(d.connected and not d.stale for d in h.devices.values())
             keys = {int(k) for _, gw in gws for ks in gw.devices().values() for k in ks}
-            assert keys == {index.key(t) for cfg, _ in gws for t in tag_ids(cfg)}
+            assert keys == {index.key(tag_ref(site.id, t)) for cfg, _ in gws for t in tag_ids(cfg)}
             assert np.all([col.rows() > 0 for col in cols])
         finally:
             for col in cols:

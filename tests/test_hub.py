@@ -283,6 +283,104 @@ async def test_the_hub_keeps_enterprises_apart(pg_url: str, tmp_path: Path, name
         await bus.close()
 
 
+async def test_two_enterprises_with_the_same_tag_codes_are_both_registered_each_on_its_own_site(
+    pg_url: str, tmp_path: Path, namespace: str
+) -> None:
+    """Issue 14: tag codes are unique within a site only. A second enterprise uplinking base data with the
+    demo's very tag codes (its own site code) is registered too (it used to be refused with 422), each tag
+    with its own key; each enterprise's real-time values and alarms land on its own site."""
+    from hazmon.alarms.alarm import AlarmEvent, AlarmState, Priority
+    from hazmon.cluster.codec import decode_batch
+    from hazmon.plant.site import load_site, parse_site
+    from hazmon.regulator.uplink_payload import alarm_event, base_data, message, realtime_data
+
+    demo = load_site(SITE_FILE)
+    north_uscc = "91320600MA1XK7Q216"
+    doc = demo.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["enterprise"] = {"id": "ntc", "name": "Nantong Chemicals", "uscc": north_uscc}
+    doc["site"] = {**doc["site"], "id": "north-works", "name": "Nantong north works"}
+    north = parse_site(doc)  # the same plant built again: every tag code the same
+    north_creds = Credentials("hz-320600-0001", b"north-secret", bytes.fromhex(KEY), bytes.fromhex(IV))
+    sender = {demo.id: (CREDS, USCC, "s1"), north.id: (north_creds, north_uscc, "s2")}
+    value = {demo.id: 3.0, north.id: 33.0}  # V101.GT1, %LEL: north-works has the leak
+    ts_us = 1_780_000_000_000_000
+    bus = await Bus.connect(NATS_URL, namespace)
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)
+    try:
+        sink = BusSink(bus, pool, 4, JsonlSink(tmp_path / "received.jsonl"))
+        app = create_receiver(
+            {APP: CREDS, north_creds.app_id: north_creds},
+            sink,
+            {APP: frozenset({USCC}), north_creds.app_id: frozenset({north_uscc})},
+        )
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
+            for site in (demo, north):
+                creds, uscc, prefix = sender[site.id]
+                base = message(f"{prefix}-000000000001", 1, "base", uscc, 0, base_data(site, [t.id for t in site.tags]))
+                r = await client.post(UPLINK_PATH, json=seal(creds, base))
+                assert r.status_code == 200, r.text  # the second is no longer refused for its tag codes
+            for site in (demo, north):
+                creds, uscc, prefix = sender[site.id]
+                values = [{"tag": "V101.GT1", "ts_us": ts_us, "value": value[site.id], "quality": 0}]
+                rt = message(
+                    f"{prefix}-000000000002", 2, "realtime", uscc, 0, realtime_data(site.id, ts_us, values, {})
+                )
+                r = await client.post(UPLINK_PATH, json=seal(creds, rt))
+                assert r.status_code == 200, r.text
+                # the enterprise's engine names the alarm across sites; the message names it within its site
+                raised = AlarmEvent(
+                    f"{site.id}/V101.GT1:gas.H", f"{site.id}/V101.GT1", "gas.H", Priority.HIGH, AlarmState.NORMAL,
+                    AlarmState.ACTIVE_UNACK, value[site.id], 25.0, ts_us, None, None, "activate",
+                )  # fmt: skip
+                data = {"site_code": site.id, "events": [alarm_event(raised, "HI-01", "V-101")]}
+                alarm = message(f"{prefix}-000000000003", 3, "alarm", uscc, 0, data)
+                r = await client.post(UPLINK_PATH, json=seal(creds, alarm))
+                assert r.status_code == 200, r.text
+            stats = (await client.get("/stats")).json()
+            assert stats["received"] == 6 and stats["rejected_content"] == {} and stats["refused"] == {}, stats
+            assert stats["fed"]["sites"] == 2 and stats["fed"]["readings"] == 2 and stats["fed"]["events"] == 2
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT t.site_id, t.key, e.uscc FROM tags t JOIN sites s ON s.id = t.site_id "
+                "JOIN enterprises e ON e.id = s.enterprise_id WHERE t.id = 'V101.GT1' AND t.active ORDER BY t.site_id"
+            )
+            assert [(r["site_id"], r["uscc"]) for r in rows] == [(demo.id, USCC), (north.id, north_uscc)]
+            key_of = {r["key"]: r["site_id"] for r in rows}
+            assert len(key_of) == 2  # each V101.GT1 its own tag
+            for site in (demo, north):
+                n = await conn.fetchval("SELECT count(*) FROM tags WHERE site_id = $1 AND active", site.id)
+                assert n == len(site.tags)
+        # the readings: each value under its own site's tag
+        s = bus.subjects
+        readings = (await bus.js.stream_info(s.readings_stream)).state.messages
+        got: dict[str, list[float]] = {}
+        for seq in range(1, readings + 1):
+            batch = decode_batch((await bus.js.get_msg(s.readings_stream, seq)).data)
+            for k, v in zip(batch.tag.tolist(), batch.value.tolist(), strict=True):
+                got.setdefault(key_of[k], []).append(v)
+        assert got == {demo.id: [value[demo.id]], north.id: [value[north.id]]}
+        # the alarms: on each site's subject, named in that site, with that enterprise's value
+        n_events = (await bus.js.stream_info(s.events_stream)).state.messages
+        events = [await bus.js.get_msg(s.events_stream, seq) for seq in range(1, n_events + 1)]
+        seen = {
+            m.subject: {k: json.loads(m.data)[k] for k in ("alarm_id", "site", "tag", "enterprise", "value")}
+            for m in events
+        }
+        assert seen == {
+            s.events(site.id): {
+                "alarm_id": f"{site.id}/V101.GT1:gas.H",
+                "site": site.id,
+                "tag": "V101.GT1",
+                "enterprise": sender[site.id][1],
+                "value": value[site.id],
+            }
+            for site in (demo, north)
+        }
+    finally:
+        await pool.close()
+        await bus.close()
+
+
 def test_a_dotted_site_id_is_one_subject_token() -> None:
     from hazmon.cluster.bus import Subjects
 

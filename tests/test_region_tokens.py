@@ -32,15 +32,10 @@ PRESETS = [ROOT / "alarm_rules" / n for n in ("gas-detectors.yaml", "process-def
 
 
 def _north_site(path: Path) -> Path:
-    """The demo plant as another enterprise's site in another division (tag ids are unique per database)."""
+    """The demo plant as another enterprise's site in another division, its tags under the same ids."""
     doc = load_site(SITE_FILE).model_dump(mode="json", by_alias=True, exclude_none=True)
     doc["enterprise"] = {"id": NORTH_ENT, "name": "Nantong Chemicals", "uscc": NORTH_USCC}
     doc["site"] = {**doc["site"], "id": NORTH_SITE, "name": "Nantong north works"}
-    for t in doc["tags"]:
-        t["id"] = f"N-{t['id']}"
-    for e in doc["equipment"]:
-        if e.get("in_service_tag"):
-            e["in_service_tag"] = f"N-{e['in_service_tag']}"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     return path
 
@@ -87,7 +82,15 @@ async def test_a_region_token_sees_the_enterprises_of_its_division_in_every_scop
             "SELECT detail FROM audit_log WHERE action = 'token.create' AND target = $1", row["id"]
         )
         assert json.loads(detail)["regions"] == ["3205"], "the token's region is in the audit trail"
-    await ingest(rt, {"V101.LT": 8.5, "V101.GT1": 30.0, "N-V101.LT": 7.0, "N-V101.GT1": 35.0})
+    await ingest(
+        rt,
+        {
+            f"{DEMO_SITE}/V101.LT": 8.5,
+            f"{DEMO_SITE}/V101.GT1": 30.0,
+            f"{NORTH_SITE}/V101.LT": 7.0,
+            f"{NORTH_SITE}/V101.GT1": 35.0,
+        },
+    )
     for site in (DEMO_SITE, NORTH_SITE):
         finding = {
             "site": site, "description": f"corroded flange at {site}", "grade": "major",
@@ -122,10 +125,28 @@ async def test_a_region_token_sees_the_enterprises_of_its_division_in_every_scop
         assert r.status_code == 403, (path, r.text)
     r = await client.get("/api/v1/compliance", params={"enterprise": NORTH_ENT}, headers=_auth(suzhou))
     assert r.status_code == 403
-    # alarms: each region sees its own enterprise's gas alarm
+    # alarms: each region sees its own enterprise's gas alarm, named by its site
     for token, sites in expected.items():
         alarms = await get(token, "/api/v1/alarms")
-        assert {a["alarm_id"] for a in alarms} == {f"{'N-' if s == NORTH_SITE else ''}V101.GT1:gas.H" for s in sites}
+        assert {a["alarm_id"] for a in alarms} == {f"{s}/V101.GT1:gas.H" for s in sites}
+        assert {(a["site"], a["tag"], a["value"]) for a in alarms} == {
+            {DEMO_SITE: (DEMO_SITE, "V101.GT1", 30.0), NORTH_SITE: (NORTH_SITE, "V101.GT1", 35.0)}[s] for s in sites
+        }
+    # a token of one of the two sites may name the alarm by its bare id; the province's token names the site
+    for token, site in ((suzhou, DEMO_SITE), (nantong, NORTH_SITE)):
+        one = await get(token, "/api/v1/alarms/V101.GT1:gas.H")
+        assert (one["alarm_id"], one["site"]) == (f"{site}/V101.GT1:gas.H", site)
+        latest = await get(token, "/api/v1/tags/latest", tag="V101.LT")
+        assert [(v["site"], v["tag"]) for v in latest] == [(site, "V101.LT")]
+    r = await client.get("/api/v1/alarms/V101.GT1:gas.H", headers=_auth(jiangsu))
+    assert r.status_code == 422 and DEMO_SITE in r.json()["detail"] and NORTH_SITE in r.json()["detail"], r.text
+    r = await client.get("/api/v1/tags/latest", params={"tag": "V101.LT"}, headers=_auth(jiangsu))
+    assert r.status_code == 422, r.text
+    for site, value in ((DEMO_SITE, 30.0), (NORTH_SITE, 35.0)):
+        one = await get(jiangsu, f"/api/v1/alarms/{site}/V101.GT1:gas.H")
+        assert (one["site"], one["tag"], one["value"]) == (site, "V101.GT1", value)
+    r = await client.get(f"/api/v1/alarms/{NORTH_SITE}/V101.GT1:gas.H", headers=_auth(suzhou))
+    assert r.status_code == 403, r.text
 
     # an enterprise registered after the token was made is in scope at once (resolved at each use)
     later = load_site(tmp_path / "north.yaml").model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -135,11 +156,6 @@ async def test_a_region_token_sees_the_enterprises_of_its_division_in_every_scop
         "uscc": "91320200MA1XK7Q21" + uscc_check_char("91320200MA1XK7Q21"),
     }
     later["site"] = {**later["site"], "id": "wuxi-depot", "name": "Wuxi depot"}
-    for t in later["tags"]:
-        t["id"] = "W" + t["id"]
-    for e in later["equipment"]:
-        if e.get("in_service_tag"):
-            e["in_service_tag"] = "W" + e["in_service_tag"]
     r = await client.put("/api/v1/sites/wuxi-depot", json=later, headers=_auth(admin))
     assert r.status_code == 200, r.text
 

@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
-from api_helpers import Tokens, demo_api, ingest
+from api_helpers import SITE, Tokens, demo_api, ingest, ref
 from hazmon.reading import now_us
 from hazmon.runtime import Runtime
 from hazmon.storage.maintenance import refresh_rollups
@@ -75,10 +75,10 @@ async def _history(rt: Runtime, pg_url: str) -> int:
     await ingest(rt, {"V101.GT1": 60.0}, now_us() - 25 * 3600 * US)
     await ingest(rt, {"V102.GT1": 60.0}, t0 + 10 * US)
     await rt.flush_journal()
-    await rt.operate("acknowledge", "V102.GT1:gas.HH", "alice", comment="area evacuated")
+    await rt.operate("acknowledge", ref("V102.GT1:gas.HH"), "alice", comment="area evacuated")
     conn = await asyncpg.connect(pg_url)
     try:
-        lt = rt.tags.key("T201.LT")
+        lt = rt.tags.key(ref("T201.LT"))
 
         async def stored() -> bool:
             n = await conn.fetchval("SELECT count(*) FROM readings WHERE tag = $1", lt)
@@ -117,7 +117,7 @@ async def test_period_figures_per_tag_installation_site_and_enterprise(
     # acknowledged ten minutes later, after this period: unacknowledged within it
     assert hi01["handling"]["acknowledged"] == 0 and hi01["handling"]["unacknowledged"] >= 1
     # the V101 gas alarm was raised 25 h ago: at the end of this period it had been active for over 24 h
-    assert {s["alarm_id"] for s in hi01["standing_alarms"]} == {"V101.GT1:gas.H", "V101.GT1:gas.HH"}
+    assert {s["alarm_id"] for s in hi01["standing_alarms"]} == {ref("V101.GT1:gas.H"), ref("V101.GT1:gas.HH")}
     assert period["installations"]["HI-02"]["standing_alarms"] == []
     assert period["retention"]["ok"] and period["retention"]["configured_days"] >= 30
     ent = site["enterprise_period"]
@@ -135,7 +135,7 @@ async def test_period_figures_per_tag_installation_site_and_enterprise(
     # over the last 30 days (the default): still standing, and the V102 leak acknowledged ten minutes on
     r = await client.get("/api/v1/compliance", params={"enterprise": "ecs"}, headers=headers)
     hi01 = r.json()[0]["period"]["installations"]["HI-01"]
-    assert any(s["alarm_id"].startswith("V101.GT1:") for s in hi01["standing_alarms"])
+    assert any(s["alarm_id"].startswith(ref("V101.GT1:")) for s in hi01["standing_alarms"])
     assert hi01["handling"]["acknowledged"] == 1 and hi01["handling"]["median_time_to_ack_s"] >= 500
 
 
@@ -243,8 +243,12 @@ async def test_a_device_that_is_down_lowers_the_online_ratio_and_stable_operatio
         headers = {"Authorization": f"Bearer {tokens.regulator}"}
 
         async def lost() -> list[dict[str, Any]]:
-            r = await client.get("/api/v1/alarms", params={"site": "demo-tank-farm"}, headers=headers)
-            return [a for a in r.json() if a["condition"] == "comm.LOSS" and a["alarm_id"].startswith("demo-modbus")]
+            r = await client.get("/api/v1/alarms", params={"site": SITE}, headers=headers)
+            return [
+                a
+                for a in r.json()
+                if a["condition"] == "comm.LOSS" and a["alarm_id"].startswith(f"{SITE}/demo-modbus.")
+            ]
 
         alarms = await _until(lost, 30, "the Modbus PLCs' communication-loss alarms")
         await rt.flush_journal()
@@ -254,7 +258,9 @@ async def test_a_device_that_is_down_lowers_the_online_ratio_and_stable_operatio
         r = await client.get("/api/v1/compliance", params=params, headers=headers)
         assert r.status_code == 200, r.text
         period = r.json()[0]["period"]
-        down = {a["alarm_id"].rpartition(":")[0] for a in alarms}
+        # the figures name each device within its site: demo-tank-farm/demo-modbus.PLC-NH3 is demo-modbus.PLC-NH3
+        down = {a["alarm_id"].rpartition(":")[0].removeprefix(f"{SITE}/") for a in alarms}
+        assert down == {"demo-modbus.PLC-NH3", "demo-modbus.PLC-MEOH"}
         for device in down:
             assert period["devices"][device]["offline_s"] >= 60, period["devices"]
             assert period["devices"][device]["online_ratio"] < 1

@@ -6,18 +6,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from hazmon.alarms.alarm import PRIORITY_CODES, Priority
 from hazmon.alarms.compiler import check_rules, compile_rules, load_rules
 from hazmon.alarms.rules import BAD, FROZEN, HH, LL, STALE, STATE, H, L
 from hazmon.cli import main
 from hazmon.errors import InvalidFile
-from hazmon.plant.site import load_site
+from hazmon.plant.site import Site, load_site
 from hazmon.plant.tag import TagIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "alarm_rules").glob("*.yaml"))
 DEMO = load_site(ROOT / "sites" / "demo-tank-farm.yaml")
+
+
+def twin(site: Site, site_id: str) -> Site:
+    """The same plant as another site: every tag id the same."""
+    raw = site.model_dump(by_alias=True)
+    raw["site"]["id"] = site_id
+    return type(site).model_validate(raw)
 
 
 def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
@@ -38,7 +46,7 @@ def test_presets_and_demo_rules_check_clean(capsys: pytest.CaptureFixture[str]) 
 
 def test_gas_presets_follow_gb_t_50493() -> None:
     c = compiled(*PRESETS)
-    index = TagIndex.from_sites([DEMO])
+    index = TagIndex.from_sites([DEMO]).scoped(DEMO.id)  # the demo's tags under their own ids
     lel = index.key("V101.GT1")
     assert (c.limit[lel, H], c.limit[lel, HH]) == (25.0, 50.0)
     assert c.latch[lel, H] and c.latch[lel, HH]
@@ -60,13 +68,13 @@ def test_toxic_values_for_each_substance(tmp_path: Path) -> None:
         c = compile_rules(
             load_rules([ROOT / "alarm_rules" / "gas-detectors.yaml"], [s2]), [s2], TagIndex.from_sites([s2])
         )
-        row = TagIndex.from_sites([s2]).key("AREA.GT")
+        row = TagIndex.from_sites([s2]).key(f"{s2.id}/AREA.GT")
         assert (c.limit[row, H], c.limit[row, HH]) == (h, hh), sub
 
 
 def test_demo_rules_override_presets_per_field() -> None:
     c = compiled(*PRESETS)
-    index = TagIndex.from_sites([DEMO])
+    index = TagIndex.from_sites([DEMO]).scoped(DEMO.id)  # the demo's tags under their own ids
     lt = index.key("V101.LT")
     assert c.limit[lt, HH] == 14.5 and c.deadband[lt, HH] == 0.1  # demo rule: absolute value
     assert c.on_delay_us[c.timing[lt, HH]] == 5_000_000  # demo sets 5 s for HH
@@ -102,7 +110,7 @@ rules:
 """,
     )
     c = compiled(p)
-    ix = TagIndex.from_sites([DEMO])
+    ix = TagIndex.from_sites([DEMO]).scoped(DEMO.id)
     got = {t: c.limit[ix.key(t), H] for t in ("V101.LT", "V102.LT", "T201.LT")}
     assert got == {"V101.LT": 11, "V102.LT": 12, "T201.LT": 14}
     assert PRIORITY_CODES[c.priority[ix.key("V101.LT"), H]] is Priority.LOW  # from the equipment rule
@@ -182,5 +190,41 @@ def test_compiled_arrays_shape_and_disabled_markers() -> None:
     assert c.priority.shape == (n, 11) and c.limit.shape == (n, 7)
     disabled = c.priority < 0
     assert np.isnan(c.limit[:, :7][disabled[:, :7]]).all()
-    row = TagIndex.from_sites([DEMO]).key("V101.IS")
+    row = TagIndex.from_sites([DEMO]).key("demo-tank-farm/V101.IS")
+    assert c.tag_ids[row] == "demo-tank-farm/V101.IS" and c.site_of["demo-tank-farm/V101.IS"] == DEMO.id
     assert c.priority[row, STALE] >= 0 and c.priority[row, L] == -1 and c.priority[row, LL] == -1
+
+
+def test_two_sites_with_the_same_tag_ids_have_their_own_rows(tmp_path: Path) -> None:
+    """Tag ids repeat across sites (issue 14): each site's tag is its own row under its reference, with
+    its own site's rules applied, and suppression by design stays within its site."""
+    north = twin(DEMO, "north-works")
+    index = TagIndex.from_sites([DEMO, north])
+    c = compile_rules(load_rules(PRESETS, [DEMO, north]), [DEMO, north], index)
+    assert c.rows == 2 * len(DEMO.tags)
+    here, there = index.key("demo-tank-farm/V101.LT"), index.key("north-works/V101.LT")
+    assert here != there
+    assert (c.tag_ids[here], c.tag_ids[there]) == ("demo-tank-farm/V101.LT", "north-works/V101.LT")
+    assert (c.site_of["demo-tank-farm/V101.LT"], c.site_of["north-works/V101.LT"]) == ("demo-tank-farm", "north-works")
+    assert c.limit[here, HH] == c.limit[there, HH] == 14.5  # the demo rule selects V101.LT in both
+    deps: dict[str, set[int]] = {}
+    for site in ("demo-tank-farm", "north-works"):
+        e = list(c.in_service_rows).index(index.key(f"{site}/V101.IS"))
+        deps[site] = set(c.dependents[c.dependents_ptr[e] : c.dependents_ptr[e + 1]].tolist())
+    assert here in deps["demo-tank-farm"] and here not in deps["north-works"]
+    assert there in deps["north-works"] and there not in deps["demo-tank-farm"]
+
+
+def test_rules_check_names_urgent_alarms_without_a_response_by_site(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    north = tmp_path / "north.yaml"
+    doc = twin(DEMO, "north-works").model_dump(mode="json", by_alias=True, exclude_none=True)
+    north.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    bare = write(tmp_path, "rules:\n- select: {tags: [V101.LT]}\n  limits:\n    HH: {value: 15, priority: critical}\n")
+    demo_file = ROOT / "sites" / "demo-tank-farm.yaml"
+    assert main(["rules", "check", str(bare), "--site", str(demo_file), "--site", str(north)]) == 0
+    out = capsys.readouterr().out
+    assert "2 alarm(s) of high or critical priority have no alarm response" in out
+    assert "  demo-tank-farm/V101.LT:level.HH (critical)\n" in out
+    assert "  north-works/V101.LT:level.HH (critical)\n" in out

@@ -19,6 +19,7 @@ from hazmon.sim import parse_scenario, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "sites" / "demo-tank-farm.yaml"
+SITE_ID = "demo-tank-farm"
 RULES = [ROOT / "alarm_rules" / n for n in ("gas-detectors.yaml", "process-defaults.yaml", "demo-tank-farm.yaml")]
 
 
@@ -54,12 +55,16 @@ async def test_silent_plc_is_one_alarm_and_clears(pg_url: str, tmp_path: Path) -
         assert isinstance(gw, ModbusGateway)
         gw = gw.model_copy(update={"poll_groups": {"default": 200.0, "slow": 1000.0}, "stale_after_s": 2.0})
         async with run_runtime(settings, gateway_configs=[gw]) as rt:
-            loss = "demo-modbus.PLC-NH3:comm.LOSS"
+            loss = f"{SITE_ID}/demo-modbus.PLC-NH3:comm.LOSS"
             await until(lambda: states(rt).get(loss) == AlarmState.ACTIVE_UNACK, 20, "the comm-loss alarm")
             current = states(rt)
             # first-out: the PLC's tags are suppressed, not a flood of stale alarms
-            assert not any(a.startswith("T201.") and s == AlarmState.ACTIVE_UNACK for a, s in current.items())
-            assert not any(a.startswith("demo-modbus.PLC-MEOH") for a in current)  # the other PLC still answers
+            assert not any(
+                a.startswith(f"{SITE_ID}/T201.") and s == AlarmState.ACTIVE_UNACK for a, s in current.items()
+            )
+            assert not any(
+                a.startswith(f"{SITE_ID}/demo-modbus.PLC-MEOH") for a in current
+            )  # the other PLC still answers
             await until(lambda: states(rt).get(loss) == AlarmState.RTN_UNACK, 30, "communication restored")
             await rt.operate("acknowledge", loss, "op1", comment="PLC power supply replaced")
             assert loss not in states(rt)
@@ -97,11 +102,11 @@ async def test_quiet_tags_of_a_live_opcua_subscription_are_not_stale(pg_url: str
         await until(lambda: rt.stats.readings > 0, 20, "the first readings")
         start = time.monotonic()
         await until(lambda: time.monotonic() - start > 6, 10, "three stale periods")
-        served = set(tag_ids(config))
+        served = {f"{SITE_ID}/{t}" for t in tag_ids(config)}
         stale = [a for a, s in states(rt).items() if a.endswith(":quality.STALE") and a.split(":")[0] in served]
         assert stale == []
         # the Modbus and MQTT tags of the site have no gateway here: they do go stale
-        assert states(rt).get("T201.LT:quality.STALE") == AlarmState.ACTIVE_UNACK
+        assert states(rt).get(f"{SITE_ID}/T201.LT:quality.STALE") == AlarmState.ACTIVE_UNACK
 
 
 async def test_silent_gas_detection_gateway_is_one_alarm(pg_url: str, tmp_path: Path) -> None:
@@ -128,12 +133,14 @@ async def test_silent_gas_detection_gateway_is_one_alarm(pg_url: str, tmp_path: 
         async with serve(site, [config], scenario, mqtt_port=broker.port) as sim:
             gw = sim.config("demo-mqtt").model_copy(update={"stale_after_s": 2.0})
             async with run_runtime(settings, gateway_configs=[gw]) as rt:
-                loss = "demo-mqtt.gds-hi02:comm.LOSS"
+                loss = f"{SITE_ID}/demo-mqtt.gds-hi02:comm.LOSS"
                 await until(lambda: states(rt).get(loss) == AlarmState.ACTIVE_UNACK, 20, "the device's alarm")
                 current = states(rt)
-                assert "demo-mqtt.broker:comm.LOSS" not in current
-                assert "demo-mqtt.gds-hi01:comm.LOSS" not in current
-                assert not any(a.startswith("T201.AT") and s == AlarmState.ACTIVE_UNACK for a, s in current.items())
+                assert f"{SITE_ID}/demo-mqtt.broker:comm.LOSS" not in current
+                assert f"{SITE_ID}/demo-mqtt.gds-hi01:comm.LOSS" not in current
+                assert not any(
+                    a.startswith(f"{SITE_ID}/T201.AT") and s == AlarmState.ACTIVE_UNACK for a, s in current.items()
+                )
                 await until(lambda: states(rt).get(loss) == AlarmState.RTN_UNACK, 30, "the device back")
                 health = rt.gateways[0].health().devices
                 assert health["gds-hi02"].connected and not health["gds-hi02"].stale

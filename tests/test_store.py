@@ -11,11 +11,11 @@ import asyncpg
 import numpy as np
 import pytest
 
-from hazmon.plant.site import load_site
+from hazmon.plant.site import Site, load_site, parse_site, uscc_check_char
 from hazmon.reading import US_PER_S, Quality, ReadingBatch
 from hazmon.storage.database import Database, connect
 from hazmon.storage.migrate import discover, migrate
-from hazmon.storage.registry import RegistryError, list_sites, list_tags, tag_index, upsert_site
+from hazmon.storage.registry import get_tag, list_sites, list_tags, tag_index, upsert_site
 from hazmon.storage.store import Aggregate, ReadingStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,18 +191,64 @@ async def test_site_load_is_whole_and_keeps_tag_keys(db: Database) -> None:
 
 
 async def test_site_load_failure_leaves_nothing(db: Database) -> None:
-    site = load_site(ROOT / "sites" / "demo-tank-farm.yaml")
+    """A value the database cannot hold (a NUL in the last tag's name) fails the load: the enterprise,
+    the site, its installations, equipment and every tag written before it are rolled back."""
+    doc = load_site(ROOT / "sites" / "demo-tank-farm.yaml").model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["tags"][-1]["name"] = "bad\x00name"
+    site = parse_site(doc)
     async with db.pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO enterprises VALUES ('other', 'Other', '91110000MA00000001'); "
-            "INSERT INTO sites (id, enterprise_id, name, doc) VALUES ('other', 'other', 'Other', '{}'); "
-            "INSERT INTO tags (id, site_id, equipment_id, name, kind, period_s, doc) "
-            "VALUES ('V101.LT', 'other', 'X', 'clash', 'level', 1, '{}')"
-        )
-        with pytest.raises(RegistryError, match=r"V101\.LT"):
+        with pytest.raises(asyncpg.DataError):
             await upsert_site(conn, site)
-        assert await conn.fetchval("SELECT count(*) FROM sites WHERE id = 'demo-tank-farm'") == 0
-        assert await conn.fetchval("SELECT count(*) FROM tags") == 1
+        for table in ("enterprises", "sites", "installations", "equipment", "tags"):
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+
+
+def _twin(site: Site, site_id: str = "north-works", drop: str | None = None) -> Site:
+    """The same plant for another enterprise: every tag id the same (less ``drop``)."""
+    doc = site.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["enterprise"] = {
+        "id": "ntc",
+        "name": "Nantong Chemicals",
+        "uscc": "91320600MA1XK7Q21" + uscc_check_char("91320600MA1XK7Q21"),
+    }
+    doc["site"] = {**doc["site"], "id": site_id, "name": "Nantong north works"}
+    doc["tags"] = [t for t in doc["tags"] if t["id"] != drop]
+    return parse_site(doc)
+
+
+async def test_two_sites_may_have_the_same_tag_ids(db: Database) -> None:
+    """Tag ids are unique within their site: a second enterprise's T101.LT is its own tag, with its own
+    permanent key; retiring it leaves the first site's tag of that id alone."""
+    demo = load_site(ROOT / "sites" / "demo-tank-farm.yaml")
+    north = _twin(demo)
+    async with db.pool.acquire() as conn:
+        assert (await upsert_site(conn, demo)).tags_added == len(demo.tags)
+        assert (await upsert_site(conn, north)).tags_added == len(north.tags)  # none refused
+        index = await tag_index(conn)
+        keys = dict(index.items())
+        assert len(keys) == 2 * len(demo.tags) and len(set(keys.values())) == len(keys)
+        assert keys["demo-tank-farm/V101.LT"] != keys["north-works/V101.LT"]
+        assert {t["site"] for t in await list_tags(conn)} == {"demo-tank-farm", "north-works"}
+        assert len(await list_tags(conn, site="north-works")) == len(demo.tags)
+        # reloads (in either order) keep every tag's own key
+        await upsert_site(conn, north)
+        await upsert_site(conn, demo)
+        assert dict((await tag_index(conn)).items()) == keys
+        # north-works retires its V101.LT: demo-tank-farm's stays active, both keep their keys
+        retired = await upsert_site(conn, _twin(demo, drop="V101.LT"))
+        assert retired.tags_retired == 1 and retired.tags_added == 0
+        assert dict((await tag_index(conn)).items()) == keys
+        active = {(t["site"], t["id"]) for t in await list_tags(conn)}
+        assert ("demo-tank-farm", "V101.LT") in active and ("north-works", "V101.LT") not in active
+        demo_tag = await get_tag(conn, "demo-tank-farm", "V101.LT")
+        north_tag = await get_tag(conn, "north-works", "V101.LT")
+        assert demo_tag is not None and demo_tag["key"] == keys["demo-tank-farm/V101.LT"]
+        assert north_tag is not None and north_tag["key"] == keys["north-works/V101.LT"]
+        # back in the file: the same key again, active
+        again = await upsert_site(conn, north)
+        assert again.tags_added == 0 and again.tags_updated == len(north.tags)
+        assert dict((await tag_index(conn)).items()) == keys
+        assert ("north-works", "V101.LT") in {(t["site"], t["id"]) for t in await list_tags(conn)}
 
 
 async def test_broken_migration_changes_nothing(pg_url: str, tmp_path: Path) -> None:

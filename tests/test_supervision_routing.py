@@ -13,8 +13,14 @@ from hazmon.live import Follow, LiveHub
 from hazmon.plant.directory import build_directory
 from hazmon.plant.tag import TagIndex
 
-TAGS = TagIndex(["A.LT", "B.LT"])
-SITE_OF = {"A.LT": "site-a", "B.LT": "site-b", "gw-b.plc": "site-b", "hazmon.gateway.gw-b": "site-b"}
+# tags and devices are named across sites (site/id); a system owner (hazmon.*) belongs to no one site
+TAGS = TagIndex(["site-a/A.LT", "site-b/B.LT"])
+SITE_OF = {
+    "site-a/A.LT": "site-a",
+    "site-b/B.LT": "site-b",
+    "site-b/gw-b.plc": "site-b",
+    "hazmon.gateway.gw-b": "site-b",
+}
 SYSTEM = {"hazmon.storage": ["site-a", "site-b"], "hazmon.gateway.gw-b": ["site-b"]}
 T0 = 1_790_000_000_000_000
 
@@ -48,7 +54,8 @@ def test_a_system_alarm_is_seen_by_the_operators_of_every_site_it_affects() -> N
     gateway = where.place_of("hazmon.gateway.gw-b")
     assert gateway.site == "site-b" and gateway.seen_by(bob.sees) and not gateway.seen_by(alice.sees)
     # tags stay their own site's
-    assert where.place_of("A.LT").seen_by(alice.sees) and not where.place_of("A.LT").seen_by(bob.sees)
+    tag = where.place_of("site-a/A.LT")
+    assert tag.site == "site-a" and tag.seen_by(alice.sees) and not tag.seen_by(bob.sees)
 
 
 def test_the_hub_sends_a_system_alarm_to_each_affected_site_in_snapshot_and_stream() -> None:
@@ -94,7 +101,8 @@ def test_a_plain_site_map_still_routes_as_before() -> None:
     hub = LiveHub()
     sub, _ = hub.subscribe(Follow(sites=frozenset({"site-b"})), [], SITE_OF.get, tags=TAGS)
     hub.publish_events(
-        [event("gw-b.plc", AlarmState.ACTIVE_UNACK), event("hazmon.storage", AlarmState.ACTIVE_UNACK)], SITE_OF.get
+        [event("site-b/gw-b.plc", AlarmState.ACTIVE_UNACK), event("hazmon.storage", AlarmState.ACTIVE_UNACK)],
+        SITE_OF.get,
     )
-    events = [e["alarm_id"] for m in sub.messages() for e in json.loads(m)["events"]]
-    assert events == ["gw-b.plc:comm.LOSS"]
+    events = [e for m in sub.messages() for e in json.loads(m)["events"]]
+    assert [(e["alarm_id"], e["site"]) for e in events] == [("site-b/gw-b.plc:comm.LOSS", "site-b")]

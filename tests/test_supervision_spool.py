@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import numpy as np
 
-from api_helpers import RULES, SITE, SITE_FILE, demo_api, ingest
+from api_helpers import RULES, SITE, SITE_FILE, demo_api, ingest, ref
 from hazmon.alarms.alarm import AlarmState
 from hazmon.api import create_app
 from hazmon.backoff import BackoffConfig
@@ -100,7 +100,7 @@ async def test_readings_the_database_refuses_are_counted_per_gateway_and_alarmed
     batch are stored, and the loss shows on /api/v1/gateways (per gateway), /metrics and as an alarm."""
     async with demo_api(pg_url, tmp_path, with_modbus=True) as (rt, tokens, c):
         assert rt.forwarder is not None
-        keys = np.array([rt.tags.key(t) for t in ("T201.LT", "T201.TT", "T201.PT")], dtype=np.int32)
+        keys = np.array([rt.tags.key(ref(t)) for t in ("T201.LT", "T201.TT", "T201.PT")], dtype=np.int32)
         ts = np.full(3, now_us(), dtype=np.int64)
         ts[1] = -(1 << 62)  # before 4713 BC: out of PostgreSQL's range
         await rt.ingest(ReadingBatch.from_columns(keys, ts, np.array([41.0, 12.0, 0.3])))
@@ -150,7 +150,7 @@ async def test_a_drain_stopped_by_the_disk_is_restarted_alarmed_and_recovers(pg_
         rt.forwarder.retry = BackoffConfig(initial_s=0.05, max_s=0.1)
         app = create_app(runtime=rt)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hazmon") as c:
-            keys = np.array([rt.tags.key("T201.LT"), rt.tags.key("T201.TT")], dtype=np.int32)
+            keys = np.array([rt.tags.key(ref("T201.LT")), rt.tags.key(ref("T201.TT"))], dtype=np.int32)
             ts = np.array([now_us(), -(1 << 62)], dtype=np.int64)
             await rt.ingest(ReadingBatch.from_columns(keys, ts, np.array([41.0, 12.0])))
             await ingest(rt, {"T201.PT": 0.3})

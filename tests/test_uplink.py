@@ -22,7 +22,7 @@ from hazmon.config import ConfigError, UplinkSettings, load_settings
 from hazmon.hub.receiver import UPLINK_PATH, create_receiver
 from hazmon.hub.sink import JsonlSink
 from hazmon.plant.site import load_site
-from hazmon.plant.tag import TagIndex
+from hazmon.plant.tag import TagIndex, split_ref, tag_ref
 from hazmon.regulator import sm4
 from hazmon.regulator.uplink import Uplink, credentials
 from hazmon.regulator.uplink_payload import Credentials, EnvelopeError, open_envelope, seal
@@ -197,14 +197,24 @@ async def receiver(
         sink.close()
 
 
+def _latest_values(tags: TagIndex, value: float, quality: int) -> Callable[[Any], list[dict[str, Any]]]:
+    """The runtime's latest values (``LiveHub.latest_values``): each tag by its site and its id there."""
+
+    def latest(keys: Any) -> list[dict[str, Any]]:
+        out = []
+        for k in keys:
+            site, tag = split_ref(tags.id(int(k)))
+            out.append({"site": site, "tag": tag, "ts_us": 1_764_000_000_000_000, "value": value, "quality": quality})
+        return out
+
+    return latest
+
+
 def _standalone_uplink(settings: UplinkSettings, data_dir: Path) -> Uplink:
     site = load_site(SITE_FILE)
     tags = TagIndex.from_sites([site])
-    site_of = {t.id: site.id for t in site.tags}
-
-    def latest(keys: Any) -> list[dict[str, Any]]:
-        return [{"tag": tags.id(int(k)), "ts_us": 1_764_000_000_000_000, "value": 1.5, "quality": 0} for k in keys]
-
+    site_of = {tag_ref(site.id, t.id): site.id for t in site.tags}
+    latest = _latest_values(tags, 1.5, 0)
     return Uplink(settings, data_dir, sites=lambda: [site], tags=lambda: tags, latest=latest, site_of=site_of.get)
 
 
@@ -286,10 +296,8 @@ async def test_base_data_again_when_the_site_changes_and_only_the_named_tags(tmp
     current = [site]
     settings = _uplink_settings(port, tags=["V101.GT1", "T201.LT", "NO.SUCH.TAG"], interval_s=0.2)
 
-    def latest(keys: Any) -> list[dict[str, Any]]:
-        return [{"tag": tags.id(int(k)), "ts_us": 1_764_000_000_000_000, "value": 2.0, "quality": 130} for k in keys]
-
-    site_of = {t.id: site.id for t in site.tags}
+    latest = _latest_values(tags, 2.0, 130)
+    site_of = {tag_ref(site.id, t.id): site.id for t in site.tags}
     uplink = Uplink(settings, tmp_path, sites=lambda: current, tags=lambda: tags, latest=latest, site_of=site_of.get)
     creds = credentials(settings)
     async with receiver(port, tmp_path / "hub.jsonl", creds) as sink:

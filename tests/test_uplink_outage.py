@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api_helpers import RULES, SITE, SITE_FILE, free_port, ingest
+from api_helpers import RULES, SITE, SITE_FILE, free_port, ingest, ref
 from hazmon.api.exposition import render
 from hazmon.config import load_settings
 from hazmon.hub.receiver import UPLINK_PATH
@@ -132,7 +132,7 @@ async def test_sent_equals_received_through_an_outage_and_a_restart(pg_url: str,
         await ingest(rt, {gas: 0.0})  # the leak is over; the latched gas alarms are reset: a clear, also queued
         await rt.flush_journal()
         for condition in ("gas.HH", "gas.H"):
-            await rt.operate("reset", f"{gas}:{condition}", "alice", comment="area checked, detector reads 0")
+            await rt.operate("reset", ref(f"{gas}:{condition}"), "alice", comment="area checked, detector reads 0")
         await wait_for(lambda: uplink.stats.enqueued["alarm"] >= 1, 10, "the clear to be queued")
         await wait_for(lambda: time.monotonic() - outage_start >= OUTAGE_S, OUTAGE_S + 5, "the outage to last")
         with receiver_process(port, out):  # the receiver is back, with what it had kept
@@ -164,6 +164,10 @@ async def test_sent_equals_received_through_an_outage_and_a_restart(pg_url: str,
     raised = [e for e in events if e["tag_code"] == gas and e["kind"] == "raise"]
     cleared = [e for e in events if e["tag_code"] == gas and e["kind"] == "clear"]
     assert raised and cleared and raised[0]["installation_code"] and raised[0]["priority"]
+    # the message names the site; its alarms are named within it, as the platform knows the tag codes
+    assert all(m["data"]["site_code"] == SITE for m in data if m["type"] == "alarm")
+    assert all(e["alarm_id"] == f"{gas}:{e['condition']}" for e in raised), raised
+    assert {e["alarm_id"] for e in raised} >= {f"{gas}:gas.H", f"{gas}:gas.HH"}
     base = next(m for m in data if m["type"] == "base")["data"]
     assert base["enterprise"]["code"] == USCC and base["installations"][0]["level"] in (1, 2, 3, 4)
     assert base["site"]["code"] == SITE and {t["code"] for t in base["tags"]} >= {gas}

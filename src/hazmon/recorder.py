@@ -25,12 +25,15 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from hazmon import audit
 from hazmon.alarms import journal
+from hazmon.alarms.alarm import UnknownAlarm, split_alarm_id
 from hazmon.alarms.pending import AlarmSpool, Pending
+from hazmon.plant.tag import SCOPE, split_ref
 from hazmon.reading import now_us
 from hazmon.storage.database import Database
 
@@ -273,10 +276,17 @@ class AlarmRecorder:
 
     # ------------------------------------------------------------------ start and stop
 
-    async def replay(self) -> int:
+    async def replay(self, ref_of: Callable[[str], str | None] | None = None) -> int:
         """Journal what a previous run left in the spool (before the engine restores its state).
-        Returns how many items were replayed; what the database cannot take now is kept for the writer."""
+        Returns how many items were replayed; what the database cannot take now is kept for the writer.
+
+        ``ref_of`` names a bare tag or device id of a spool written before site-scoped identifiers
+        (``V101.GT1``) across sites (``demo/V101.GT1``), None when no one site has it: such events
+        are journaled under the id the engine now gives the alarm, as migration 080 did to the rows
+        already in the journal."""
         items = self.spool.load()
+        if ref_of is not None:
+            qualify_legacy_ids(items, ref_of)
         if self.spool.moved_aside:
             self.dead_lettered += self.spool.moved_aside
             self.last_dead_letter_us = now_us()
@@ -308,3 +318,51 @@ class AlarmRecorder:
         else:
             lost: list[dict[str, Any]] = [i.to_json() for i in left if i.seq is None]
             log.critical("%d alarm events could not be journaled nor kept on disk: %s", n, json.dumps(lost)[:50_000])
+
+
+def legacy_refs(refs: Iterable[str]) -> Callable[[str], str | None]:
+    """For ``replay``: a bare id -> the one reference (``site/id``) among ``refs`` that has it, None
+    when none or several sites do."""
+    by_local: dict[str, list[str]] = {}
+    for ref in refs:
+        site, local = split_ref(ref)
+        if site is not None:
+            by_local.setdefault(local, []).append(ref)
+
+    def ref_of(owner: str) -> str | None:
+        found = by_local.get(owner, [])
+        return found[0] if len(found) == 1 else None
+
+    return ref_of
+
+
+def qualify_legacy_ids(items: Sequence[Pending], ref_of: Callable[[str], str | None]) -> int:
+    """Give the events of a spool written before site-scoped identifiers their site: ``V101.GT1:gas.H``
+    becomes ``demo/V101.GT1:gas.H`` (tag id likewise) where ``ref_of`` places the owner. System
+    alarms (``hazmon.*``) have no site; an owner no one site has is left as it was (and logged).
+    Returns how many events were renamed."""
+    renamed = 0
+    unplaced: set[str] = set()
+    for item in items:
+        for n, e in enumerate(item.events):
+            try:
+                owner, condition = split_alarm_id(e.alarm_id)
+            except UnknownAlarm:
+                continue
+            if SCOPE in owner or owner.startswith("hazmon."):
+                continue
+            ref = ref_of(owner)
+            if ref is None:
+                unplaced.add(owner)
+                continue
+            tag = ref if e.tag_id == owner else e.tag_id
+            item.events[n] = replace(e, alarm_id=f"{ref}:{condition}", tag_id=tag)
+            renamed += 1
+    if renamed:
+        log.warning("%d alarm events of the spool named before site-scoped ids: given their site", renamed)
+    if unplaced:
+        log.error(
+            "alarm events of the spool name %s, which no one site served here has: journaled as they are",
+            ", ".join(sorted(unplaced)[:10]),
+        )
+    return renamed

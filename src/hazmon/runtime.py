@@ -48,7 +48,7 @@ from hazmon.plant.directory import Directory, build_directory
 from hazmon.plant.site import Site
 from hazmon.plant.tag import TagIndex, tag_ref
 from hazmon.reading import ReadingBatch, now_us
-from hazmon.recorder import JOURNAL_OWNER, QUEUED, AlarmRecorder, RecordNotPossible
+from hazmon.recorder import JOURNAL_OWNER, QUEUED, AlarmRecorder, RecordNotPossible, legacy_refs
 from hazmon.regulator.uplink import UPLINK_OWNER, Uplink
 from hazmon.storage.database import Database, open_database
 from hazmon.storage.forwarder import Forwarder
@@ -513,7 +513,7 @@ async def run_runtime(
                 if runtime.engine is not None:
                     runtime.engine.register_device(owner, keys)
         # alarm events and actions of a previous run that never reached the journal; never fatal
-        await runtime.recorder.replay()
+        await runtime.recorder.replay(ref_of=legacy_refs(runtime.site_of))
         # System alarms: storage, journal and the supervised components affect every site served; a
         # gateway's, the sites of its tags.
         served = runtime.served_sites()

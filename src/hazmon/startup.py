@@ -31,7 +31,7 @@ from hazmon.plant.site import Site
 from hazmon.plant.tag import TagIndex
 from hazmon.regulator.gb18218 import GradingError
 from hazmon.regulator.sitecheck import load_graded_site
-from hazmon.storage.registry import RegistryError, tag_index, upsert_site
+from hazmon.storage.registry import tag_index, upsert_site
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,15 @@ async def write(
     conn: asyncpg.Connection, config: Configuration, *, actor: str = ACTOR, setting: str = "HAZMON_SITE"
 ) -> TagIndex:
     """Upsert the sites and audit the change, in one transaction; returns the tag index after it.
-    A refusal by the registry (a tag id owned by another site) rolls everything back and is a
-    StartupError naming ``setting`` and the file."""
+    A site that cannot be graded rolls everything back and is a StartupError naming ``setting`` and
+    the file. (Tag ids are unique within their site only: another site's tag of the same id is no
+    refusal.)"""
     async with conn.transaction():
         for site in config.sites:
             digest = fingerprint(site)
             try:
                 summary = await upsert_site(conn, site)
-            except (RegistryError, GradingError) as e:
+            except GradingError as e:
                 where = str(config.site_files.get(site.id, site.id))
                 raise StartupError(
                     f"{setting} ({where}): {e}; nothing was changed"

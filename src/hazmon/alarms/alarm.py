@@ -1,8 +1,10 @@
 """Alarm vocabulary shared by the rule engine, the journal and the API (ISA-18.2 / IEC 62682).
 
-An *alarm* is one condition of one tag (``V101.LT:level.HH``) or of one device
-(``plc-1:comm.LOSS``). Every change of its state is an :class:`AlarmEvent`; the engine's view
-of an alarm at one moment is an :class:`AlarmSnapshot`.
+An *alarm* is one condition of one tag (``demo-tank-farm/V101.LT:level.HH``), of one gateway device
+(``demo-tank-farm/plc-gw.plc-1:comm.LOSS``) or of the service itself (``hazmon.storage:comm.LOSS``, no
+site): its owner's reference (``hazmon.plant.tag``), a colon, the condition. ``tag_id`` holds the tag's
+reference ``site/tag``. Every change of its state is an :class:`AlarmEvent`; the engine's view of an
+alarm at one moment is an :class:`AlarmSnapshot`.
 
 Errors the API maps to HTTP statuses::
 
@@ -112,7 +114,7 @@ class AlarmSnapshot:
 
 
 def split_alarm_id(alarm_id: str) -> tuple[str, str]:
-    """``"V101.LT:level.HH"`` -> ``("V101.LT", "level.HH")``; raises UnknownAlarm when malformed."""
+    """``"demo/V101.LT:level.HH"`` -> ``("demo/V101.LT", "level.HH")``; raises UnknownAlarm when malformed."""
     owner, sep, condition = alarm_id.rpartition(":")
     if not sep or not owner or not condition:
         raise UnknownAlarm(alarm_id)

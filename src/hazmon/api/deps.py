@@ -214,14 +214,14 @@ async def visible_tag(runtime: Runtime, user: Principal, tag_id: str) -> dict[st
             return await find_tags(conn, local)
 
     rows = await guarded(lookup, "tag lookup")
-    if not rows:
-        raise HTTPException(404, f"unknown tag {tag_id!r}")
     if site is None:
         seen = [r for r in rows if user.sees(r["site"])]
         if len(seen) > 1:
             refs = ", ".join(tag_ref(r["site"], local) for r in seen[:5])
             raise HTTPException(422, f"tag {local!r} is in {len(seen)} sites: name it by its site ({refs})")
-        rows = seen or rows
+        rows = seen  # a bare id names a tag of the caller's sites only: another's is unknown here, not 403
+    if not rows:
+        raise HTTPException(404, f"unknown tag {tag_id!r}")
     tag = rows[0]
     ensure_sees(user, tag["site"], f"tag {tag_id}")
     return tag

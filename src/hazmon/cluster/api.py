@@ -12,8 +12,10 @@
   mirror holds the action's events (or after ``SEEN_WAIT_S``). No shard answering is a 503.
 - **Values**: the latest value of each tag from ``<ns>.readings.*`` (``ValueFollower``), for the
   WebSocket's values and the compliance view's "data arriving".
-- The sites come from ``HAZMON_SITE``/``HAZMON_SITES`` (scopes and places); no gateways, no engine,
-  nothing written but the audit rows of refused actions (through the alarm recorder, as in one process).
+- The sites come from ``HAZMON_SITE``/``HAZMON_SITES`` (scopes and places), and from the registry for
+  the sites the hub registers from enterprise uplinks (``hazmon.cluster.registry_sites``, read every few
+  seconds); no gateways, no engine, nothing written but the audit rows of refused actions (through the
+  alarm recorder, as in one process).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from hazmon.alarms.engine import AlarmEngine
 from hazmon.cluster.bus import Bus, partition_of
 from hazmon.cluster.codec import CodecError, decode_batch
 from hazmon.cluster.ops import event_from_dict, snapshot_from_dict
+from hazmon.cluster.registry_sites import SiteFollower
 from hazmon.cluster.roles import event_msg_id, load_configuration
 from hazmon.config import Settings
 from hazmon.live import set_site_timezone
@@ -337,6 +340,9 @@ async def api_runtime(settings: Settings, bus: Bus) -> AsyncIterator[Runtime]:
             runtime.site_of.update({tag_ref(site.id, t.id): site.id for t in site.tags})
             set_site_timezone(site.id, site.site.timezone)
         runtime.engine = mirror
+        # the sites the hub registers from enterprise uplinks, served beside the files' own
+        registered = SiteFollower(runtime, frozenset(s.id for s in sites))
+        await registered.refresh()
         follower = EventFollower(runtime, mirror, bus)
         runtime.remote_act = ShardClient(bus, settings.partitions, follower).act
         await runtime.recorder.replay()  # refused actions' audit rows of a previous run
@@ -345,6 +351,7 @@ async def api_runtime(settings: Settings, bus: Bus) -> AsyncIterator[Runtime]:
         sup.start("journal-writer", runtime.recorder.run, essential=True)
         sup.start("events-follower", follower.run, essential=True)
         sup.start("values-follower", ValueFollower(runtime, mirror, bus).run)
+        sup.start("sites-follower", registered.run)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(follower.caught_up.wait(), 30.0)
         log.info(

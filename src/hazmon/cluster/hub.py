@@ -43,12 +43,12 @@ from hazmon.hub.base import site_from_base
 from hazmon.hub.credentials import load_credentials
 from hazmon.hub.receiver import create_receiver
 from hazmon.hub.sink import JsonlSink, SinkRefused, SinkUnavailable
-from hazmon.reading import ReadingBatch
 from hazmon.plant.tag import local_id, tag_ref
+from hazmon.reading import ReadingBatch
 from hazmon.regulator.gb18218 import GradingError
 from hazmon.startup import fingerprint
 from hazmon.storage.database import open_database
-from hazmon.storage.registry import RegistryError, upsert_site
+from hazmon.storage.registry import upsert_site
 
 log = logging.getLogger("hazmon.cluster.hub")
 
@@ -133,7 +133,7 @@ class BusSink:
                 )
             try:
                 summary = await upsert_site(conn, site)
-            except (RegistryError, GradingError) as e:
+            except GradingError as e:
                 raise SinkRefused(422, f"site cannot be registered: {site.id!r}: {e}") from None
             # recorded in the same transaction, once per change (base data are sent at every start)
             digest = fingerprint(site)

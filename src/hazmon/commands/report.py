@@ -130,7 +130,9 @@ def _compliance(args: argparse.Namespace) -> int:
                 sites.append(parse_site(doc, f"<site {s['id']} in the database>"))
             if not sites:
                 return None
-            keys = {tag_ref(r["site_id"], r["id"]): r["key"] for r in await conn.fetch("SELECT site_id, id, key FROM tags")}
+            keys = {
+                tag_ref(r["site_id"], r["id"]): r["key"] for r in await conn.fetch("SELECT site_id, id, key FROM tags")
+            }
             return await build_report(
                 conn,
                 sites,

@@ -73,19 +73,21 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def missing_responses(rule_set: RuleSet, sites: list[Site]) -> list[tuple[str, str]]:
-    """Alarms of high or critical priority (after precedence) whose rules give no ``response:``."""
+    """Alarms of high or critical priority (after precedence) whose rules give no ``response:``, by their
+    site-scoped ids (``<site>/<tag>:<condition>``, as the console asks for their response)."""
     index = TagIndex.from_sites(sites)
     compiled = compile_rules(rule_set, sites, index)
     urgent = {PRIORITY_CODES.index(Priority.CRITICAL), PRIORITY_CODES.index(Priority.HIGH)}
     out: list[tuple[str, str]] = []
     for site in sites:
         for tag in site.tags:
-            row = index.key(tag_ref(site.id, tag.id))
+            ref = tag_ref(site.id, tag.id)
+            row = index.key(ref)
             have = responses_for(rule_set, tag)
             for col, key in enumerate(COLUMNS):
                 code = int(compiled.priority[row, col])
                 if code in urgent and key not in have:
-                    out.append((f"{tag.id}:{compiled.condition_name(row, col)}", PRIORITY_CODES[code].value))
+                    out.append((f"{ref}:{compiled.condition_name(row, col)}", PRIORITY_CODES[code].value))
     return out
 
 

@@ -19,7 +19,6 @@ import numpy.typing as npt
 
 from hazmon.plant.site import Site
 
-
 SCOPE = "/"
 
 

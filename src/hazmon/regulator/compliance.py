@@ -168,7 +168,9 @@ def site_compliance(
     all_keys: list[int] = []
     all_periods: list[float] = []
     for inst in site.installations:
-        its = [(t, ref) for t in site.tags if installation_of_tag[ref := tag_ref(site.id, t.id)] == inst.id and ref in tags]
+        its = [
+            (t, ref) for t in site.tags if installation_of_tag[ref := tag_ref(site.id, t.id)] == inst.id and ref in tags
+        ]
         keys = np.array([tags.key(ref) for _, ref in its], dtype=np.int64)
         periods = np.array([t.period_s for t, _ in its], dtype=np.float64)
         all_keys += keys.tolist()

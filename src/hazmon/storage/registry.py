@@ -18,10 +18,6 @@ from hazmon.plant.tag import TagIndex, tag_ref
 from hazmon.regulator.gb18218 import grade
 
 
-class RegistryError(Exception):
-    pass
-
-
 @dataclass(frozen=True, slots=True)
 class LoadSummary:
     installations: int

@@ -87,11 +87,15 @@ const SHAPE = { critical: "■", high: "▲", medium: "◆", low: "●" };
 const UNACK = new Set(["active_unack", "rtn_unack"]);
 const RANGES = [["15 min", 900], ["1 h", 3600], ["8 h", 28800], ["24 h", 86400]];
 const PEN_COLOURS = ["#1f4e79", "#6b3fa0", "#2f7d32", "#8a5a00"];
-const alarms = new Map();
-const values = new Map(); // tag -> {ts_us, value, quality}
-const tags = new Map(); // tag id -> tag (with site)
-const equipment = new Map();
-const installations = new Map();
+// Tags, equipment and installations are named across sites by their reference "site/id": two sites
+// may both have a T101.LT. Operators see the id as its site names it, with the site's name beside it
+// when the console shows more than one site.
+const alarms = new Map(); // alarm id (site/tag:condition) -> alarm
+const values = new Map(); // tag reference -> {site, tag, ts_us, value, quality}
+const tags = new Map(); // tag reference -> tag (with site and ref)
+const equipment = new Map(); // equipment reference -> equipment (with site and ref)
+const installations = new Map(); // installation reference -> installation (with site and ref)
+const sites = new Map(); // site id -> site
 const audible = new Map(); // alarm id -> priority, new unacknowledged alarms not yet silenced
 const silenced = new Set(); // alarm ids silenced by the operator (until they alarm again)
 let ctx = null;
@@ -111,12 +115,34 @@ const hist = { offset: 0, limit: 50, next: null };
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 const fmt = (v) => (v === null || v === undefined ? "—" : Math.abs(v) >= 1000 ? Number(v).toFixed(0) : Number(v).toPrecision(4));
-const ownerOf = (a) => a.tag || a.alarm_id.slice(0, a.alarm_id.lastIndexOf(":"));
-const tagName = (id) => {
-  const tg = tags.get(id);
-  return tg ? (lang === "zh" ? tg.name_zh || tg.name : tg.name) : id;
-};
 const nameOf = (o) => (o ? (lang === "zh" ? o.name_zh || o.name : o.name) : "");
+const refOf = (site, id) => `${site}/${id}`;
+// the id within its site: "demo/T101.LT" -> "T101.LT", "demo/T101.LT:level.HH" -> "T101.LT:level.HH";
+// a system alarm ("hazmon.storage:comm.LOSS") has no site
+const localOf = (ref) => ref.slice(ref.indexOf("/") + 1);
+// a URL path of a site-scoped id: each segment encoded, the slashes kept
+const pathOf = (id) => id.split("/").map(encodeURIComponent).join("/");
+const tagRefOf = (a) => (a.tag && a.site ? refOf(a.site, a.tag) : null); // an alarm's (or value's) tag
+// what raised an alarm: its tag, a device ("site/gateway.device") or a component ("hazmon.storage")
+const ownerOf = (a) => tagRefOf(a) || a.alarm_id.slice(0, a.alarm_id.lastIndexOf(":"));
+const multiSite = () => !!ctx && ctx.sites.length > 1;
+const siteName = (id) => (sites.has(id) ? nameOf(sites.get(id)) : id || "");
+// the site's name, where the console shows more than one site ("" otherwise)
+const siteOf = (site) => (multiSite() && site ? siteName(site) : "");
+const alarmLabel = (a) => localOf(a.alarm_id); // "V101.GT1:gas.H", as its site names it
+const alarmTitle = (a) => { const s = siteOf(a.site); return s ? `${alarmLabel(a)} (${s})` : alarmLabel(a); };
+const siteBadge = (site) => { const s = siteOf(site); return s ? ` <span class="site" data-testid="site">${esc(s)}</span>` : ""; };
+const tagName = (ref) => {
+  const tg = tags.get(ref);
+  return tg ? nameOf(tg) : ref ? localOf(ref) : "";
+};
+const tagLabel = (ref) => { // a pen, a filter option: "T101.LT" or "T101.LT (north works)"
+  const tg = tags.get(ref);
+  if (!tg) return localOf(ref);
+  const s = siteOf(tg.site);
+  return s ? `${tg.id} (${s})` : tg.id;
+};
+const placeLabel = (o) => { const s = siteOf(o.site); return `${o.id} ${nameOf(o)}${s ? ` (${s})` : ""}`; };
 
 // ------------------------------------------------------------------ times, in the site's time zone
 const fmtCache = new Map();
@@ -220,8 +246,8 @@ function filtered() {
   const inst = $("f-inst").value, eq = $("f-equip").value, pr = $("f-prio").value, st = $("f-state").value;
   return [...alarms.values()].filter((a) => {
     const owner = tags.get(ownerOf(a));
-    if (inst && (!owner || equipment.get(owner.equipment)?.installation !== inst)) return false;
-    if (eq && (!owner || owner.equipment !== eq)) return false;
+    if (inst && (!owner || equipment.get(owner.equipmentRef)?.installationRef !== inst)) return false;
+    if (eq && (!owner || owner.equipmentRef !== eq)) return false;
     if (pr && a.priority !== pr) return false;
     return !(st && a.state !== st);
   });
@@ -234,8 +260,8 @@ const order = (a, b) =>
   a.alarm_id.localeCompare(b.alarm_id);
 
 function valueCell(a) {
-  const tg = tags.get(a.tag);
-  const v = values.get(a.tag);
+  const tg = tags.get(tagRefOf(a));
+  const v = values.get(tagRefOf(a));
   const unit = tg ? esc(tg.unit) : "";
   let live = "—";
   if (v) {
@@ -259,10 +285,10 @@ function stateCell(a) {
 const conditionKey = (c) => (c.startsWith("state.") ? "STATE" : c.slice(c.indexOf(".") + 1));
 // a latched alarm whose condition has cleared (by the live value) waits for an operator's reset
 function canReset(a) {
-  const tg = tags.get(a.tag);
+  const tg = tags.get(tagRefOf(a));
   const key = conditionKey(a.condition || "");
   if (!tg || !(tg.latched || []).includes(key) || !a.state.startsWith("active")) return false;
-  const v = values.get(a.tag);
+  const v = values.get(tagRefOf(a));
   if (!v || v.value === null || v.quality !== 0 || a.limit === null || a.limit === undefined) return false;
   if (key === "H" || key === "HH") return v.value < a.limit;
   if (key === "L" || key === "LL") return v.value > a.limit;
@@ -308,9 +334,10 @@ function render() {
   let lastInst = null;
   for (const a of rows) {
     const owner = tags.get(ownerOf(a));
-    const inst = owner ? equipment.get(owner.equipment)?.installation : null;
+    const inst = owner ? equipment.get(owner.equipmentRef)?.installationRef : null;
     if (group && inst !== lastInst) {
-      html += `<tr class="group"><td colspan="8">${esc(nameOf(installations.get(inst)) || inst || "—")}</td></tr>`;
+      const i = installations.get(inst);
+      html += `<tr class="group"><td colspan="8">${esc(i ? placeLabel(i) : "—")}</td></tr>`;
       lastInst = inst;
     }
     const activated = a.activated_at;
@@ -319,7 +346,7 @@ function render() {
       <td class="op"><input type="checkbox" data-check ${checked.has(a.alarm_id) ? "checked" : ""}></td>
       <td class="prio p-${esc(a.priority)}"><span class="shape">${SHAPE[a.priority] || ""}</span> ${esc(t(a.priority))}</td>
       <td title="${esc(fullTime(activated))}" data-testid="activated">${activatedCell(a)}</td>
-      <td class="alarm-name"><b>${esc(ownerOf(a))}</b> ${esc(a.condition)}<br><span class="dim small">${esc(tagName(ownerOf(a)))}</span></td>
+      <td class="alarm-name" data-testid="alarm-name"><b>${esc(localOf(ownerOf(a)))}</b> ${esc(a.condition)}${siteBadge(a.site)}<br><span class="dim small">${esc(tagName(ownerOf(a)))}</span></td>
       <td data-cell="value">${a.tag ? valueCell(a) : ""}</td>
       <td class="state" data-testid="state">${stateCell(a)}</td>
       <td class="small" title="${esc(fullTime(a.since))}" data-testid="changed">${clock(a.since)}${a.user ? `<br><span class="dim">${esc(a.user)}</span>` : ""}</td>
@@ -348,7 +375,7 @@ function renderDetail() {
   const a = alarms.get(selected);
   if (!a) { $("detail").classList.add("hidden"); return; }
   $("detail").classList.remove("hidden");
-  $("detail-title").textContent = `${a.alarm_id} — ${tagName(ownerOf(a))}`;
+  $("detail-title").textContent = `${alarmTitle(a)} — ${tagName(ownerOf(a))}`;
   const r = a.response;
   const local = (o) => (o ? (lang === "zh" ? o.zh || o.en : o.en || o.zh) : "");
   const resp = r
@@ -405,34 +432,37 @@ function drawLogLine(e, live) {
   const line = document.createElement("div");
   const act = TEXT[lang].actions_of?.[e.action] || e.action;
   line.title = fullTime(e.time);
-  line.textContent = `${clock(e.time)}  ${e.alarm_id}  ${act}: ${t(e.prev_state)} → ${t(e.state)}` +
+  line.textContent = `${clock(e.time)}  ${alarmTitle(e)}  ${act}: ${t(e.prev_state)} → ${t(e.state)}` +
     (e.user ? `  (${e.user}${e.comment ? `: ${e.comment}` : ""})` : "");
   if (live) $("log").prepend(line); else $("log").append(line);
   while ($("log").childElementCount > 300) $("log").lastChild.remove();
 }
 
+// the journal is read site by site (a token of several sites names one per request), newest first
+const newestFirst = (a, b) => b.ts_us - a.ts_us || (b.id ?? 0) - (a.id ?? 0);
 async function loadLog() {
   try {
-    const site = ctx.sites.length === 1 ? `&site=${encodeURIComponent(ctx.sites[0].id)}` : "";
-    const h = await api("GET", `/api/v1/alarms/history?limit=100${site}`);
+    const pages = await Promise.all(ctx.sites.map((s) =>
+      api("GET", `/api/v1/alarms/history?${new URLSearchParams({ limit: 100, site: s.id })}`)));
     $("log").innerHTML = "";
     logged.length = 0;
-    for (const e of h.events) logLine(e, false);
+    for (const e of pages.flatMap((h) => h.events).sort(newestFirst).slice(0, 100)) logLine(e, false);
   } catch (err) {
-    // a token of several sites must name one: the log then starts with the live events
+    // the journal cannot be read now: the log starts with the live events
   }
 }
 
-const responses = new Map();
+const responses = new Map(); // alarm id -> its response (a site's rules may differ from another's)
 async function loadResponse(a) {
-  const key = `${a.tag}:${a.condition}`;
+  const key = a.alarm_id;
   if (responses.has(key)) { a.response = responses.get(key); return; }
   responses.set(key, null);
   try {
-    const r = await api("GET", `/api/v1/console/response/${encodeURIComponent(a.alarm_id)}`);
+    const r = await api("GET", `/api/v1/console/response/${pathOf(a.alarm_id)}`);
     responses.set(key, r.response);
-    for (const x of alarms.values()) if (`${x.tag}:${x.condition}` === key) x.response = r.response;
-    if (selected === a.alarm_id) renderDetail();
+    const x = alarms.get(key);
+    if (x) x.response = r.response;
+    if (selected === key) renderDetail();
   } catch { /* no response text: shown as such */ }
 }
 
@@ -462,12 +492,13 @@ function shelveChoices() {
 
 async function act(id, action) {
   ensureAudio();
-  const path = `/api/v1/alarms/${encodeURIComponent(id)}`;
+  const path = `/api/v1/alarms/${pathOf(id)}`;
+  const title = alarms.has(id) ? alarmTitle(alarms.get(id)) : localOf(id);
   try {
     if (action === "ack") {
       await api("POST", `${path}/ack`, {});
     } else if (action === "shelve") {
-      const f = await dialog(t("shelve_title", id),
+      const f = await dialog(t("shelve_title", title),
         `<label>${t("duration")} <select name="duration_s" data-testid="shelve-duration">${shelveChoices()}</select></label>
          <label>${t("reason")} <input name="reason" required data-testid="dialog-reason"></label>`);
       if (!f || !f.reason.trim()) return;
@@ -475,7 +506,7 @@ async function act(id, action) {
     } else if (action === "unshelve") {
       await api("POST", `${path}/unshelve`, {});
     } else if (action === "oos") {
-      const f = await dialog(t("oos_title", id), `<label>${t("reason")} <input name="reason" required data-testid="dialog-reason"></label>`);
+      const f = await dialog(t("oos_title", title), `<label>${t("reason")} <input name="reason" required data-testid="dialog-reason"></label>`);
       if (!f || !f.reason.trim()) return;
       await api("POST", `${path}/out-of-service`, { reason: f.reason.trim() });
     } else if (action === "reset") {
@@ -483,7 +514,7 @@ async function act(id, action) {
     } else if (action === "rts") {
       await api("POST", `${path}/return-to-service`, {});
     } else if (action === "comment") {
-      const f = await dialog(t("comment_title", id), `<label>${t("text")} <input name="text" required data-testid="dialog-text"></label>`);
+      const f = await dialog(t("comment_title", title), `<label>${t("text")} <input name="text" required data-testid="dialog-text"></label>`);
       if (!f || !f.text.trim()) return;
       await api("POST", `${path}/comment`, { text: f.text.trim() });
     }
@@ -530,13 +561,13 @@ function connect() {
       setStatusText("live");
       alarms.clear();
       for (const a of msg.alarms) { alarms.set(a.alarm_id, a); if (a.tag) loadResponse(a); }
-      for (const v of msg.values) values.set(v.tag, v);
+      for (const v of msg.values) values.set(tagRefOf(v), v);
       // unacknowledged alarms standing when the page opens (or reconnects) sound too, unless silenced
       for (const a of alarms.values()) if (a.state === "active_unack" && !silenced.has(a.alarm_id)) audible.set(a.alarm_id, a.priority);
       annunciate();
       if (!trend.pens.length) {
-        const first = [...alarms.values()].sort(order).find((a) => a.tag && tags.get(a.tag)?.kind !== "state");
-        if (first) showTrend(first.tag);
+        const first = [...alarms.values()].sort(order).find((a) => tags.has(tagRefOf(a)) && tags.get(tagRefOf(a)).kind !== "state");
+        if (first) showTrend(tagRefOf(first));
       }
       render();
     } else if (msg.type === "events") {
@@ -545,8 +576,9 @@ function connect() {
     } else if (msg.type === "values") {
       dirty = true;
       for (const v of msg.values) {
-        values.set(v.tag, v);
-        const d = trend.data.get(v.tag);
+        const ref = tagRefOf(v);
+        values.set(ref, v);
+        const d = trend.data.get(ref);
         if (d && v.value !== null) d.push([v.ts_us / 1000, v.value]);
       }
     }
@@ -567,19 +599,19 @@ function connect() {
 }
 
 // ------------------------------------------------------------------ trend (SVG)
-async function loadPen(tag) {
+async function loadPen(ref) {
   const end = Date.now();
   const start = end - trend.range * 1000;
   const bucket = Math.max(1, Math.round(trend.range / 300));
   const q = `start=${new Date(start).toISOString()}&end=${new Date(end).toISOString()}&bucket=${bucket}s&agg=avg`;
-  const s = await api("GET", `/api/v1/tags/${encodeURIComponent(tag)}/series?${q}`);
-  trend.data.set(tag, s.points.filter((p) => p[1] !== null).map((p) => [Date.parse(p[0]), p[1]]));
+  const s = await api("GET", `/api/v1/tags/${pathOf(ref)}/series?${q}`);
+  trend.data.set(ref, s.points.filter((p) => p[1] !== null).map((p) => [Date.parse(p[0]), p[1]]));
 }
 
-async function showTrend(tag, add) {
-  if (!tags.has(tag)) return;
+async function showTrend(ref, add) { // ref: the tag's reference, site/tag
+  if (!tags.has(ref)) return;
   if (!add) trend.pens = [];
-  if (!trend.pens.includes(tag)) trend.pens.push(tag);
+  if (!trend.pens.includes(ref)) trend.pens.push(ref);
   trend.pens = trend.pens.slice(-4);
   await reloadTrend();
 }
@@ -604,9 +636,9 @@ function drawTrend() {
   const W = 640, H = 300, L = 52, R = 10, T = 10, B = 28;
   const end = Date.now(), start = end - trend.range * 1000;
   const first = tags.get(trend.pens[0]);
-  $("trend-title").textContent = first ? `— ${first.id} ${tagName(first.id)} (${first.unit})` : "";
+  $("trend-title").textContent = first ? `— ${tagLabel(first.ref)} ${nameOf(first)} (${first.unit})` : "";
   $("pens").innerHTML = trend.pens.map((p, i) =>
-    `<span style="border-color:${PEN_COLOURS[i]};color:${PEN_COLOURS[i]}">${esc(p)} ${esc(tags.get(p)?.unit || "")}<b data-remove="${esc(p)}">×</b></span>`).join("");
+    `<span style="border-color:${PEN_COLOURS[i]};color:${PEN_COLOURS[i]}" data-testid="pen-label">${esc(tagLabel(p))} ${esc(tags.get(p)?.unit || "")}<b data-remove="${esc(p)}">×</b></span>`).join("");
   const limits = first ? Object.entries(first.limits || {}) : [];
   let lo = Infinity, hi = -Infinity;
   for (const p of trend.pens) for (const [tt, v] of trend.data.get(p) || []) if (tt >= start) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
@@ -650,22 +682,22 @@ function drawTrend() {
 // ------------------------------------------------------------------ overview
 // communication health of an equipment: bad quality on a tag, or a tag whose data stopped (its
 // quality.STALE alarm); quiet tags of a subscription are not stale, so the age of a value is not used
-function commOf(tagIds) {
+function commOf(refs) {
   let seen = 0, lost = 0;
-  const ids = new Set(tagIds);
-  for (const id of tagIds) {
+  const ids = new Set(refs);
+  for (const id of refs) {
     const v = values.get(id);
     if (!v) continue;
     seen++;
     if (v.quality !== 0) lost++;
   }
   for (const a of alarms.values()) {
-    if (ids.has(a.tag) && a.condition === "quality.STALE" && a.state.startsWith("active")) lost++;
+    if (ids.has(tagRefOf(a)) && a.condition === "quality.STALE" && a.state.startsWith("active")) lost++;
   }
   return lost ? "comm_lost" : seen === 0 ? "no_data" : "comm_ok";
 }
 function shownValue(tg) {
-  const v = values.get(tg.id);
+  const v = values.get(tg.ref);
   if (!v || v.value === null) return "—";
   return tg.states ? esc(tg.states[String(Math.round(v.value))] ?? fmt(v.value)) : fmt(v.value);
 }
@@ -674,25 +706,26 @@ function renderOverview() {
   const worst = new Map();
   for (const a of alarms.values()) {
     if (!(a.state === "active_unack" || a.state === "active_ack" || a.state === "rtn_unack")) continue;
-    const eq = tags.get(ownerOf(a))?.equipment;
+    const eq = tags.get(ownerOf(a))?.equipmentRef;
     if (eq && (!worst.has(eq) || PRIORITY[a.priority] < PRIORITY[worst.get(eq).priority])) worst.set(eq, a);
   }
   let html = "";
   for (const site of ctx.sites) {
+    if (multiSite()) html += `<h2 class="site-title" data-testid="site-title">${esc(nameOf(site))}</h2>`;
     for (const inst of site.installations) {
       const eqs = site.equipment.filter((e) => e.installation === inst.id);
-      html += `<div class="inst" data-testid="installation"><h3>${esc(inst.id)} ${esc(nameOf(inst))}
+      html += `<div class="inst" data-testid="installation" data-site="${esc(site.id)}"><h3>${esc(inst.id)} ${esc(nameOf(inst))}
         <span class="grade" data-testid="grade">${esc(t("grade", inst.grade.level))}</span></h3><div class="equip-grid">`;
       for (const e of eqs) {
         const etags = site.tags.filter((tg) => tg.equipment === e.id);
         const key = [...etags.filter((tg) => tg.kind !== "state"), ...etags.filter((tg) => tg.kind === "state")].slice(0, 5);
-        const w = worst.get(e.id);
-        const comm = commOf(etags.map((tg) => tg.id));
-        html += `<div class="equip${w ? ` alarm-${w.priority}` : ""}" data-equipment="${esc(e.id)}" data-testid="equipment">
+        const w = worst.get(refOf(site.id, e.id));
+        const comm = commOf(etags.map((tg) => refOf(site.id, tg.id)));
+        html += `<div class="equip${w ? ` alarm-${w.priority}` : ""}" data-site="${esc(site.id)}" data-equipment="${esc(e.id)}" data-testid="equipment">
           <div class="name">${esc(e.id)} ${esc(nameOf(e))}</div>
           <div class="vals">${key.map((tg) =>
-            `<span title="${esc(tg.id)} ${esc(nameOf(tg))}">${esc(tg.kind === "gas" || tg.kind === "state" ? tg.id.split(".").pop() : t(`kind_${tg.kind}`))}: <b>${shownValue(tg)}</b> ${esc(tg.unit)}</span>`).join("<br>")}</div>
-          ${w ? `<div class="prio p-${esc(w.priority)}"><span class="shape">${SHAPE[w.priority]}</span> ${esc(w.alarm_id)}</div>` : ""}
+            `<span title="${esc(tg.id)} ${esc(nameOf(tg))}">${esc(tg.kind === "gas" || tg.kind === "state" ? tg.id.split(".").pop() : t(`kind_${tg.kind}`))}: <b>${shownValue(tags.get(refOf(site.id, tg.id)))}</b> ${esc(tg.unit)}</span>`).join("<br>")}</div>
+          ${w ? `<div class="prio p-${esc(w.priority)}"><span class="shape">${SHAPE[w.priority]}</span> ${esc(alarmLabel(w))}</div>` : ""}
           <div class="comm${comm === "comm_lost" ? " lost" : ""}">${t(comm)}</div></div>`;
       }
       html += "</div></div>";
@@ -709,14 +742,15 @@ async function loadHistory() {
   if ($("h-tag").value.trim()) q.set("tag", $("h-tag").value.trim());
   if ($("h-prio").value) q.set("priority", $("h-prio").value);
   if ($("h-user").value.trim()) q.set("user", $("h-user").value.trim());
-  if (ctx.sites.length === 1) q.set("site", ctx.sites[0].id);
+  const site = $("h-site").value || ctx.sites[0]?.id; // a token of several sites names one
+  if (site) q.set("site", site);
   try {
     const h = await api("GET", `/api/v1/alarms/history?${q}`);
     hist.next = h.next_offset;
     $("h-rows").innerHTML = h.events.map((e) => `<tr>
       <td title="${esc(fullTime(e.time))}">${clock(e.time, true)}</td>
       <td class="prio p-${esc(e.priority)}"><span class="shape">${SHAPE[e.priority] || ""}</span> ${esc(t(e.priority))}</td>
-      <td>${esc(e.alarm_id)}<br><span class="dim small">${esc(tagName(e.tag || ""))}</span></td>
+      <td>${esc(alarmLabel(e))}${siteBadge(e.site)}<br><span class="dim small">${esc(tagName(ownerOf(e)))}</span></td>
       <td>${esc(TEXT[lang].actions_of?.[e.action] || e.action)}</td><td>${esc(t(e.state))}</td>
       <td>${fmt(e.value)}</td><td>${esc(e.user || "")}</td><td>${esc(e.comment || "")}</td></tr>`).join("");
     $("h-page").textContent = t("page", hist.offset / hist.limit + 1);
@@ -732,17 +766,19 @@ async function loadHandover() {
   const hours = Math.min(24, Math.max(1, Number($("ho-hours").value) || 12));
   const end = Date.now(), start = end - hours * 3600e3;
   const events = [];
-  for (let offset = 0; offset !== null && events.length < 10000;) {
-    const q = new URLSearchParams({ start: new Date(start).toISOString(), end: new Date(end).toISOString(), limit: 1000, offset });
-    if (ctx.sites.length === 1) q.set("site", ctx.sites[0].id);
-    const h = await api("GET", `/api/v1/alarms/history?${q}`);
-    events.push(...h.events);
-    offset = h.next_offset;
+  for (const site of ctx.sites) { // site by site: a token of several sites names one per request
+    for (let offset = 0, n = 0; offset !== null && n < 10000;) {
+      const q = new URLSearchParams({ start: new Date(start).toISOString(), end: new Date(end).toISOString(), limit: 1000, offset, site: site.id });
+      const h = await api("GET", `/api/v1/alarms/history?${q}`);
+      events.push(...h.events);
+      n += h.events.length;
+      offset = h.next_offset;
+    }
   }
-  events.reverse(); // oldest first
+  events.sort(newestFirst).reverse(); // oldest first
   const list = (rows) => (rows.length
     ? `<table><tbody>${rows.map((a) => `<tr><td class="prio p-${esc(a.priority)}"><span class="shape">${SHAPE[a.priority]}</span> ${esc(t(a.priority))}</td>
-        <td>${esc(a.alarm_id)}</td><td>${esc(tagName(ownerOf(a)))}</td><td>${esc(t(a.state))}</td>
+        <td>${esc(alarmLabel(a))}${siteBadge(a.site)}</td><td>${esc(tagName(ownerOf(a)))}</td><td>${esc(t(a.state))}</td>
         <td>${esc(clock(a.activated_at || a.since, true))}</td><td>${esc(a.user || "")} ${esc(a.comment || "")}</td></tr>`).join("")}</tbody></table>`
     : `<p class="dim">${t("none")}</p>`);
   const current = [...alarms.values()].sort(order);
@@ -776,7 +812,7 @@ async function loadHandover() {
     <p class="small dim">${buckets.reduce((a, b) => a + b, 0)} · max ${Math.max(0, ...buckets)} / 10 min</p>
     <h3>${t("ho_ack")}</h3><p>${t("ho_ack_stats", ackTimes.length, q(0.5), q(0.9), ackTimes.length ? span(ackTimes[ackTimes.length - 1]) : "—")}</p>
     <h3>${t("ho_comments")} (${comments.length})</h3>
-    ${comments.length ? `<table><tbody>${comments.map((e) => `<tr><td>${clock(e.time, true)}</td><td>${esc(e.alarm_id)}</td>
+    ${comments.length ? `<table><tbody>${comments.map((e) => `<tr><td>${clock(e.time, true)}</td><td>${esc(alarmLabel(e))}${siteBadge(e.site)}</td>
       <td>${esc(TEXT[lang].actions_of?.[e.action] || e.action)}</td><td>${esc(e.user || "")}</td><td>${esc(e.comment)}</td></tr>`).join("")}</tbody></table>` : `<p class="dim">${t("none")}</p>`}`;
 }
 
@@ -790,20 +826,24 @@ function translate() {
   if (!ctx) return;
   $("log").innerHTML = "";
   for (const e of logged) drawLogLine(e, false);
-  const site = ctx.sites[0];
-  $("site-name").textContent = site ? nameOf(site) : "";
+  $("site-name").textContent = ctx.sites.map(nameOf).join(" · ");
   $("who").textContent = `${ctx.user.name} · ${t("role", ctx.user.role)}${ctx.user.may_operate ? "" : ` · ${t("readonly")}`}`;
   const opts = (sel, first, items) => {
     const v = sel.value;
     sel.innerHTML = `<option value="">${esc(first)}</option>` + items.map(([k, label]) => `<option value="${esc(k)}">${esc(label)}</option>`).join("");
     sel.value = v;
   };
-  opts($("f-inst"), t("all_inst"), [...installations.values()].map((i) => [i.id, `${i.id} ${nameOf(i)}`]));
-  opts($("f-equip"), t("all_equip"), [...equipment.values()].filter((e) => !$("f-inst").value || e.installation === $("f-inst").value).map((e) => [e.id, `${e.id} ${nameOf(e)}`]));
+  opts($("f-inst"), t("all_inst"), [...installations.values()].map((i) => [i.ref, placeLabel(i)]));
+  opts($("f-equip"), t("all_equip"), [...equipment.values()].filter((e) => !$("f-inst").value || e.installationRef === $("f-inst").value).map((e) => [e.ref, placeLabel(e)]));
   opts($("f-prio"), t("all_prio"), Object.keys(PRIORITY).map((p) => [p, t(p)]));
   opts($("h-prio"), t("all_prio"), Object.keys(PRIORITY).map((p) => [p, t(p)]));
   opts($("f-state"), t("all_state"), ["active_unack", "active_ack", "rtn_unack", "shelved", "suppressed", "out_of_service"].map((s) => [s, t(s)]));
-  opts($("pen-add"), t("add_pen"), [...tags.values()].filter((tg) => tg.kind !== "state").map((tg) => [tg.id, `${tg.id} ${nameOf(tg)}`]));
+  opts($("pen-add"), t("add_pen"), [...tags.values()].filter((tg) => tg.kind !== "state").map((tg) => [tg.ref, `${tagLabel(tg.ref)} ${nameOf(tg)}`]));
+  const hSite = $("h-site");
+  const chosen = hSite.value;
+  hSite.innerHTML = ctx.sites.map((s) => `<option value="${esc(s.id)}">${esc(nameOf(s))}</option>`).join("");
+  if (chosen) hSite.value = chosen;
+  hSite.classList.toggle("hidden", !multiSite());
   $("ranges").innerHTML = RANGES.map(([label, s]) => `<button data-range="${s}" class="${s === trend.range ? "on" : ""}">${label}</button>`).join(" ");
   render();
   drawTrend();
@@ -835,9 +875,14 @@ async function start() {
   }
   sessionStorage.setItem("hazmon-token", token);
   for (const s of ctx.sites) {
-    for (const i of s.installations) installations.set(i.id, i);
-    for (const e of s.equipment) equipment.set(e.id, e);
-    for (const tg of s.tags) tags.set(tg.id, { ...tg, site: s.id });
+    sites.set(s.id, s);
+    for (const i of s.installations) installations.set(refOf(s.id, i.id), { ...i, site: s.id, ref: refOf(s.id, i.id) });
+    for (const e of s.equipment) {
+      equipment.set(refOf(s.id, e.id), { ...e, site: s.id, ref: refOf(s.id, e.id), installationRef: refOf(s.id, e.installation) });
+    }
+    for (const tg of s.tags) {
+      tags.set(refOf(s.id, tg.id), { ...tg, site: s.id, ref: refOf(s.id, tg.id), equipmentRef: refOf(s.id, tg.equipment) });
+    }
   }
   const site = ctx.sites[0];
   if (site) tz = site.timezone || tz;
@@ -880,7 +925,8 @@ $("alarms").addEventListener("click", (ev) => {
   }
   selected = id;
   const a = alarms.get(id);
-  if (a?.tag && tags.get(a.tag)?.kind !== "state") showTrend(a.tag, ev.shiftKey);
+  const ref = a ? tagRefOf(a) : null;
+  if (ref && tags.has(ref) && tags.get(ref).kind !== "state") showTrend(ref, ev.shiftKey);
   render();
 });
 $("select-all").onchange = (ev) => {
@@ -905,14 +951,15 @@ $("pens").addEventListener("click", (ev) => {
 $("view-overview").addEventListener("click", (ev) => {
   const tile = ev.target.closest("[data-equipment]");
   if (!tile) return;
-  const e = equipment.get(tile.dataset.equipment);
-  $("f-inst").value = e.installation;
+  const e = equipment.get(refOf(tile.dataset.site, tile.dataset.equipment));
+  if (!e) return;
+  $("f-inst").value = e.installationRef;
   translate();
-  $("f-equip").value = e.id;
+  $("f-equip").value = e.ref;
   showTab("alarms");
   render();
-  const first = [...tags.values()].find((tg) => tg.equipment === e.id && tg.kind !== "state");
-  if (first) showTrend(first.id);
+  const first = [...tags.values()].find((tg) => tg.equipmentRef === e.ref && tg.kind !== "state");
+  if (first) showTrend(first.ref);
 });
 $("tabs").addEventListener("click", (ev) => { if (ev.target.dataset.tab) showTab(ev.target.dataset.tab); });
 $("h-form").onsubmit = (ev) => { ev.preventDefault(); hist.offset = 0; loadHistory(); };

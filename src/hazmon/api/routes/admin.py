@@ -13,7 +13,7 @@ from hazmon.api.edge import INT64_MAX, NoNul, find_nul
 from hazmon.auth import AuthError, Principal, Role, create_token, list_tokens, revoke_token
 from hazmon.errors import InvalidFile
 from hazmon.regulator.sitecheck import parse_graded_site
-from hazmon.storage.registry import RegistryError, upsert_site
+from hazmon.storage.registry import upsert_site
 from hazmon.storage.store import guarded
 
 router = APIRouter(tags=["admin"])
@@ -185,10 +185,7 @@ async def put_site(runtime: RuntimeDep, user: Configurer, site_id: str, body: di
             )
             return summary
 
-    try:
-        summary = await guarded(op, "load site")
-    except RegistryError as e:
-        raise HTTPException(409, str(e)) from None
+    summary = await guarded(op, "load site")
     return {"site": site.id, "summary": summary, "applies_to_running_engine": False}
 
 

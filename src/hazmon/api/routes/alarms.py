@@ -428,9 +428,12 @@ async def shelve(runtime: RuntimeDep, user: Operator, alarm_id: str, body: Shelv
         alarm_id = qualified_alarm(runtime, alarm_id, user.sees)
         try:
             snap = engine.get(alarm_id)
-            site = _place(runtime, snap.alarm_id, snap.tag_id).site
         except UnknownAlarm:
             site = None
+        else:  # an alarm outside the token's scope is refused as every action is (403), not audited
+            place = _place(runtime, snap.alarm_id, snap.tag_id)
+            _ensure_sees_alarm(user, place, alarm_id)
+            site = place.site
         await _audit_refusal(runtime, user, "shelve", alarm_id, site, 422, why, body.reason, body.duration_s)
         raise HTTPException(422, why)
     return _json(await _act(runtime, user, "shelve", alarm_id, comment=body.reason, duration_s=body.duration_s))

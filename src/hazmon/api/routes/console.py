@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, Response
 from hazmon.alarms.alarm import UnknownAlarm, split_alarm_id
 from hazmon.alarms.compiler import load_rules
 from hazmon.alarms.rules import COLUMNS, HH, LL, AlarmResponse, RuleSet, condition_key, responses_for
-from hazmon.api.deps import Reader, RuntimeDep, ensure_sees
+from hazmon.api.deps import Reader, RuntimeDep
 from hazmon.api.where import place_of, qualified_alarm
 from hazmon.auth import Permission
 from hazmon.errors import InvalidFile
@@ -179,7 +179,11 @@ async def alarm_response(runtime: RuntimeDep, user: Reader, alarm_id: str) -> di
         owner, condition = split_alarm_id(alarm_id)
     except UnknownAlarm:
         raise HTTPException(404, f"unknown alarm {alarm_id!r}") from None
-    ensure_sees(user, place_of(runtime, owner).site, f"alarm {alarm_id}")
+    place = place_of(runtime, owner)
+    if place.site is None and not place.affects:  # a name that is no tag or device here
+        raise HTTPException(404, f"unknown alarm {alarm_id!r}")
+    if not place.seen_by(user.sees):
+        raise HTTPException(403, f"alarm {alarm_id} is outside this token's scope")
     tag = _tag(runtime, owner)
     response = responses_for(_rule_set(runtime), tag).get(condition_key(condition)) if tag else None
     return {"alarm_id": alarm_id, "response": _response_json(response)}

@@ -95,7 +95,7 @@ def _subscription(runtime: Runtime, user: Principal, msg: dict[str, Any]) -> tup
     unknown = [t for t in tags if t not in where.places]
     if unknown:
         raise Refused(4404, f"unknown tag(s): {', '.join(unknown[:20])}")
-    hidden = [t for t in tags if not user.sees(where.places[t].site)]
+    hidden = [t for t in tags if not where.places[t].seen_by(user.sees)]  # a system alarm: the sites it affects
     if hidden:
         raise Refused(4403, f"tag(s) outside this token's scope: {', '.join(hidden[:20])}")
     sites: frozenset[str] | None
