@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,27 @@ async def _until(check: Any, timeout_s: float, what: str) -> Any:
             return got
         assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
         await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def _hub(
+    pg_url: str,
+    namespace: str,
+    tmp_path: Path,
+    credentials: dict[str, Credentials],
+    enterprises: dict[str, frozenset[str]] | None = None,
+) -> AsyncIterator[tuple[Bus, asyncpg.Pool, BusSink, httpx.AsyncClient]]:
+    """The hub's receiver feeding the bus and the database, and a client of it (in process)."""
+    bus = await Bus.connect(NATS_URL, namespace)
+    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)
+    try:
+        sink = BusSink(bus, pool, 4, JsonlSink(tmp_path / "received.jsonl"))
+        app = create_receiver(credentials, sink, enterprises)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
+            yield bus, pool, sink, client
+    finally:
+        await pool.close()
+        await bus.close()
 
 
 def _credentials_file(path: Path, enterprises: list[str] | None = None) -> Path:
@@ -217,53 +239,50 @@ async def test_the_hub_keeps_enterprises_apart(pg_url: str, tmp_path: Path, name
     site = load_site(SITE_FILE)
     other = "91320600MA1XK7Q216"  # another enterprise, bound to its own app id
     other_creds = Credentials("hz-320600-0001", b"other-secret", bytes.fromhex(KEY), bytes.fromhex(IV))
-    bus = await Bus.connect(NATS_URL, namespace)
-    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)
-    try:
-        sink = BusSink(bus, pool, 4, JsonlSink(tmp_path / "received.jsonl"))
-        app = create_receiver(
-            {APP: CREDS, other_creds.app_id: other_creds},
-            sink,
-            {APP: frozenset({USCC}), other_creds.app_id: frozenset()},
-        )
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
-            base = message("s1-000000000001", 1, "base", USCC, 0, base_data(site, [t.id for t in site.tags]))
-            r = await client.post(UPLINK_PATH, json=seal(CREDS, base))
-            assert r.status_code == 200 and r.json()["duplicate"] is False, r.text
-            # the same base data at the enterprise's next start: registered again, audited once
-            r = await client.post(UPLINK_PATH, json=seal(CREDS, {**base, "msg_id": "s1-000000000005", "seq": 5}))
-            assert r.status_code == 200 and r.json()["duplicate"] is False, r.text
-            async with pool.acquire() as conn:
-                loads = await conn.fetch("SELECT actor, detail FROM audit_log WHERE action = 'site.load'")
-            assert len(loads) == 1 and loads[0]["actor"] == f"hazmon hub (enterprise {USCC})", loads
-            # another enterprise's app id claims the demo enterprise's data
-            r = await client.post(UPLINK_PATH, json=seal(other_creds, {**base, "msg_id": "s2-000000000001"}))
-            assert r.status_code == 403 and "enterprise not issued" in r.json()["msg"]
-            # an unbound app id (the demo's, in another enterprise's name) sends a site of that other one
-            hijack = {**base, "msg_id": "s1-000000000002", "seq": 2, "enterprise_code": other}
-            hijack["data"] = {**base["data"], "enterprise": {"code": other, "name": "Other", "id": "other"}}
-            sink_open = create_receiver({APP: CREDS}, sink)
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sink_open), base_url="http://hub") as c2:
-                r = await c2.post(UPLINK_PATH, json=seal(CREDS, hijack))
-                assert r.status_code == 422 and "another enterprise's site" in r.json()["msg"], r.text
-                values = [{"tag_code": "V101.LT", "value": 1.0, "quality": "good", "ts": "2026-11-30T10:00:00.000Z"}]
-                rt = message("s1-000000000003", 3, "realtime", other, 0, {"site_code": site.id, "values": values})
-                r = await c2.post(UPLINK_PATH, json=seal(CREDS, rt))
-                assert r.status_code == 422 and "another enterprise" in r.json()["msg"]
-            nul = {**base, "msg_id": "s1-000000000006", "seq": 6}
-            nul["data"] = {**base["data"], "site": {**base["data"]["site"], "name": "tank\u0000farm"}}
-            r = await client.post(UPLINK_PATH, json=seal(CREDS, nul))
-            assert r.status_code == 422 and "cannot hold" in r.json()["msg"], r.text
-            bad = message("s1-000000000004", 4, "realtime", USCC, 0, {"site_code": site.id, "values": [{"x": 1}]})
-            r = await client.post(UPLINK_PATH, json=seal(CREDS, bad))
-            assert r.status_code == 400 and "malformed" in r.json()["msg"]
-            stats = (await client.get("/stats")).json()
-            assert stats["received"] == 2 and sum(stats["rejected_content"].values()) == 4, stats
-            assert stats["refused"] == {
-                "enterprise not issued": 1,
-                "a value the database cannot hold": 1,
-                "realtime": 1,
-            }
+    async with _hub(
+        pg_url,
+        namespace,
+        tmp_path,
+        {APP: CREDS, other_creds.app_id: other_creds},
+        {APP: frozenset({USCC}), other_creds.app_id: frozenset()},
+    ) as (bus, pool, sink, client):
+        base = message("s1-000000000001", 1, "base", USCC, 0, base_data(site, [t.id for t in site.tags]))
+        r = await client.post(UPLINK_PATH, json=seal(CREDS, base))
+        assert r.status_code == 200 and r.json()["duplicate"] is False, r.text
+        # the same base data at the enterprise's next start: registered again, audited once
+        r = await client.post(UPLINK_PATH, json=seal(CREDS, {**base, "msg_id": "s1-000000000005", "seq": 5}))
+        assert r.status_code == 200 and r.json()["duplicate"] is False, r.text
+        async with pool.acquire() as conn:
+            loads = await conn.fetch("SELECT actor, detail FROM audit_log WHERE action = 'site.load'")
+        assert len(loads) == 1 and loads[0]["actor"] == f"hazmon hub (enterprise {USCC})", loads
+        # another enterprise's app id claims the demo enterprise's data
+        r = await client.post(UPLINK_PATH, json=seal(other_creds, {**base, "msg_id": "s2-000000000001"}))
+        assert r.status_code == 403 and "enterprise not issued" in r.json()["msg"]
+        # an unbound app id (the demo's, in another enterprise's name) sends a site of that other one
+        hijack = {**base, "msg_id": "s1-000000000002", "seq": 2, "enterprise_code": other}
+        hijack["data"] = {**base["data"], "enterprise": {"code": other, "name": "Other", "id": "other"}}
+        sink_open = create_receiver({APP: CREDS}, sink)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sink_open), base_url="http://hub") as c2:
+            r = await c2.post(UPLINK_PATH, json=seal(CREDS, hijack))
+            assert r.status_code == 422 and "another enterprise's site" in r.json()["msg"], r.text
+            values = [{"tag_code": "V101.LT", "value": 1.0, "quality": "good", "ts": "2026-11-30T10:00:00.000Z"}]
+            rt = message("s1-000000000003", 3, "realtime", other, 0, {"site_code": site.id, "values": values})
+            r = await c2.post(UPLINK_PATH, json=seal(CREDS, rt))
+            assert r.status_code == 422 and "another enterprise" in r.json()["msg"]
+        nul = {**base, "msg_id": "s1-000000000006", "seq": 6}
+        nul["data"] = {**base["data"], "site": {**base["data"]["site"], "name": "tank\u0000farm"}}
+        r = await client.post(UPLINK_PATH, json=seal(CREDS, nul))
+        assert r.status_code == 422 and "site.name: contains a NUL character" in r.json()["msg"], r.text
+        bad = message("s1-000000000004", 4, "realtime", USCC, 0, {"site_code": site.id, "values": [{"x": 1}]})
+        r = await client.post(UPLINK_PATH, json=seal(CREDS, bad))
+        assert r.status_code == 400 and "malformed" in r.json()["msg"]
+        stats = (await client.get("/stats")).json()
+        assert stats["received"] == 2 and sum(stats["rejected_content"].values()) == 4, stats
+        assert stats["refused"] == {
+            "enterprise not issued": 1,
+            "base data do not make a valid site": 1,
+            "realtime": 1,
+        }
         async with pool.acquire() as conn:
             assert (
                 await conn.fetchval("SELECT e.uscc FROM sites s JOIN enterprises e ON e.id = s.enterprise_id") == USCC
@@ -278,9 +297,6 @@ async def test_the_hub_keeps_enterprises_apart(pg_url: str, tmp_path: Path, name
             r = await client.post(UPLINK_PATH, json=seal(CREDS, base))
             assert r.status_code == 503 and "cannot keep the message" in r.json()["msg"], r.text
             assert (await client.get("/stats")).json()["received"] == 0
-    finally:
-        await pool.close()
-        await bus.close()
 
 
 async def test_two_enterprises_with_the_same_tag_codes_are_both_registered_each_on_its_own_site(
@@ -304,41 +320,36 @@ async def test_two_enterprises_with_the_same_tag_codes_are_both_registered_each_
     sender = {demo.id: (CREDS, USCC, "s1"), north.id: (north_creds, north_uscc, "s2")}
     value = {demo.id: 3.0, north.id: 33.0}  # V101.GT1, %LEL: north-works has the leak
     ts_us = 1_780_000_000_000_000
-    bus = await Bus.connect(NATS_URL, namespace)
-    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)
-    try:
-        sink = BusSink(bus, pool, 4, JsonlSink(tmp_path / "received.jsonl"))
-        app = create_receiver(
-            {APP: CREDS, north_creds.app_id: north_creds},
-            sink,
-            {APP: frozenset({USCC}), north_creds.app_id: frozenset({north_uscc})},
-        )
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
-            for site in (demo, north):
-                creds, uscc, prefix = sender[site.id]
-                base = message(f"{prefix}-000000000001", 1, "base", uscc, 0, base_data(site, [t.id for t in site.tags]))
-                r = await client.post(UPLINK_PATH, json=seal(creds, base))
-                assert r.status_code == 200, r.text  # the second is no longer refused for its tag codes
-            for site in (demo, north):
-                creds, uscc, prefix = sender[site.id]
-                values = [{"tag": "V101.GT1", "ts_us": ts_us, "value": value[site.id], "quality": 0}]
-                rt = message(
-                    f"{prefix}-000000000002", 2, "realtime", uscc, 0, realtime_data(site.id, ts_us, values, {})
-                )
-                r = await client.post(UPLINK_PATH, json=seal(creds, rt))
-                assert r.status_code == 200, r.text
-                # the enterprise's engine names the alarm across sites; the message names it within its site
-                raised = AlarmEvent(
-                    f"{site.id}/V101.GT1:gas.H", f"{site.id}/V101.GT1", "gas.H", Priority.HIGH, AlarmState.NORMAL,
-                    AlarmState.ACTIVE_UNACK, value[site.id], 25.0, ts_us, None, None, "activate",
-                )  # fmt: skip
-                data = {"site_code": site.id, "events": [alarm_event(raised, "HI-01", "V-101")]}
-                alarm = message(f"{prefix}-000000000003", 3, "alarm", uscc, 0, data)
-                r = await client.post(UPLINK_PATH, json=seal(creds, alarm))
-                assert r.status_code == 200, r.text
-            stats = (await client.get("/stats")).json()
-            assert stats["received"] == 6 and stats["rejected_content"] == {} and stats["refused"] == {}, stats
-            assert stats["fed"]["sites"] == 2 and stats["fed"]["readings"] == 2 and stats["fed"]["events"] == 2
+    async with _hub(
+        pg_url,
+        namespace,
+        tmp_path,
+        {APP: CREDS, north_creds.app_id: north_creds},
+        {APP: frozenset({USCC}), north_creds.app_id: frozenset({north_uscc})},
+    ) as (bus, pool, _, client):
+        for site in (demo, north):
+            creds, uscc, prefix = sender[site.id]
+            base = message(f"{prefix}-000000000001", 1, "base", uscc, 0, base_data(site, [t.id for t in site.tags]))
+            r = await client.post(UPLINK_PATH, json=seal(creds, base))
+            assert r.status_code == 200, r.text  # the second is no longer refused for its tag codes
+        for site in (demo, north):
+            creds, uscc, prefix = sender[site.id]
+            values = [{"tag": "V101.GT1", "ts_us": ts_us, "value": value[site.id], "quality": 0}]
+            rt = message(f"{prefix}-000000000002", 2, "realtime", uscc, 0, realtime_data(site.id, ts_us, values, {}))
+            r = await client.post(UPLINK_PATH, json=seal(creds, rt))
+            assert r.status_code == 200, r.text
+            # the enterprise's engine names the alarm across sites; the message names it within its site
+            raised = AlarmEvent(
+                f"{site.id}/V101.GT1:gas.H", f"{site.id}/V101.GT1", "gas.H", Priority.HIGH, AlarmState.NORMAL,
+                AlarmState.ACTIVE_UNACK, value[site.id], 25.0, ts_us, None, None, "activate",
+            )  # fmt: skip
+            data = {"site_code": site.id, "events": [alarm_event(raised, "HI-01", "V-101")]}
+            alarm = message(f"{prefix}-000000000003", 3, "alarm", uscc, 0, data)
+            r = await client.post(UPLINK_PATH, json=seal(creds, alarm))
+            assert r.status_code == 200, r.text
+        stats = (await client.get("/stats")).json()
+        assert stats["received"] == 6 and stats["rejected_content"] == {} and stats["refused"] == {}, stats
+        assert stats["fed"]["sites"] == 2 and stats["fed"]["readings"] == 2 and stats["fed"]["events"] == 2
         async with pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT t.site_id, t.key, e.uscc FROM tags t JOIN sites s ON s.id = t.site_id "
@@ -376,9 +387,6 @@ async def test_two_enterprises_with_the_same_tag_codes_are_both_registered_each_
             }
             for site in (demo, north)
         }
-    finally:
-        await pool.close()
-        await bus.close()
 
 
 def test_a_dotted_site_id_is_one_subject_token() -> None:
@@ -431,34 +439,26 @@ async def test_no_uplinked_content_makes_the_hub_fail(pg_url: str, tmp_path: Pat
     from hazmon.regulator.uplink_payload import base_data, message
 
     site = load_site(SITE_FILE)
-    bus = await Bus.connect(NATS_URL, namespace)
-    pool = await asyncpg.create_pool(pg_url, min_size=1, max_size=2)
     seq = iter(range(2, 10_000))
-    try:
-        sink = BusSink(bus, pool, 4, JsonlSink(tmp_path / "received.jsonl"))
-        app = create_receiver({APP: CREDS}, sink)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub") as client:
-            base = message("f-000000000001", 1, "base", USCC, 0, base_data(site, [t.id for t in site.tags]))
-            assert (await client.post(UPLINK_PATH, json=seal(CREDS, base))).status_code == 200
+    async with _hub(pg_url, namespace, tmp_path, {APP: CREDS}) as (*_, client):
+        base = message("f-000000000001", 1, "base", USCC, 0, base_data(site, [t.id for t in site.tags]))
+        assert (await client.post(UPLINK_PATH, json=seal(CREDS, base))).status_code == 200
 
-            @given(
-                kind=st.sampled_from(["realtime", "alarm"]),
-                items=st.lists(VALUE | JSON, max_size=4),
-                site_code=st.just(site.id) | JSON,
-            )
-            @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-            def check(kind: str, items: list[Any], site_code: Any) -> None:
-                n = next(seq)
-                key = "values" if kind == "realtime" else "events"
-                msg = message(f"f-{n:012d}", n, kind, USCC, 0, {"site_code": site_code, key: items})
-                fut = asyncio.run_coroutine_threadsafe(client.post(UPLINK_PATH, json=seal(CREDS, msg)), loop)
-                r = fut.result(30)
-                assert r.status_code in (200, 400, 422), (r.status_code, r.text, msg)
+        @given(
+            kind=st.sampled_from(["realtime", "alarm"]),
+            items=st.lists(VALUE | JSON, max_size=4),
+            site_code=st.just(site.id) | JSON,
+        )
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        def check(kind: str, items: list[Any], site_code: Any) -> None:
+            n = next(seq)
+            key = "values" if kind == "realtime" else "events"
+            msg = message(f"f-{n:012d}", n, kind, USCC, 0, {"site_code": site_code, key: items})
+            fut = asyncio.run_coroutine_threadsafe(client.post(UPLINK_PATH, json=seal(CREDS, msg)), loop)
+            r = fut.result(30)
+            assert r.status_code in (200, 400, 422), (r.status_code, r.text, msg)
 
-            loop = asyncio.get_running_loop()
-            await asyncio.to_thread(check)
-            stats = (await client.get("/stats")).json()
-            assert stats["received"] + sum(stats["refused"].values()) == next(seq) - 1, stats
-    finally:
-        await pool.close()
-        await bus.close()
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(check)
+        stats = (await client.get("/stats")).json()
+        assert stats["received"] + sum(stats["refused"].values()) == next(seq) - 1, stats

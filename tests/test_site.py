@@ -77,6 +77,15 @@ def test_reference_errors_are_listed_with_paths(tmp_path: Path) -> None:
     assert "equipment[0].installation: unknown installation 'HI-99'" in text
 
 
+def test_a_nul_character_the_database_cannot_store_is_refused_with_its_path(tmp_path: Path) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["tags"][2]["name"] = "level\x00"
+        doc["site"]["name"] = "\x00"
+
+    problems = [str(p) for p in check_site(_with(tmp_path, "nul.yaml", edit))]
+    assert problems == ["site.name: contains a NUL character", "tags[2].name: contains a NUL character"]
+
+
 def test_cli_site_check_exit_codes(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "hazmon", "site", "check", str(DEMO)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr

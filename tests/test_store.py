@@ -191,11 +191,12 @@ async def test_site_load_is_whole_and_keeps_tag_keys(db: Database) -> None:
 
 
 async def test_site_load_failure_leaves_nothing(db: Database) -> None:
-    """A value the database cannot hold (a NUL in the last tag's name) fails the load: the enterprise,
-    the site, its installations, equipment and every tag written before it are rolled back."""
-    doc = load_site(ROOT / "sites" / "demo-tank-farm.yaml").model_dump(mode="json", by_alias=True, exclude_none=True)
-    doc["tags"][-1]["name"] = "bad\x00name"
-    site = parse_site(doc)
+    """A value the database cannot hold (a NUL in the last tag's name, past the site file's own check)
+    fails the load: the enterprise, the site, its installations, equipment and every tag written before
+    it are rolled back."""
+    site = load_site(ROOT / "sites" / "demo-tank-farm.yaml")
+    last = site.tags[-1].model_copy(update={"name": "bad\x00name"})
+    site = site.model_copy(update={"tags": [*site.tags[:-1], last]})
     async with db.pool.acquire() as conn:
         with pytest.raises(asyncpg.DataError):
             await upsert_site(conn, site)

@@ -271,9 +271,27 @@ def reference_problems(site: Site) -> list[Problem]:
     return problems
 
 
+def _nul_problems(data: Any, path: str = "") -> list[Problem]:
+    """Strings holding a NUL character, which the database cannot store (refused here, with a path)."""
+    if isinstance(data, str):
+        return [Problem(path or "<root>", "contains a NUL character")] if "\x00" in data else []
+    if isinstance(data, dict):
+        out = []
+        for k, v in data.items():
+            sub = f"{path}.{k}" if path else str(k)
+            out += _nul_problems(k, sub) + _nul_problems(v, sub)
+        return out
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _nul_problems(v, f"{path}[{i}]")]
+    return []
+
+
 def parse_site(data: Any, source: str = "<site>") -> Site:
     if not isinstance(data, dict):
         raise InvalidFile(source, [Problem("", "a site file must be a mapping")])
+    nul = _nul_problems(data)
+    if nul:
+        raise InvalidFile(source, nul)
     site = validate_model(Site, data, source)
     problems = reference_problems(site)
     if problems:
