@@ -218,6 +218,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from api_helpers import serve
     from hazmon.auth import Role, create_token
     from hazmon.config import load_settings
+    from hazmon.plant.tag import tag_ref
     from hazmon.reading import ReadingBatch, now_us
     from hazmon.runtime import run_runtime
 
@@ -238,7 +239,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 log_level="WARNING",
             )
             async with run_runtime(settings) as rt:
-                keys = np.array([rt.tags.key(t.id) for t in rt.sites[0].tags], dtype=np.int32)
+                keys = np.array([rt.tags.key(tag_ref(rt.sites[0].id, t.id)) for t in rt.sites[0].tags], dtype=np.int32)
                 n = len(keys)
                 await rt.ingest(ReadingBatch.from_columns(keys, np.full(n, now_us()), np.full(n, 30.0)))
                 assert rt.engine is not None

@@ -47,6 +47,7 @@ from e2e import _cpu_s, _stop, _tree  # noqa: E402
 from hazmon.cluster.bus import Bus, partition_of  # noqa: E402
 from hazmon.cluster.codec import encode_batch  # noqa: E402
 from hazmon.plant.site import parse_site  # noqa: E402
+from hazmon.plant.tag import tag_ref  # noqa: E402
 from hazmon.reading import ReadingBatch  # noqa: E402
 from hazmon.sim.scale import SCALE_RULES, _site  # noqa: E402
 from hazmon.storage.registry import tag_index, upsert_site  # noqa: E402
@@ -122,7 +123,7 @@ async def run(shards: int, args: argparse.Namespace, admin_url: str) -> dict[str
                 procs.append((f"writer-{i}", await _spawn("writer", env, log)))
             batches = []
             for s in sites:
-                keys = np.array([tags.key(t.id) for t in s.tags], dtype=np.int32)
+                keys = np.array([tags.key(tag_ref(s.id, t.id)) for t in s.tags], dtype=np.int32)
                 level = np.array([t.id.endswith(".LT") for t in s.tags])
                 batches.append((s.id, keys, level))
             latencies: list[float] = []

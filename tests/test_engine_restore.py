@@ -89,3 +89,51 @@ async def test_a_device_with_colons_in_its_id_is_journaled_under_its_site(pg_url
         assert (snap.state, snap.activated_us) == (AlarmState.ACTIVE_UNACK, T0)
     finally:
         await conn.close()
+
+
+def _state(engine: AlarmEngine) -> tuple[object, ...]:
+    """Everything an operator action may change, to compare engines exactly."""
+    c = engine.cells
+    words = tuple(getattr(c, w).tobytes() for w in ("cond", "pend", "alarm", "acked", "oos", "shelf", "masked"))
+    times = (c.run_ts.tobytes(), c.annunc_ts.tobytes(), c.activated_ts.tobytes())
+    return words, times, dict(engine._shelved_until), dict(engine._meta)
+
+
+def test_an_action_that_cannot_be_recorded_is_put_back_exactly() -> None:
+    """An engine shard undoes an action whose journal write failed (hazmon.cluster.ops): after
+    ``put_back`` the engine is as it was, bit for bit, and judges the next readings as one that never
+    had the action — for every action, from the states it applies to."""
+    pt, lt = "mini/TK.PT:pressure.HH", "mini/TK.LT:level.HH"
+    actions = [
+        ("acknowledge", pt, lambda e, t: e.acknowledge(pt, "li.wei", "seen", t)),
+        ("shelve", pt, lambda e, t: e.shelve(pt, "li.wei", "calibration", 600, t)),
+        ("remove_from_service", pt, lambda e, t: e.remove_from_service(pt, "li.wei", "repair", t)),
+        ("comment", lt, lambda e, t: e.comment(lt, "li.wei", "checked", t)),
+    ]
+    for name, alarm_id, act in actions:
+        engine, twin = AlarmEngine(RULES, max_shelve_s=3600), AlarmEngine(RULES, max_shelve_s=3600)
+        for e in (engine, twin):
+            e.process(batch(T0, TK_PT=5.0, TK_LT=5.0))
+            e.process(batch(T0 + S, TK_PT=9.7, TK_LT=5.0))  # PT HH unacknowledged
+        before = _state(engine)
+        saved = engine.save(alarm_id)
+        assert act(engine, T0 + 2 * S), name
+        assert _state(engine) != before, name
+        engine.put_back(saved)
+        assert _state(engine) == before, name
+        assert engine.get(alarm_id) == twin.get(alarm_id), name
+        for t, pv in ((3, 5.0), (4, 9.9), (5, 5.0)):
+            assert engine.process(batch(T0 + t * S, TK_PT=pv)) == twin.process(batch(T0 + t * S, TK_PT=pv)), name
+    # from shelved and out of service: unshelve and return to service are put back too
+    for masked, undo in (("shelve", "unshelve"), ("remove_from_service", "return_to_service")):
+        engine = AlarmEngine(RULES, max_shelve_s=3600)
+        engine.process(batch(T0, TK_PT=9.7))
+        if masked == "shelve":
+            engine.shelve(pt, "li.wei", "calibration", 600, T0 + S)
+        else:
+            engine.remove_from_service(pt, "li.wei", "repair", T0 + S)
+        before = _state(engine)
+        saved = engine.save(pt)
+        getattr(engine, undo)(pt, "li.wei", None, T0 + 2 * S)
+        engine.put_back(saved)
+        assert _state(engine) == before, undo

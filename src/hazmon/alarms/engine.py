@@ -30,7 +30,7 @@ tests/isa182_reference.py is written from that text, not from this code):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +71,21 @@ U16 = npt.NDArray[np.uint16]
 Pairs = tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], I64]
 _LOUD_BITS = column_bits(HH, H, L, LL, STATE, OUT_OF_RANGE, BAD, STALE)
 _NEVER = np.iinfo(np.int64).max
+
+
+_SAVED_WORDS = ("cond", "pend", "alarm", "acked", "oos", "shelf")  # what an operator action may change
+
+
+@dataclass(frozen=True, slots=True)
+class SavedAlarm:
+    """An alarm's cell as ``AlarmEngine.save`` copied it."""
+
+    row: int
+    col: int
+    bits: tuple[bool, ...]  # _SAVED_WORDS
+    times: tuple[int, int, int]  # run_ts, annunc_ts, activated_ts
+    shelved_until: int | None
+    meta: tuple[int, str | None, str | None] | None
 
 
 class AlarmEngine:
@@ -604,6 +619,33 @@ class AlarmEngine:
             user=user,
             comment=comment,
         )
+
+    def save(self, alarm_id: str) -> SavedAlarm:
+        """One alarm's every flag and time, exactly, for ``put_back``: an operator action applied while
+        its record is written is undone with it when the record fails (``hazmon.cluster.ops``)."""
+        r, col = self._locate(alarm_id)
+        c, b = self.cells, 1 << col
+        bits = tuple(bool(int(getattr(c, w)[r]) & b) for w in _SAVED_WORDS)
+        times = (int(c.run_ts[r, col]), int(c.annunc_ts[r, col]), int(c.activated_ts[r, col]))
+        return SavedAlarm(r, col, bits, times, self._shelved_until.get((r, col)), self._meta.get((r, col)))
+
+    def put_back(self, saved: SavedAlarm) -> None:
+        """The alarm exactly as ``save`` found it: no event, and nothing else changed."""
+        r, col, c = saved.row, saved.col, self.cells
+        b = np.uint16(1 << col)
+        for word, on in zip(_SAVED_WORDS, saved.bits, strict=True):
+            arr = getattr(c, word)
+            arr[r] = (arr[r] | b) if on else (arr[r] & ~b)
+        c.run_ts[r, col], c.annunc_ts[r, col], c.activated_ts[r, col] = saved.times
+        if saved.shelved_until is None:
+            self._shelved_until.pop((r, col), None)
+        else:
+            self._shelved_until[(r, col)] = saved.shelved_until
+        if saved.meta is None:
+            self._meta.pop((r, col), None)
+        else:
+            self._meta[(r, col)] = saved.meta
+        c.masked[r] = c.oos[r] | c.shelf[r] | c.supd[r] | c.supc[r]
 
     def restore(self, snapshots: Sequence[AlarmSnapshot]) -> int:
         """Rebuild alarm states saved before a restart (no events). Returns how many were restored.

@@ -160,12 +160,13 @@ async def serve_operation(
     async with lock:  # one batch, tick or action at a time through the engine and the journal
         try:
             before = engine.get(alarm_id)
+            saved = engine.save(alarm_id)  # exactly as it is: put back if the action cannot be recorded
         except UnknownAlarm:
             return {"error": "unknown", "detail": f"unknown alarm {alarm_id!r}"}
         applied = False
         try:
             # the transaction is open before the engine changes: a database that is away refuses the
-            # action before it is applied; one lost at the commit has it undone (engine.restore)
+            # action before it is applied; one lost at the commit has it undone (engine.put_back)
             async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
                 try:
                     events = apply_action(engine, action, alarm_id, actor["name"], comment, duration_s, now_us())
@@ -195,7 +196,7 @@ async def serve_operation(
                 )
         except Exception as e:  # not recorded: not applied
             if applied:
-                engine.restore([before])
+                engine.put_back(saved)
             log.warning(
                 "engine shard: %s of %s by %s not recorded, not applied: %s", action, alarm_id, actor["name"], e
             )
