@@ -102,3 +102,21 @@ class ReadingBatch:
     def take(self, index: npt.NDArray[np.bool_] | npt.NDArray[np.intp] | slice) -> ReadingBatch:
         """A new batch holding the selected rows (boolean mask or integer index)."""
         return ReadingBatch(self.tag[index], self.ts[index], self.value[index], self.quality[index])
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """A gateway's device talks to its PLC or server (``ok``) or not, as the gateway saw it at ``ts_us``.
+    ``owner``: its site-scoped name (``site/gateway.device``); ``keys``: the tags it delivers;
+    ``refresh``: it reports by exception (an OPC UA subscription), so while it is up its quiet tags
+    are not stale."""
+
+    site: str
+    owner: str
+    keys: tuple[int, ...]
+    ok: bool
+    ts_us: int
+    refresh: bool = False
+
+    def msg_id(self) -> str:
+        return f"{self.owner}|{self.ts_us}|{int(self.ok)}"

@@ -47,7 +47,7 @@ from hazmon.live import AlarmListView, LiveHub, set_site_timezone
 from hazmon.plant.directory import Directory, build_directory
 from hazmon.plant.site import Site
 from hazmon.plant.tag import TagIndex, tag_ref
-from hazmon.reading import ReadingBatch, now_us
+from hazmon.reading import DeviceStatus, ReadingBatch, now_us
 from hazmon.recorder import JOURNAL_OWNER, QUEUED, AlarmRecorder, RecordNotPossible, legacy_refs
 from hazmon.regulator.uplink import UPLINK_OWNER, Uplink
 from hazmon.storage.database import Database, open_database
@@ -135,6 +135,7 @@ class Runtime:
     stats: PipelineStats = field(default_factory=PipelineStats)
     site_of: dict[str, str] = field(default_factory=dict)  # tag or device reference (site/id) -> site id
     _device_ok: dict[str, bool] = field(default_factory=dict)
+    _device_published: dict[str, bool] = field(default_factory=dict)  # gateway role: what the shards were told
     _dropped_seen: int = 0
     # gateways that report changes only (OPC UA subscriptions): gateway id -> its tag keys
     _by_exception: dict[str, npt.NDArray[np.int32]] = field(default_factory=dict)
@@ -158,6 +159,9 @@ class Runtime:
     alarm_view: AlarmListView | None = None
     # set by `hazmon serve --role gateway`: batches go to the message bus instead of engine and store
     publisher: Callable[[ReadingBatch], Awaitable[None]] | None = None
+    # and so do the devices' communication states, for the engine shard of their site (each one when
+    # first seen and at every change; a report-by-exception device's at every tick while it is up)
+    device_publisher: Callable[[DeviceStatus], Awaitable[None]] | None = None
     # set by `hazmon serve --role api`: operator actions go to the engine shard owning the alarm's site,
     # called as ``act`` is (and raising as it does); ``engine`` is then a mirror of the shards' alarms
     remote_act: Callable[..., Awaitable[ActionResult]] | None = None
@@ -371,6 +375,8 @@ class Runtime:
         while True:
             await asyncio.sleep(TICK_S)
             if self.engine is None:
+                if self.device_publisher is not None:
+                    await self._publish_devices(self.device_publisher, now_us())
                 continue
             now = now_us()
             events: list[AlarmEvent] = []
@@ -405,6 +411,29 @@ class Runtime:
             events += self.engine.tick(now)
             if events:
                 self._record(events)
+
+    async def _publish_devices(self, publish: Callable[[DeviceStatus], Awaitable[None]], now: int) -> None:
+        """The gateway role's devices to the engine shards: a state not yet published (the first one seen,
+        a change, one the bus did not take) goes now; a live report-by-exception device's every tick."""
+        for gw in self.gateways:
+            site = self.gateway_configs[gw.id].site
+            keys_of = gw.devices()
+            refresh = gw.id in self._by_exception
+            for device, health in gw.health().devices.items():
+                ok = health.connected and not health.stale
+                owner = device_alarm_owner(site, gw.id, device)
+                if self._device_published.get(owner) == ok and not (ok and refresh):
+                    continue
+                keys = keys_of.get(device, np.zeros(0, np.int32))
+                status = DeviceStatus(site, owner, tuple(int(k) for k in keys), ok, now, refresh)
+                try:
+                    await publish(status)
+                except Exception as e:  # the bus is away: the next tick tries again
+                    log.warning("%s: communication state not published (%s); retrying", owner, e)
+                    continue
+                if self._device_published.get(owner) != ok:
+                    log.log(logging.INFO if ok else logging.WARNING, "%s: %s", owner, "up" if ok else "lost")
+                self._device_published[owner] = ok
 
     def _device_state(self, owner: str, ok: bool, now: int) -> list[AlarmEvent]:
         """Tell the engine when a device's communication state changes (one alarm per device)."""

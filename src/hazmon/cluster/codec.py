@@ -8,18 +8,25 @@ Layout (all little-endian)::
 
 ``decode_batch`` checks the magic, the version and the length, and raises ``CodecError`` with what is
 wrong: a malformed message is counted and set aside by the consumer, never half-read.
+
+A gateway process also tells the engine shards how its devices communicate, in the same partition as
+the device's readings (so a shard sees a loss and the readings around it in order): ``DeviceStatus``,
+``b"HZDS"`` then a JSON object. ``decode_message`` reads either kind.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 import uuid
+from typing import Any
 
 import numpy as np
 
-from hazmon.reading import ReadingBatch
+from hazmon.reading import DeviceStatus, ReadingBatch
 
 MAGIC = b"HZRB"
+DEVICE_MAGIC = b"HZDS"
 VERSION = 1
 _HEADER = struct.Struct("<4sBBHI16s")
 HEADER_BYTES = _HEADER.size  # 28
@@ -64,3 +71,41 @@ def decode_batch(data: bytes | bytearray | memoryview) -> ReadingBatch:
     o += 8 * n
     quality = np.frombuffer(buf, "u1", n, o).astype(np.uint8)
     return ReadingBatch(tag, ts, value, quality, uuid.UUID(bytes=bytes(raw_id)))
+
+
+def encode_device_status(status: DeviceStatus) -> bytes:
+    doc = {
+        "site": status.site,
+        "owner": status.owner,
+        "keys": list(status.keys),
+        "ok": status.ok,
+        "ts_us": status.ts_us,
+        "refresh": status.refresh,
+    }
+    return DEVICE_MAGIC + json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _device_status(data: bytes) -> DeviceStatus:
+    try:
+        d: Any = json.loads(data[len(DEVICE_MAGIC) :])
+        status = DeviceStatus(
+            site=d["site"],
+            owner=d["owner"],
+            keys=tuple(int(k) for k in d["keys"]),
+            ok=d["ok"],
+            ts_us=int(d["ts_us"]),
+            refresh=bool(d.get("refresh", False)),
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise CodecError(f"device status: {type(e).__name__}: {e}") from None
+    if not (isinstance(status.site, str) and isinstance(status.owner, str) and isinstance(status.ok, bool)):
+        raise CodecError("device status: site and owner are strings, ok a boolean")
+    return status
+
+
+def decode_message(data: bytes | bytearray | memoryview) -> ReadingBatch | DeviceStatus:
+    """A message of the readings stream: a reading batch or a device status (``CodecError`` otherwise)."""
+    raw = bytes(data[: len(DEVICE_MAGIC)])
+    if raw == DEVICE_MAGIC:
+        return _device_status(bytes(data))
+    return decode_batch(data)

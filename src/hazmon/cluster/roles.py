@@ -29,22 +29,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from nats.errors import Error as NatsError
 
 from hazmon import startup
 from hazmon.alarms import journal
 from hazmon.alarms.alarm import AlarmEvent, split_alarm_id
 from hazmon.alarms.compiler import compile_rules, load_rules
-from hazmon.alarms.engine import AlarmEngine
+from hazmon.alarms.engine import COMM_LOSS, AlarmEngine
 from hazmon.backoff import Backoff, BackoffConfig
 from hazmon.cluster.bus import ENGINE_ACK_WAIT_S, WRITER_ACK_WAIT_S, Bus, partition_of
-from hazmon.cluster.codec import CodecError, decode_batch, encode_batch
+from hazmon.cluster.codec import (
+    CodecError,
+    decode_message,
+    encode_batch,
+    encode_device_status,
+)
 from hazmon.cluster.ops import event_to_dict, serve_operation
 from hazmon.config import Settings
 from hazmon.errors import InvalidFile
 from hazmon.plant.site import Site
-from hazmon.plant.tag import tag_ref
-from hazmon.reading import ReadingBatch, now_us
+from hazmon.plant.tag import site_of_ref, tag_ref
+from hazmon.reading import DeviceStatus, ReadingBatch, now_us
 from hazmon.regulator.gb18218 import GradingError
 from hazmon.regulator.sitecheck import load_graded_site
 from hazmon.storage.database import open_database
@@ -150,11 +156,23 @@ def bus_publisher(bus: Bus, site_of_key: dict[int, str], partitions: int) -> Any
     return publish
 
 
-async def _decoded(msg: Any, stats: StageStats, stage: str) -> ReadingBatch | None:
-    """The batch a message carries; None for a malformed one, which is counted, logged and terminated
-    (never redelivered: it would fail the same way)."""
+def device_publisher(bus: Bus, partitions: int) -> Any:
+    """``Runtime.device_publisher`` for the gateway role: a device's communication state goes to its site's
+    partition, beside its readings, for the engine shard that owns the site (which raises and clears its
+    ``comm.LOSS`` alarm). A failure is the caller's: the clock tries again at its next tick."""
+
+    async def publish(status: DeviceStatus) -> None:
+        subject = bus.subjects.readings(partition_of(status.site, partitions))
+        await bus.publish(subject, encode_device_status(status), status.msg_id())
+
+    return publish
+
+
+async def _decoded(msg: Any, stats: StageStats, stage: str) -> ReadingBatch | DeviceStatus | None:
+    """The batch (or device status) a message carries; None for a malformed one, which is counted, logged
+    and terminated (never redelivered: it would fail the same way)."""
     try:
-        return decode_batch(msg.data)
+        return decode_message(msg.data)
     except CodecError as e:
         stats.reject("undecodable")
         log.error("%s: message %s set aside: %s", stage, msg.metadata.sequence.stream, e)
@@ -183,7 +201,9 @@ async def run_writer(settings: Settings, bus: Bus, stop: asyncio.Event, stats: S
                     continue
                 for msg in msgs:
                     batch = await _decoded(msg, stats, "writer")
-                    if batch is None:
+                    if not isinstance(batch, ReadingBatch):  # malformed (set aside), or a device status
+                        if batch is not None:
+                            await msg.ack()  # the engine shards' business, not the store's
                         continue
                     try:
                         await store.write(batch)
@@ -222,8 +242,13 @@ async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, st
         # rule files are checked against every site, compiled for this shard's: a tag of another shard
         # never goes stale here for want of readings it never gets
         engine = AlarmEngine(compile_rules(config.rules, mine, tags))
+        mine_ids = {s.id for s in mine}
         async with db.pool.acquire() as conn:
-            current = [a for a in await journal.load_current(conn) if _owner(a.alarm_id, a.tag_id) in site_of]
+            current = [a for a in await journal.load_current(conn) if site_of_ref(a.alarm_id) in mine_ids]
+        for a in current:  # a device lost before the restart: known again (its tags come with its next status)
+            owner = _owner(a.alarm_id, a.tag_id)
+            if a.condition == COMM_LOSS and owner not in site_of:
+                engine.register_device(owner, [])
         restored = engine.restore(current)
         log.info(
             "engine shard %s: partitions %s, sites %s, %d alarms restored",
@@ -234,9 +259,20 @@ async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, st
         )
         lock = asyncio.Lock()  # one batch (or tick) at a time through the engine and the journal
 
+        def device_changed(status: DeviceStatus) -> list[AlarmEvent]:
+            """A gateway process saw a device's communication change (``device_publisher``): its
+            ``comm.LOSS`` alarm follows, and its tags are suppressed while it is lost, as in one process."""
+            if site_of_ref(status.owner) != status.site or status.site not in mine_ids:
+                stats.reject("device status of another shard's site")
+                return []
+            engine.register_device(status.owner, [k for k in status.keys if 0 <= k < engine.n_tags])
+            if status.ok and status.refresh:  # a live subscription: its quiet tags are not stale
+                engine.refresh_stale(np.asarray(status.keys, np.int32), status.ts_us)
+            return engine.set_device_comm(status.owner, status.ok, status.ts_us)
+
         async def publish(events: list[AlarmEvent]) -> None:
             for e in events:
-                site = site_of.get(_owner(e.alarm_id, e.tag_id))
+                site = site_of.get(_owner(e.alarm_id, e.tag_id)) or site_of_ref(e.alarm_id)
                 await bus.publish(bus.subjects.events(site or "_system"), event_json(e, site), event_msg_id(e))
 
         async def record(events: list[AlarmEvent]) -> None:
@@ -259,6 +295,13 @@ async def run_engine_shard(settings: Settings, bus: Bus, stop: asyncio.Event, st
                 for msg in msgs:
                     batch = await _decoded(msg, stats, f"engine partition {partition}")
                     if batch is None:
+                        continue
+                    if isinstance(batch, DeviceStatus):
+                        async with lock:
+                            events = device_changed(batch)
+                            if events:
+                                await record(events)
+                        await msg.ack()
                         continue
                     async with lock:
                         events = engine.process(batch)

@@ -110,9 +110,10 @@ async def serve_forever(
             stack.push_async_callback(bus.close)
         runtime = await stack.enter_async_context(runtime_context)
         if bus is not None and role == "gateway":
-            from hazmon.cluster.roles import bus_publisher, sites_by_key
+            from hazmon.cluster.roles import bus_publisher, device_publisher, sites_by_key
 
             runtime.publisher = bus_publisher(bus, sites_by_key(runtime.sites, runtime.tags), settings.partitions)
+            runtime.device_publisher = device_publisher(bus, settings.partitions)
         if banner:
             from hazmon.auth import ensure_demo_token
 
