@@ -8,11 +8,14 @@ Real NATS JetStream, real PostgreSQL, a real Modbus TCP connection refused by a 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import NATS_URL
 from hazmon.cluster.bus import Bus
@@ -56,6 +59,36 @@ def test_a_device_status_goes_over_the_wire_whole_and_garbage_is_refused() -> No
         except CodecError:
             continue
         raise AssertionError(f"{bad!r} was decoded")
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=6),
+    max_leaves=20,
+)
+FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "site": JSON | st.text(max_size=10),
+        "owner": JSON | st.text(max_size=10),
+        "keys": JSON | st.lists(st.integers() | st.floats() | st.booleans(), max_size=3),
+        "ok": JSON | st.booleans(),
+        "ts_us": JSON | st.integers() | st.floats(),
+        "refresh": JSON,
+    },
+)
+
+
+@given(body=st.binary(max_size=200) | FIELDS.map(lambda d: json.dumps(d).encode()))
+@settings(max_examples=500, deadline=None)
+def test_whatever_follows_the_device_magic_is_a_status_or_a_codec_error(body: bytes) -> None:
+    """The shard's consumer sets aside what it cannot read (CodecError): no other exception may escape."""
+    try:
+        status = decode_message(b"HZDS" + body)
+    except CodecError:
+        return
+    assert isinstance(status, DeviceStatus) and isinstance(status.owner, str) and isinstance(status.ok, bool)
+    assert all(isinstance(k, int) for k in status.keys)
 
 
 async def test_a_plc_lost_by_a_gateway_process_is_alarmed_by_the_engine_shard_and_survives_its_restart(

@@ -88,19 +88,21 @@ def encode_device_status(status: DeviceStatus) -> bytes:
 def _device_status(data: bytes) -> DeviceStatus:
     try:
         d: Any = json.loads(data[len(DEVICE_MAGIC) :])
-        status = DeviceStatus(
-            site=d["site"],
-            owner=d["owner"],
-            keys=tuple(int(k) for k in d["keys"]),
-            ok=d["ok"],
-            ts_us=int(d["ts_us"]),
-            refresh=bool(d.get("refresh", False)),
-        )
-    except (ValueError, KeyError, TypeError) as e:
-        raise CodecError(f"device status: {type(e).__name__}: {e}") from None
-    if not (isinstance(status.site, str) and isinstance(status.owner, str) and isinstance(status.ok, bool)):
-        raise CodecError("device status: site and owner are strings, ok a boolean")
-    return status
+    except (ValueError, RecursionError) as e:
+        raise CodecError(f"device status: not JSON: {e}") from None
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(d, dict):
+        raise CodecError("device status: not a JSON object")
+    site, owner, keys, ok, ts, refresh = (d.get(k) for k in ("site", "owner", "keys", "ok", "ts_us", "refresh"))
+    if not (isinstance(site, str) and isinstance(owner, str) and isinstance(ok, bool) and is_int(ts)):
+        raise CodecError("device status: site and owner are strings, ok a boolean, ts_us an integer")
+    if not (isinstance(keys, list) and all(is_int(k) for k in keys)):
+        raise CodecError("device status: keys is a list of integers")
+    assert isinstance(ts, int)  # is_int(ts), for the type checker
+    return DeviceStatus(site, owner, tuple(keys), ok, ts, refresh is True)
 
 
 def decode_message(data: bytes | bytearray | memoryview) -> ReadingBatch | DeviceStatus:
