@@ -9,9 +9,6 @@ and its plant in the console; the demo enterprise's token sees none of it.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -28,17 +25,10 @@ from hazmon.config import load_settings
 from hazmon.plant.site import load_site
 from hazmon.reading import now_us
 from hazmon.storage.registry import upsert_site
+from test_cluster import _until
 from test_site_scoped_ids import NORTH, _twin_site
 
 GAS = "V101.GT1"
-
-
-async def _until(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def test_an_api_instance_serves_the_sites_the_hub_registers(pg_url: str, tmp_path: Path, namespace: str) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -33,6 +31,7 @@ from hazmon.gateways.config import load_gateway_config
 from hazmon.plant.site import load_site
 from hazmon.reading import DeviceStatus, now_us
 from hazmon.runtime import run_runtime
+from test_cluster import _until
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE_FILE = ROOT / "sites" / "demo-tank-farm.yaml"
@@ -40,14 +39,6 @@ SITE = "demo-tank-farm"
 RULES = [ROOT / "alarm_rules" / n for n in ("gas-detectors.yaml", "process-defaults.yaml", "demo-tank-farm.yaml")]
 PLC = f"{SITE}/demo-modbus.PLC-NH3"
 LOSS = f"{PLC}:comm.LOSS"
-
-
-async def _until(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def test_a_device_status_goes_over_the_wire_whole_and_garbage_is_refused() -> None:
