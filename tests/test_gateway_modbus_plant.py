@@ -19,7 +19,7 @@ from gateway_helpers import Collector, free_port, wait_for
 from hazmon.errors import InvalidFile
 from hazmon.gateways import open_gateway
 from hazmon.gateways.config import ModbusDevice, ModbusGateway, parse_gateway_config
-from hazmon.gateways.modbus import ModbusGatewayImpl
+from hazmon.gateways.modbus import ModbusGatewayImpl, _TcpLink
 from hazmon.plant.tag import TagIndex
 from hazmon.reading import Quality
 from hazmon.sim.modbus import ModbusEndpoint
@@ -166,6 +166,25 @@ async def test_a_failure_later_in_the_cycle_keeps_what_was_decoded(tmp_path: Pat
             assert b.quality[b.tag == index.key("A.TT")].tolist() == [Quality.BAD_COMM]  # reported once
     finally:
         await server.stop()
+
+
+async def test_a_gateway_stopped_while_it_closes_a_link_stops() -> None:
+    """Closing a link waits for its receiver; a stop (cancellation) arriving just then must end the
+    closing task, not be swallowed: a swallowed one left a gateway polling on and its stop hanging."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never answers
+    port = server.sockets[0].getsockname()[1]
+    try:
+        link = _TcpLink("127.0.0.1", port, pipeline=1)
+        await link.open(timeout=2.0)
+        closer = asyncio.create_task(link.close())
+        await asyncio.sleep(0)  # the closer now waits for the receiver to end
+        closer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(closer, 5)
+        await link.close()  # and a link can still be closed afterwards
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 # ---------------------------------------------------------------- a device laid out unlike the simulators

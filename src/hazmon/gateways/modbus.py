@@ -324,12 +324,16 @@ class _TcpLink:
     async def close(self) -> None:
         if self._rx is not None:
             self._rx.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._rx
+            # asyncio.wait: the receiver's own end (cancelled, or failed: already reported by _fail) is
+            # not raised here, but a cancellation of the task closing the link is (a gateway being
+            # stopped while it reopens a link must stop, not poll on)
+            await asyncio.wait([self._rx])
+            if not self._rx.cancelled():
+                self._rx.exception()  # retrieved: it was handled by _fail
         self._fail("closed")
         if self._writer is not None:
             self._writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
+            with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
 
 

@@ -261,7 +261,10 @@ FIRST = asyncio.FIRST_COMPLETED
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for its end, whatever it was; a cancellation of the caller is not swallowed."""
     if not task.done():
         task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, SlowClient, RuntimeError, OSError):
-        await task
+    await asyncio.wait([task])
+    error = None if task.cancelled() else task.exception()
+    if error is not None and not isinstance(error, (WebSocketDisconnect, SlowClient, RuntimeError, OSError)):
+        raise error  # a disconnect or a slow client is how a connection ends; anything else is a failure
