@@ -10,46 +10,19 @@ time zone. Sites of the instance's own files are its own and are not replaced fr
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import datetime
-from typing import Any
-
-import asyncpg
 
 from hazmon.errors import InvalidFile
 from hazmon.live import set_site_timezone
-from hazmon.plant.site import Site, parse_site
+from hazmon.plant.site import Site
 from hazmon.plant.tag import tag_ref
 from hazmon.runtime import Runtime
-from hazmon.storage.registry import tag_index
+from hazmon.storage.registry import registered_site, tag_index
 
 log = logging.getLogger("hazmon.cluster")
 
 INTERVAL_S = 5.0
-
-
-async def registered_site(conn: asyncpg.Connection, site_id: str) -> Site | None:
-    """A site as the registry holds it (its active tags), None when it is not registered."""
-    row = await conn.fetchrow(
-        "SELECT s.doc, e.id AS ent_id, e.name AS ent_name, e.uscc FROM sites s "
-        "JOIN enterprises e ON e.id = s.enterprise_id WHERE s.id = $1",
-        site_id,
-    )
-    if row is None:
-        return None
-
-    async def docs(sql: str) -> list[Any]:
-        return [json.loads(r["doc"]) for r in await conn.fetch(sql, site_id)]
-
-    doc: dict[str, Any] = {
-        "enterprise": {"id": row["ent_id"], "name": row["ent_name"], "uscc": row["uscc"]},
-        "site": json.loads(row["doc"]),
-        "installations": await docs("SELECT doc FROM installations WHERE site_id = $1 ORDER BY id"),
-        "equipment": await docs("SELECT doc FROM equipment WHERE site_id = $1 ORDER BY id"),
-        "tags": await docs("SELECT doc FROM tags WHERE site_id = $1 AND active ORDER BY key"),
-    }
-    return parse_site(doc, f"<site {site_id} in the database>")
 
 
 class SiteFollower:

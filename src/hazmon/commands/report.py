@@ -67,12 +67,12 @@ def _compliance(args: argparse.Namespace) -> int:
     from hazmon.config import load_settings
     from hazmon.gateways.config import OpcUaGateway, load_gateway_config
     from hazmon.gateways.opcua import SERVER_DEVICE
-    from hazmon.plant.site import parse_site
     from hazmon.plant.tag import tag_ref
     from hazmon.regulator.period import MIN_GAP_MINUTES
     from hazmon.regulator.report import ReportUnavailable, build_report, render
     from hazmon.runtime import device_alarm_owner
     from hazmon.storage.database import DatabaseUnavailable, open_database
+    from hazmon.storage.registry import registered_site
 
     now = datetime.now(UTC)
     try:
@@ -106,28 +106,10 @@ def _compliance(args: argparse.Namespace) -> int:
             if ent is None:
                 return None
             sites = []
-            for s in await conn.fetch("SELECT id, doc FROM sites WHERE enterprise_id = $1 ORDER BY id", ent["id"]):
-                doc: dict[str, Any] = {
-                    "enterprise": {"id": ent["id"], "name": ent["name"], "uscc": ent["uscc"]},
-                    "site": json.loads(s["doc"]),
-                    "installations": [
-                        json.loads(r["doc"])
-                        for r in await conn.fetch(
-                            "SELECT doc FROM installations WHERE site_id = $1 ORDER BY id", s["id"]
-                        )
-                    ],
-                    "equipment": [
-                        json.loads(r["doc"])
-                        for r in await conn.fetch("SELECT doc FROM equipment WHERE site_id = $1 ORDER BY id", s["id"])
-                    ],
-                    "tags": [
-                        json.loads(r["doc"])
-                        for r in await conn.fetch(
-                            "SELECT doc FROM tags WHERE site_id = $1 AND active ORDER BY key", s["id"]
-                        )
-                    ],
-                }
-                sites.append(parse_site(doc, f"<site {s['id']} in the database>"))
+            for s in await conn.fetch("SELECT id FROM sites WHERE enterprise_id = $1 ORDER BY id", ent["id"]):
+                site = await registered_site(conn, s["id"])
+                if site is not None:
+                    sites.append(site)
             if not sites:
                 return None
             keys = {
