@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +18,11 @@ import httpx
 import pytest
 import yaml
 
+from api_helpers import free_port
+from test_cluster_api import _stop
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _until(predicate: Any, timeout: float, what: str) -> Any:
@@ -44,7 +39,7 @@ async def test_quiet_tags_of_a_healthy_subscription_are_reporting(tmp_path: Path
     opcua_tags = {
         t["tag"] for t in yaml.safe_load((ROOT / "gateways" / "demo-opcua.yaml").read_text())["gateway"]["tags"]
     }
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "demo.log").open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAZMON_")}
     proc = await asyncio.create_subprocess_exec(
@@ -104,11 +99,5 @@ async def test_quiet_tags_of_a_healthy_subscription_are_reporting(tmp_path: Path
             figures = {t["id"]: t for t in site["period"]["tag_figures"]}
             assert all(figures[t]["by_exception"] and figures[t]["completeness"] == 1.0 for t in quiet_tags)
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await _stop(proc)
         log.close()

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,7 +31,7 @@ from hazmon.hub.receiver import UPLINK_PATH, create_receiver
 from hazmon.hub.sink import JsonlSink
 from hazmon.regulator.uplink_payload import Credentials, seal
 from hazmon.runtime import run_runtime
-from test_cluster import stop_roles
+from test_cluster import _until, stop_roles
 
 KEY = "0123456789abcdeffedcba9876543210"
 IV = "00112233445566778899aabbccddeeff"
@@ -48,16 +47,6 @@ async def enterprise_db(pg_admin_url: str) -> AsyncIterator[str]:
     url = await create_database(pg_admin_url)
     yield url
     await drop_database(pg_admin_url, url)
-
-
-async def _until(check: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = await check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @asynccontextmanager

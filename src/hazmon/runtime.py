@@ -35,9 +35,9 @@ import numpy.typing as npt
 
 from hazmon import metrics, startup
 from hazmon.alarms import journal
-from hazmon.alarms.alarm import AlarmEvent, AlarmSnapshot
+from hazmon.alarms.alarm import AlarmEvent, AlarmSnapshot, action_detail
 from hazmon.alarms.compiler import compile_rules
-from hazmon.alarms.engine import AlarmEngine
+from hazmon.alarms.engine import OPERATOR_ACTIONS, AlarmEngine
 from hazmon.alarms.pending import AlarmSpool, Pending
 from hazmon.auth import AuthThrottle, TokenCache
 from hazmon.config import Settings
@@ -280,18 +280,7 @@ class Runtime:
         if self.engine is None:
             raise RuntimeError("no rule engine is configured")
         engine = self.engine
-        user = actor.name
-        now = now_us()
-        ops: dict[str, Callable[[], list[AlarmEvent]]] = {
-            "acknowledge": lambda: engine.acknowledge(alarm_id, user, comment, now),
-            "reset": lambda: engine.reset(alarm_id, user, comment, now),
-            "shelve": lambda: engine.shelve(alarm_id, user, comment or "", duration_s or 0.0, now),
-            "unshelve": lambda: engine.unshelve(alarm_id, user, comment, now),
-            "remove_from_service": lambda: engine.remove_from_service(alarm_id, user, comment, now),
-            "return_to_service": lambda: engine.return_to_service(alarm_id, user, comment, now),
-            "comment": lambda: engine.comment(alarm_id, user, comment or "", now),
-        }
-        if action not in ops:
+        if action not in OPERATOR_ACTIONS:
             raise ValueError(f"unknown alarm action {action!r}")
         before = engine.get(alarm_id)
         if not self.recorder.writable():
@@ -301,13 +290,9 @@ class Runtime:
             )
         # From here to submit() nothing awaits: the engine call, its record on disk and its publication
         # are one step with respect to ingest and to other actions.
-        events = ops[action]()
+        events = engine.operate(action, alarm_id, actor.name, comment, duration_s, now_us())
         after = engine.get(alarm_id)
-        detail: dict[str, Any] = {"from": str(before.state), "to": str(after.state)}
-        if comment is not None:
-            detail["comment"] = comment
-        if duration_s is not None:
-            detail["duration_s"] = duration_s
+        detail = action_detail(before, after, comment, duration_s)
         entry: dict[str, Any] = {
             "actor": actor.name,
             "token_id": actor.token_id,
@@ -325,7 +310,9 @@ class Runtime:
             self.uplink.on_events(events)  # a reset clears a latched alarm: the platform hears of it
         record = await self.recorder.wait(item, 0.0 if self.recorder.down else OPERATE_WAIT_S)
         if record == QUEUED:
-            log.warning("%s of %s by %s: applied, kept on disk until the journal takes it", action, alarm_id, user)
+            log.warning(
+                "%s of %s by %s: applied, kept on disk until the journal takes it", action, alarm_id, actor.name
+            )
         return ActionResult(events, before, after, record)
 
     async def audit(

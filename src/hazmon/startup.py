@@ -31,7 +31,7 @@ from hazmon.plant.site import Site
 from hazmon.plant.tag import TagIndex
 from hazmon.regulator.gb18218 import GradingError
 from hazmon.regulator.sitecheck import load_graded_site
-from hazmon.storage.registry import tag_index, upsert_site
+from hazmon.storage.registry import LoadSummary, tag_index, upsert_site
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,26 @@ def fingerprint(site: Site) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+async def audit_site_load(
+    conn: asyncpg.Connection,
+    site: Site,
+    digest: str,
+    summary: LoadSummary,
+    *,
+    actor: str,
+    source: dict[str, str],
+) -> None:
+    """Append ``site.load`` to the audit trail, in the caller's transaction, once per change: a site
+    loaded again unchanged (a restart, base data sent at every start) is not audited again."""
+    last = await conn.fetchval(
+        "SELECT detail FROM audit_log WHERE action = 'site.load' AND target = $1 ORDER BY seq DESC LIMIT 1",
+        site.id,
+    )
+    if last is None or json.loads(last).get("sha256") != digest:
+        detail = {**source, "sha256": digest, "summary": str(summary)}
+        await audit.append(conn, actor=actor, action="site.load", target=site.id, site_id=site.id, detail=detail)
+
+
 async def write(
     conn: asyncpg.Connection, config: Configuration, *, actor: str = ACTOR, setting: str = "HAZMON_SITE"
 ) -> TagIndex:
@@ -138,23 +158,8 @@ async def write(
                     if setting
                     else f"{where}: {e}; nothing was changed"
                 ) from None
-            last = await conn.fetchval(
-                "SELECT detail FROM audit_log WHERE action = 'site.load' AND target = $1 ORDER BY seq DESC LIMIT 1",
-                site.id,
-            )
-            if last is None or json.loads(last).get("sha256") != digest:
-                await audit.append(
-                    conn,
-                    actor=actor,
-                    action="site.load",
-                    target=site.id,
-                    site_id=site.id,
-                    detail={
-                        "file": str(config.site_files.get(site.id, "")),
-                        "sha256": digest,
-                        "summary": str(summary),
-                    },
-                )
+            source = {"file": str(config.site_files.get(site.id, ""))}
+            await audit_site_load(conn, site, digest, summary, actor=actor, source=source)
             config.summaries[site.id] = str(summary)
             log.info("site %s loaded: %s", site.id, summary)
         return await tag_index(conn)

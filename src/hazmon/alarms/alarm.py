@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class AlarmState(StrEnum):
@@ -111,6 +112,18 @@ class AlarmSnapshot:
     suppressed: bool = False
     user: str | None = None
     comment: str | None = None
+
+
+def action_detail(
+    before: AlarmSnapshot, after: AlarmSnapshot, comment: str | None, duration_s: float | None
+) -> dict[str, Any]:
+    """What the audit trail records of an operator action: the states it went from and to, and its text."""
+    detail: dict[str, Any] = {"from": str(before.state), "to": str(after.state)}
+    if comment is not None:
+        detail["comment"] = comment
+    if duration_s is not None:
+        detail["duration_s"] = duration_s
+    return detail
 
 
 def split_alarm_id(alarm_id: str) -> tuple[str, str]:

@@ -73,6 +73,7 @@ _LOUD_BITS = column_bits(HH, H, L, LL, STATE, OUT_OF_RANGE, BAD, STALE)
 _NEVER = np.iinfo(np.int64).max
 
 
+OPERATOR_ACTIONS = ("acknowledge", "reset", "shelve", "unshelve", "remove_from_service", "return_to_service", "comment")
 _SAVED_WORDS = ("cond", "pend", "alarm", "acked", "oos", "shelf")  # what an operator action may change
 
 
@@ -582,6 +583,27 @@ class AlarmEngine:
             raise ValueError("a comment needs text")
         state = self._display(r, col)
         return [self._event(r, col, state, Action.COMMENT, now_us, user, text)]
+
+    def operate(
+        self, action: str, alarm_id: str, user: str, comment: str | None, duration_s: float | None, now_us: int
+    ) -> list[AlarmEvent]:
+        """An operator action by name (``OPERATOR_ACTIONS``), as the API and the engine shards run it;
+        ValueError for an unknown action."""
+        if action == "acknowledge":
+            return self.acknowledge(alarm_id, user, comment, now_us)
+        if action == "reset":
+            return self.reset(alarm_id, user, comment, now_us)
+        if action == "shelve":
+            return self.shelve(alarm_id, user, comment or "", duration_s or 0.0, now_us)
+        if action == "unshelve":
+            return self.unshelve(alarm_id, user, comment, now_us)
+        if action == "remove_from_service":
+            return self.remove_from_service(alarm_id, user, comment, now_us)
+        if action == "return_to_service":
+            return self.return_to_service(alarm_id, user, comment, now_us)
+        if action == "comment":
+            return self.comment(alarm_id, user, comment or "", now_us)
+        raise ValueError(f"unknown alarm action {action!r}")
 
     # ------------------------------------------------------------------ snapshots
     def get(self, alarm_id: str) -> AlarmSnapshot:

@@ -34,7 +34,6 @@ import numpy as np
 import uvicorn
 from nats.errors import Error as NatsError
 
-from hazmon import audit
 from hazmon.cluster.bus import Bus, partition_of
 from hazmon.cluster.codec import encode_batch
 from hazmon.config import ConfigError, Settings
@@ -46,7 +45,7 @@ from hazmon.hub.sink import JsonlSink, SinkRefused, SinkUnavailable
 from hazmon.plant.tag import local_id, tag_ref
 from hazmon.reading import ReadingBatch
 from hazmon.regulator.gb18218 import GradingError
-from hazmon.startup import fingerprint
+from hazmon.startup import audit_site_load, fingerprint
 from hazmon.storage.database import open_database
 from hazmon.storage.registry import upsert_site
 
@@ -136,20 +135,10 @@ class BusSink:
             except GradingError as e:
                 raise SinkRefused(422, f"site cannot be registered: {site.id!r}: {e}") from None
             # recorded in the same transaction, once per change (base data are sent at every start)
-            digest = fingerprint(site)
-            last = await conn.fetchval(
-                "SELECT detail FROM audit_log WHERE action = 'site.load' AND target = $1 ORDER BY seq DESC LIMIT 1",
-                site.id,
-            )
-            if last is None or json.loads(last).get("sha256") != digest:
-                await audit.append(
-                    conn,
-                    actor=f"hazmon hub (enterprise {code})",
-                    action="site.load",
-                    target=site.id,
-                    site_id=site.id,
-                    detail={"uplink": str(msg.get("msg_id")), "sha256": digest, "summary": str(summary)},
-                )
+            await audit_site_load(
+                conn, site, fingerprint(site), summary,
+                actor=f"hazmon hub (enterprise {code})", source={"uplink": str(msg.get("msg_id"))},
+            )  # fmt: skip
         self._sites.pop(site.id, None)
         self.fed["sites"] += 1
         log.info("hub: site %s of enterprise %s registered: %s", site.id, code, summary)

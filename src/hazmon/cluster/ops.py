@@ -30,44 +30,15 @@ from hazmon.alarms.alarm import (
     InvalidTransition,
     Priority,
     UnknownAlarm,
+    action_detail,
 )
-from hazmon.alarms.engine import AlarmEngine
+from hazmon.alarms.engine import OPERATOR_ACTIONS, AlarmEngine
 from hazmon.plant.tag import SCOPE, local_id, tag_ref
 from hazmon.reading import now_us
 
 log = logging.getLogger("hazmon.cluster")
 
 ACQUIRE_TIMEOUT_S = 5.0
-ACTIONS = ("acknowledge", "reset", "shelve", "unshelve", "remove_from_service", "return_to_service", "comment")
-
-
-def apply_action(
-    engine: AlarmEngine,
-    action: str,
-    alarm_id: str,
-    user: str,
-    comment: str | None,
-    duration_s: float | None,
-    now: int,
-) -> list[AlarmEvent]:
-    """The engine call of an operator action (as ``Runtime.act``); ValueError for an unknown action."""
-    if action == "acknowledge":
-        return engine.acknowledge(alarm_id, user, comment, now)
-    if action == "reset":
-        return engine.reset(alarm_id, user, comment, now)
-    if action == "shelve":
-        return engine.shelve(alarm_id, user, comment or "", duration_s or 0.0, now)
-    if action == "unshelve":
-        return engine.unshelve(alarm_id, user, comment, now)
-    if action == "remove_from_service":
-        return engine.remove_from_service(alarm_id, user, comment, now)
-    if action == "return_to_service":
-        return engine.return_to_service(alarm_id, user, comment, now)
-    if action == "comment":
-        return engine.comment(alarm_id, user, comment or "", now)
-    raise ValueError(f"unknown alarm action {action!r}")
-
-
 # ---------------------------------------------------------------- wire format
 
 
@@ -155,7 +126,7 @@ async def serve_operation(
         comment, duration_s, site = req.get("comment"), req.get("duration_s"), req.get("site")
     except (ValueError, KeyError, TypeError) as e:
         return {"error": "value", "detail": f"malformed operation request: {e}"}
-    if action not in ACTIONS:
+    if action not in OPERATOR_ACTIONS:
         return {"error": "value", "detail": f"unknown alarm action {action!r}"}
     async with lock:  # one batch, tick or action at a time through the engine and the journal
         try:
@@ -169,7 +140,7 @@ async def serve_operation(
             # action before it is applied; one lost at the commit has it undone (engine.put_back)
             async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
                 try:
-                    events = apply_action(engine, action, alarm_id, actor["name"], comment, duration_s, now_us())
+                    events = engine.operate(action, alarm_id, actor["name"], comment, duration_s, now_us())
                 except UnknownAlarm:
                     return {"error": "unknown", "detail": f"unknown alarm {alarm_id!r}"}
                 except InvalidTransition as e:
@@ -178,11 +149,7 @@ async def serve_operation(
                     return {"error": "value", "detail": str(e)}
                 applied = True
                 after = engine.get(alarm_id)
-                detail: dict[str, Any] = {"from": str(before.state), "to": str(after.state)}
-                if comment is not None:
-                    detail["comment"] = comment
-                if duration_s is not None:
-                    detail["duration_s"] = duration_s
+                detail = action_detail(before, after, comment, duration_s)
                 await journal.append_events(conn, events, site_of.get)
                 await audit.append(
                     conn,
